@@ -1,0 +1,406 @@
+//! [`Broker`]: the one thread per process that owns the poller and runs every stream and handler.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::stream::Stream;
+
+const WAKER: Token = Token(usize::MAX);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Settings for [`Broker::with_options`].
+#[derive(Clone, Debug)]
+pub struct BrokerOptions {
+    /// Name of the broker thread.
+    pub name: String,
+    /// Grace period for streams to disconnect during [`Broker::shutdown`] before they are forced
+    /// (Mitogen `shutdown_timeout`: 3 s in children, 5 s in the master).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions { name: "mitogen-broker".into(), shutdown_timeout: Duration::from_secs(3) }
+    }
+}
+
+struct Deferred {
+    queue: Vec<Job>,
+    exited: bool,
+}
+
+#[derive(Default)]
+struct Registered {
+    readers: HashMap<usize, Stream>,
+    writers: HashMap<usize, Stream>,
+    on_exit: Vec<Job>,
+}
+
+struct Inner {
+    name: String,
+    registry: Registry,
+    waker: mio::Waker,
+    deferred: Mutex<Deferred>,
+    registered: Mutex<Registered>,
+    alive: AtomicBool,
+    thread: OnceLock<ThreadId>,
+    join: Mutex<Option<JoinHandle<()>>>,
+    shutdown_timeout: Duration,
+}
+
+/// Runs I/O multiplexing and every handler on one private thread (Mitogen `mitogen.core.Broker`).
+///
+/// A cheap handle: clones refer to the same broker. The broker thread alone runs the `mio` poll
+/// over every registered stream's descriptors; other threads hand it work with
+/// [`defer`](Broker::defer), which enqueues a closure and wakes the thread through one
+/// [`mio::Waker`].
+///
+/// ```
+/// use mitogen_core::{Broker, Latch};
+/// use std::sync::Arc;
+///
+/// let broker = Broker::new().unwrap();
+/// let latch = Arc::new(Latch::new());
+/// let l = latch.clone();
+/// let b = broker.clone();
+/// broker.defer(move || l.put(b.on_broker_thread()).unwrap()).unwrap();
+/// assert!(latch.get().unwrap());
+/// broker.shutdown();
+/// broker.join();
+/// assert!(broker.defer(|| ()).is_err());
+/// ```
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Broker({})", self.inner.name)
+    }
+}
+
+impl Broker {
+    /// Start a broker with the default options.
+    ///
+    /// # Errors
+    /// [`GeneralError`](crate::GeneralError) if the poller or its thread cannot be created.
+    pub fn new() -> Result<Broker> {
+        Broker::with_options(BrokerOptions::default())
+    }
+
+    /// Start a broker thread with `options`.
+    ///
+    /// # Errors
+    /// [`GeneralError`](crate::GeneralError) if the poller or its thread cannot be created.
+    pub fn with_options(options: BrokerOptions) -> Result<Broker> {
+        let fail = |what: &str, e: std::io::Error| Error::general(format!("broker: cannot create {what}: {e}"));
+        let poll = Poll::new().map_err(|e| fail("poller", e))?;
+        let registry = poll.registry().try_clone().map_err(|e| fail("registry", e))?;
+        let waker = mio::Waker::new(poll.registry(), WAKER).map_err(|e| fail("waker", e))?;
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                name: options.name.clone(),
+                registry,
+                waker,
+                deferred: Mutex::new(Deferred { queue: Vec::new(), exited: false }),
+                registered: Mutex::new(Registered::default()),
+                alive: AtomicBool::new(true),
+                thread: OnceLock::new(),
+                join: Mutex::new(None),
+                shutdown_timeout: options.shutdown_timeout,
+            }),
+        };
+        let b = broker.clone();
+        let handle = std::thread::Builder::new()
+            .name(options.name)
+            .spawn(move || b.broker_main(poll))
+            .map_err(|e| fail("thread", e))?;
+        let _ = broker.inner.thread.set(handle.thread().id());
+        *broker.inner.join.lock() = Some(handle);
+        Ok(broker)
+    }
+
+    /// Whether the calling thread is this broker's thread.
+    pub fn on_broker_thread(&self) -> bool {
+        self.inner.thread.get() == Some(&std::thread::current().id())
+    }
+
+    /// Whether the broker thread has finished its shutdown.
+    pub fn exited(&self) -> bool {
+        self.inner.deferred.lock().exited
+    }
+
+    /// The graceful shutdown grace period.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.inner.shutdown_timeout
+    }
+
+    /// Run `f` on the broker thread: at once when called from it, else as soon as the thread
+    /// wakes. Safe from any thread. A panic in `f` is logged and the broker lives on.
+    ///
+    /// # Errors
+    /// [`GeneralError`](crate::GeneralError) if the broker has exited; `f` is dropped unrun.
+    pub fn defer(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        if self.on_broker_thread() {
+            guarded("deferred call", f);
+            return Ok(());
+        }
+        let mut d = self.inner.deferred.lock();
+        if d.exited {
+            return Err(Error::general(format!("{}: broker has exited; cannot defer work", self.inner.name)));
+        }
+        let was_empty = d.queue.is_empty();
+        d.queue.push(Box::new(f));
+        drop(d);
+        if was_empty {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    fn wake(&self) {
+        if let Err(e) = self.inner.waker.wake() {
+            log::error!("{}: cannot wake broker thread: {e}", self.inner.name);
+        }
+    }
+
+    /// Call `f` on the broker thread after it has disconnected every stream, just before it
+    /// exits (Mitogen's broker `exit` signal). Called at once if the broker already exited.
+    pub fn on_exit(&self, f: impl FnOnce() + Send + 'static) {
+        if self.exited() {
+            return f();
+        }
+        self.inner.registered.lock().on_exit.push(Box::new(f));
+    }
+
+    /// Start reading `stream`'s receive side; [`Stream::on_receive`] runs when it is readable.
+    /// Safe from any thread.
+    pub fn start_receive(&self, stream: &Stream) {
+        let (b, s) = (self.clone(), stream.clone());
+        self.defer_or_log(move || b.register(&s, true));
+    }
+
+    /// Stop reading `stream`'s receive side. Safe from any thread.
+    pub fn stop_receive(&self, stream: &Stream) {
+        let (b, s) = (self.clone(), stream.clone());
+        self.defer_or_log(move || b.deregister(&s, true));
+    }
+
+    /// Start waiting for `stream`'s transmit side to be writable; [`Stream::on_transmit`] runs
+    /// when it is. Safe from any thread (Mitogen `_start_transmit`, broker-only there).
+    pub fn start_transmit(&self, stream: &Stream) {
+        let (b, s) = (self.clone(), stream.clone());
+        self.defer_or_log(move || b.register(&s, false));
+    }
+
+    /// Stop waiting for `stream`'s transmit side. Safe from any thread.
+    pub fn stop_transmit(&self, stream: &Stream) {
+        let (b, s) = (self.clone(), stream.clone());
+        self.defer_or_log(move || b.deregister(&s, false));
+    }
+
+    fn defer_or_log(&self, f: impl FnOnce() + Send + 'static) {
+        if let Err(e) = self.defer(f) {
+            log::debug!("{e}");
+        }
+    }
+
+    /// Register one side of `stream` (broker thread only).
+    fn register(&self, stream: &Stream, receive: bool) {
+        let (fd, interest, token) = if receive {
+            (stream.rx_fd(), Interest::READABLE, Token(stream.id() * 2))
+        } else {
+            (stream.tx_fd(), Interest::WRITABLE, Token(stream.id() * 2 + 1))
+        };
+        let Some(fd) = fd else { return };
+        let mut reg = self.inner.registered.lock();
+        let map = if receive { &mut reg.readers } else { &mut reg.writers };
+        if map.contains_key(&stream.id()) {
+            return;
+        }
+        match self.inner.registry.register(&mut SourceFd(&fd), token, interest) {
+            Ok(()) => {
+                map.insert(stream.id(), stream.clone());
+            }
+            Err(e) => log::error!("{}: cannot register {stream:?} fd {fd}: {e}", self.inner.name),
+        }
+    }
+
+    /// Deregister one side of `stream` (broker thread only), while its descriptor is still open.
+    fn deregister(&self, stream: &Stream, receive: bool) {
+        let fd = if receive { stream.rx_fd() } else { stream.tx_fd() };
+        let mut reg = self.inner.registered.lock();
+        let map = if receive { &mut reg.readers } else { &mut reg.writers };
+        if map.remove(&stream.id()).is_some() {
+            if let Some(fd) = fd {
+                let _ = self.inner.registry.deregister(&mut SourceFd(&fd));
+            }
+        }
+    }
+
+    /// Remove both sides of `stream` from the poller; called by [`Stream::on_disconnect`].
+    pub(crate) fn unregister(&self, stream: &Stream) {
+        self.deregister(stream, true);
+        self.deregister(stream, false);
+    }
+
+    /// Whether any stream being read asks the shutdown to wait for it (Mitogen `keep_alive()`).
+    pub fn keep_alive(&self) -> bool {
+        let readers: Vec<Stream> = self.inner.registered.lock().readers.values().cloned().collect();
+        readers.iter().any(Stream::keep_alive)
+    }
+
+    /// Ask the broker to shut down gracefully: every stream's [`Stream::on_shutdown`] runs, the
+    /// broker waits up to `shutdown_timeout` for them to disconnect, then forces the rest. Safe
+    /// from any thread; returns at once (see [`join`](Broker::join)).
+    pub fn shutdown(&self) {
+        self.inner.alive.store(false, Ordering::Release);
+        self.wake();
+    }
+
+    /// Wait for the broker thread to exit; call after [`shutdown`](Broker::shutdown). Does
+    /// nothing on the broker thread itself or when already joined.
+    pub fn join(&self) {
+        if self.on_broker_thread() {
+            return;
+        }
+        let handle = self.inner.join.lock().take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                log::error!("{}: broker thread panicked", self.inner.name);
+            }
+        }
+    }
+
+    /// The broker thread's body (Mitogen `_broker_main`).
+    fn broker_main(self, mut poll: Poll) {
+        let _ = self.inner.thread.set(std::thread::current().id());
+        let mut events = Events::with_capacity(1024);
+        while self.inner.alive.load(Ordering::Acquire) {
+            self.loop_once(&mut poll, &mut events, None);
+        }
+        self.broker_shutdown(&mut poll, &mut events);
+    }
+
+    /// Wait for events (at most `timeout`) and dispatch each.
+    fn loop_once(&self, poll: &mut Poll, events: &mut Events, timeout: Option<Duration>) {
+        if let Err(e) = poll.poll(events, timeout) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                log::error!("{}: poll failed: {e}; shutting down", self.inner.name);
+                self.inner.alive.store(false, Ordering::Release);
+            }
+            return;
+        }
+        for ev in events.iter() {
+            let token = ev.token();
+            if token == WAKER {
+                self.run_deferred();
+                continue;
+            }
+            let (id, receive) = (token.0 / 2, token.0 % 2 == 0);
+            let stream = {
+                let reg = self.inner.registered.lock();
+                if receive { reg.readers.get(&id) } else { reg.writers.get(&id) }.cloned()
+            };
+            // A stream unregistered earlier in this batch has no entry: its event is stale.
+            if let Some(s) = stream {
+                if receive {
+                    guarded("on_receive", || s.on_receive(self));
+                } else {
+                    guarded("on_transmit", || s.on_transmit(self));
+                }
+            }
+        }
+    }
+
+    fn run_deferred(&self) {
+        let jobs = std::mem::take(&mut self.inner.deferred.lock().queue);
+        for job in jobs {
+            guarded("deferred call", job);
+        }
+    }
+
+    fn all_streams(&self) -> Vec<Stream> {
+        let reg = self.inner.registered.lock();
+        let mut v: Vec<Stream> = reg.readers.values().cloned().collect();
+        v.extend(reg.writers.iter().filter(|(id, _)| !reg.readers.contains_key(id)).map(|(_, s)| s.clone()));
+        v
+    }
+
+    /// Graceful shutdown, then forced disconnection, then the exit callbacks.
+    fn broker_shutdown(&self, poll: &mut Poll, events: &mut Events) {
+        self.run_deferred();
+        for s in self.all_streams() {
+            guarded("on_shutdown", || s.on_shutdown(self));
+        }
+        let deadline = Instant::now() + self.inner.shutdown_timeout;
+        while self.keep_alive() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::error!(
+                    "{}: streams still connected {:?} after shutdown began; forcing disconnection",
+                    self.inner.name,
+                    self.inner.shutdown_timeout
+                );
+                break;
+            }
+            self.loop_once(poll, events, Some(left));
+        }
+        self.force_disconnect();
+        let leftover = {
+            let mut d = self.inner.deferred.lock();
+            d.exited = true;
+            std::mem::take(&mut d.queue)
+        };
+        for job in leftover {
+            guarded("deferred call", job);
+        }
+        self.force_disconnect();
+        let on_exit = std::mem::take(&mut self.inner.registered.lock().on_exit);
+        for f in on_exit {
+            guarded("exit callback", f);
+        }
+        log::debug!("{}: exited", self.inner.name);
+    }
+
+    fn force_disconnect(&self) {
+        for s in self.all_streams() {
+            log::debug!("{}: force disconnecting {s:?}", self.inner.name);
+            guarded("on_disconnect", || s.on_disconnect(self));
+        }
+    }
+}
+
+/// Run `f`, logging instead of unwinding if it panics, so the broker thread lives on.
+pub(crate) fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(p) => {
+            log::error!("{what} panicked: {}", panic_message(&*p));
+            None
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".into()
+    }
+}

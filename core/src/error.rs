@@ -1,0 +1,217 @@
+//! The documented exception classes, as Rust error types.
+//!
+//! Mitogen's `Error` is the base class of `CallError`, `ChannelError`, `LatchError`,
+//! `StreamError` and `TimeoutError`. Here each class is its own struct, and [`Error`] is the enum
+//! of all of them that every fallible function of the crate returns. Each converts into [`Error`]
+//! with `?`, and [`Error::is_channel`] and friends tell the kinds apart without a `match`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A remote function failed: it returned an error or panicked (Mitogen `CallError`).
+///
+/// Carries the remote error's type name, its message and the remote backtrace, so the caller can
+/// see what failed where. A `CallError` crosses the wire intact: a function in a child that
+/// returns one, or a reply carrying one, re-raises it in the caller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallError {
+    /// The remote error's type, e.g. `std::io::Error` or `panic`.
+    pub type_name: String,
+    /// The remote error's message.
+    pub message: String,
+    /// The remote backtrace, when one was captured; empty otherwise.
+    pub traceback: String,
+}
+
+impl CallError {
+    /// A `CallError` for an error of type `type_name` with `message` and no backtrace.
+    pub fn new(type_name: impl Into<String>, message: impl Into<String>) -> CallError {
+        CallError { type_name: type_name.into(), message: message.into(), traceback: String::new() }
+    }
+
+    /// A `CallError` describing `err`, named with its Rust type.
+    pub fn from_error<E: std::error::Error + ?Sized>(err: &E) -> CallError {
+        CallError::new(std::any::type_name::<E>(), err.to_string())
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "call failed: {}: {}", self.type_name, self.message)?;
+        if !self.traceback.is_empty() {
+            write!(f, "\n{}", self.traceback)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CallError {}
+
+macro_rules! reason_error {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub struct $name {
+            reason: String,
+        }
+
+        impl $name {
+            /// An error saying `reason`.
+            pub fn new(reason: impl Into<String>) -> $name {
+                $name { reason: reason.into() }
+            }
+
+            /// What failed, without the error's prefix.
+            pub fn reason(&self) -> &str {
+                &self.reason
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, ": {}"), self.reason)
+            }
+        }
+
+        impl std::error::Error for $name {}
+
+        impl From<$name> for Error {
+            fn from(e: $name) -> Error {
+                Error::$name(e)
+            }
+        }
+    };
+}
+
+reason_error!(
+    /// A channel is dead: the remote end closed it, or communication with its context was lost
+    /// (Mitogen `ChannelError`). The reason says which.
+    ChannelError,
+    "channel error"
+);
+reason_error!(
+    /// A [`Latch`](crate::Latch) (or something built on one, such as a `Select`) was closed while
+    /// a thread waited on it, or used after being closed (Mitogen `LatchError`).
+    LatchError,
+    "latch error"
+);
+reason_error!(
+    /// A stream failed: a connection broke, a peer sent something that is not the protocol, or a
+    /// message could not be encoded or decoded (Mitogen `StreamError`).
+    StreamError,
+    "stream error"
+);
+reason_error!(
+    /// A blocking operation did not complete before its deadline (Mitogen `TimeoutError`).
+    TimeoutError,
+    "timeout"
+);
+reason_error!(
+    /// Misuse of an API that is none of the specific kinds: a handle registered twice, an unknown
+    /// handle removed, a broker used after it exited (Mitogen's base `Error`).
+    GeneralError,
+    "error"
+);
+
+/// Any error of this crate (Mitogen's `Error` and its subclasses).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// See [`CallError`].
+    CallError(CallError),
+    /// See [`ChannelError`].
+    ChannelError(ChannelError),
+    /// See [`LatchError`].
+    LatchError(LatchError),
+    /// See [`StreamError`].
+    StreamError(StreamError),
+    /// See [`TimeoutError`].
+    TimeoutError(TimeoutError),
+    /// See [`GeneralError`].
+    GeneralError(GeneralError),
+}
+
+impl Error {
+    /// A [`GeneralError`] saying `reason`.
+    pub fn general(reason: impl Into<String>) -> Error {
+        Error::GeneralError(GeneralError::new(reason))
+    }
+
+    /// A [`StreamError`] saying `reason`.
+    pub fn stream(reason: impl Into<String>) -> Error {
+        Error::StreamError(StreamError::new(reason))
+    }
+
+    /// A [`ChannelError`] saying `reason`.
+    pub fn channel(reason: impl Into<String>) -> Error {
+        Error::ChannelError(ChannelError::new(reason))
+    }
+
+    /// A [`TimeoutError`] saying `reason`.
+    pub fn timeout(reason: impl Into<String>) -> Error {
+        Error::TimeoutError(TimeoutError::new(reason))
+    }
+
+    /// Whether this is a [`CallError`].
+    pub fn is_call(&self) -> bool {
+        matches!(self, Error::CallError(_))
+    }
+
+    /// Whether this is a [`ChannelError`].
+    pub fn is_channel(&self) -> bool {
+        matches!(self, Error::ChannelError(_))
+    }
+
+    /// Whether this is a [`LatchError`].
+    pub fn is_latch(&self) -> bool {
+        matches!(self, Error::LatchError(_))
+    }
+
+    /// Whether this is a [`StreamError`].
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Error::StreamError(_))
+    }
+
+    /// Whether this is a [`TimeoutError`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::TimeoutError(_))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::CallError(e) => e.fmt(f),
+            Error::ChannelError(e) => e.fmt(f),
+            Error::LatchError(e) => e.fmt(f),
+            Error::StreamError(e) => e.fmt(f),
+            Error::TimeoutError(e) => e.fmt(f),
+            Error::GeneralError(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<CallError> for Error {
+    fn from(e: CallError) -> Error {
+        Error::CallError(e)
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_says_what_failed() {
+        assert_eq!(Error::channel("sender closed").to_string(), "channel error: sender closed");
+        assert_eq!(Error::timeout("no reply in 1s").to_string(), "timeout: no reply in 1s");
+        let e = CallError::new("std::io::Error", "no such file");
+        assert_eq!(e.to_string(), "call failed: std::io::Error: no such file");
+        assert!(Error::from(e).is_call());
+    }
+}

@@ -1,0 +1,70 @@
+//! The messaging core of Mitogen for Rust (Python's `mitogen.core`).
+//!
+//! Everything here works inside one process: the [`Latch`] that user threads sleep on, the
+//! [`Broker`] thread that owns the poller, the [`Router`] that delivers [`Message`]s to handlers
+//! or forwards them along [`Stream`]s, and the [`Receiver`] / [`Sender`] / [`Channel`] endpoints.
+//! The [`guide`] explains how the pieces fit together.
+//!
+//! ```
+//! use std::time::Duration;
+//! use mitogen_core::{Broker, Receiver, Router};
+//!
+//! let broker = Broker::new()?;
+//! let router = Router::new(&broker);
+//! let recv = Receiver::new(&router)?;
+//! let sender = recv.to_sender();
+//! sender.send(&("disk usage", 42u64))?;
+//! let (what, n): (String, u64) = recv.get_data_timeout(Duration::from_secs(5))?;
+//! assert_eq!((what.as_str(), n), ("disk usage", 42));
+//! sender.close();
+//! assert!(recv.get_timeout(Duration::from_secs(5)).unwrap_err().is_channel());
+//! broker.shutdown();
+//! broker.join();
+//! # Ok::<(), mitogen_core::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod broker;
+mod context;
+mod error;
+pub mod globals;
+pub mod guide;
+mod latch;
+mod message;
+mod receiver;
+mod router;
+mod side;
+mod stream;
+mod sys;
+
+pub use broker::{panic_message, Broker, BrokerOptions};
+pub use context::Context;
+pub use error::{CallError, ChannelError, Error, GeneralError, LatchError, Result, StreamError, TimeoutError};
+pub use globals::Identity;
+pub use latch::Latch;
+pub use message::{
+    encode, Message, Payload, ADD_ROUTE, ALLOCATE_ID, CALL_FUNCTION, CALL_SERVICE, DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE,
+    DETACHING, FIRST_DYNAMIC_HANDLE, FORWARD_LOG, FORWARD_MODULE, GET_MODULE, HEADER_LEN, IS_DEAD, LOAD_MODULE, MAGIC,
+    SHUTDOWN,
+};
+pub use receiver::{Channel, Iter, Notify, Receiver, Sender};
+pub use router::{has_parent_authority, HandlerOptions, Policy, Router};
+pub use side::{io_op, Side};
+pub use stream::{Stream, CHUNK_SIZE};
+
+/// Create a connected pair of close-on-exec, non-blocking `AF_UNIX` stream sockets, as used to
+/// join two routers (or a parent and a local child).
+///
+/// # Errors
+/// [`StreamError`] if the sockets cannot be created.
+pub fn socketpair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    sys::socketpair(true).map_err(|e| Error::stream(format!("cannot create socketpair: {e}")))
+}
+
+/// Create a close-on-exec, non-blocking pipe `(read, write)`.
+///
+/// # Errors
+/// [`StreamError`] if the pipe cannot be created.
+pub fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    sys::pipe().map_err(|e| Error::stream(format!("cannot create pipe: {e}")))
+}

@@ -1,0 +1,580 @@
+//! [`Stream`]: a connection the broker reads and writes, and the frame decoder of message streams.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::broker::Broker;
+use crate::error::{Error, Result};
+use crate::message::{Message, HEADER_LEN};
+use crate::router::Router;
+use crate::side::Side;
+use crate::sys;
+
+/// Bytes read from a receive side per `read(2)` (Mitogen `CHUNK_SIZE`).
+pub const CHUNK_SIZE: usize = 128 * 1024;
+
+static NEXT_STREAM: AtomicUsize = AtomicUsize::new(1);
+const NO_ID: u32 = u32::MAX;
+
+type Listener = Box<dyn FnOnce(&Stream) + Send>;
+type ShutdownHook = Box<dyn FnMut(&Stream, &Broker) + Send>;
+type BytesHandler = Box<dyn FnMut(&Stream, &[u8]) + Send>;
+
+/// What a stream does with the bytes it reads: a closed set, so an enum.
+enum Protocol {
+    /// Framed messages handed to a router (Mitogen `MitogenProtocol`).
+    Message { router: Router, decoder: FrameDecoder },
+    /// Raw bytes handed to a callback; an empty slice means end of file (e.g. `IoLogger`).
+    Bytes(BytesHandler),
+}
+
+/// Reassembles frames from arbitrary chunks: partial headers, partial data, many frames at once.
+pub(crate) struct FrameDecoder {
+    header: Vec<u8>,
+    current: Option<(Message, usize)>,
+    max_message_size: usize,
+}
+
+impl FrameDecoder {
+    pub(crate) fn new(max_message_size: usize) -> FrameDecoder {
+        FrameDecoder { header: Vec::with_capacity(HEADER_LEN), current: None, max_message_size }
+    }
+
+    /// Consume `data`, pushing every completed message to `out`.
+    ///
+    /// # Errors
+    /// [`StreamError`](crate::StreamError) on a bad magic or an announced length over the
+    /// maximum; the stream must then be disconnected, since framing is lost.
+    pub(crate) fn feed(&mut self, mut data: &[u8], out: &mut Vec<Message>) -> Result<()> {
+        while !data.is_empty() || self.current.as_ref().is_some_and(|(m, len)| m.data.len() == *len) {
+            match &mut self.current {
+                None => {
+                    let take = (HEADER_LEN - self.header.len()).min(data.len());
+                    self.header.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if self.header.len() == HEADER_LEN {
+                        let h: &[u8; HEADER_LEN] = self.header[..].try_into().expect("header length");
+                        let (mut msg, len) = Message::parse_header(h)?;
+                        if len > self.max_message_size {
+                            return Err(Error::stream(format!(
+                                "frame of {len} bytes exceeds max_message_size {}",
+                                self.max_message_size
+                            )));
+                        }
+                        msg.data = Vec::with_capacity(len.min(16 << 20));
+                        self.header.clear();
+                        self.current = Some((msg, len));
+                    }
+                }
+                Some((msg, len)) => {
+                    let take = (*len - msg.data.len()).min(data.len());
+                    msg.data.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if msg.data.len() == *len {
+                        out.push(self.current.take().expect("current frame").0);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One queued outgoing frame: header and data kept apart so data is never copied.
+struct Chunk {
+    header: [u8; HEADER_LEN],
+    data: Vec<u8>,
+    /// Bytes of `header ++ data` already written.
+    written: usize,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        HEADER_LEN + self.data.len()
+    }
+
+    fn remaining(&self) -> [&[u8]; 2] {
+        if self.written < HEADER_LEN {
+            [&self.header[self.written..], &self.data]
+        } else {
+            [&[], &self.data[self.written - HEADER_LEN..]]
+        }
+    }
+}
+
+struct Tx {
+    side: Option<Side>,
+    queue: VecDeque<Chunk>,
+    pending: usize,
+    /// Whether the transmit side is registered with the broker for writability.
+    transmitting: bool,
+}
+
+struct Rx {
+    side: Option<Side>,
+    protocol: Protocol,
+}
+
+struct Inner {
+    id: usize,
+    name: Mutex<String>,
+    broker: Broker,
+    rx: Mutex<Rx>,
+    tx: Mutex<Tx>,
+    remote_id: AtomicU32,
+    auth_id: AtomicU32,
+    is_privileged: AtomicBool,
+    egress_ids: Mutex<HashSet<u32>>,
+    disconnected: AtomicBool,
+    listeners: Mutex<Vec<Listener>>,
+    on_shutdown: Mutex<Option<ShutdownHook>>,
+}
+
+/// A connection driven by a [`Broker`]: a receive [`Side`], an optional transmit [`Side`], and
+/// what to do with what is read (Mitogen `Stream` / `BasicStream` with its `Protocol`).
+///
+/// Cheap to clone; clones are the same stream. Message streams decode frames and hand each
+/// message to their [`Router`]; [`send`](Stream::send) may be called from any thread and writes
+/// straight to the descriptor when nothing is queued, else queues the frame for the broker to
+/// drain when the descriptor is writable.
+#[derive(Clone)]
+pub struct Stream {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Stream({})", self.name())
+    }
+}
+
+impl PartialEq for Stream {
+    fn eq(&self, other: &Stream) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Eq for Stream {}
+
+impl Stream {
+    fn build(broker: &Broker, name: String, rx: Side, tx: Option<Side>, protocol: Protocol) -> Stream {
+        Stream {
+            inner: Arc::new(Inner {
+                id: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
+                name: Mutex::new(name),
+                broker: broker.clone(),
+                rx: Mutex::new(Rx { side: Some(rx), protocol }),
+                tx: Mutex::new(Tx { side: tx, queue: VecDeque::new(), pending: 0, transmitting: false }),
+                remote_id: AtomicU32::new(NO_ID),
+                auth_id: AtomicU32::new(NO_ID),
+                is_privileged: AtomicBool::new(false),
+                egress_ids: Mutex::new(HashSet::new()),
+                disconnected: AtomicBool::new(false),
+                listeners: Mutex::new(Vec::new()),
+                on_shutdown: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// A message stream over one bidirectional descriptor (a socket or TTY), feeding `router`.
+    ///
+    /// The descriptor is duplicated so the receive and transmit sides are separate descriptors,
+    /// each registered with the broker on its own. Call [`Router::register`] to start it.
+    ///
+    /// # Errors
+    /// [`StreamError`](crate::StreamError) if the descriptor cannot be duplicated or prepared.
+    pub fn message(router: &Router, name: impl Into<String>, fd: OwnedFd) -> Result<Stream> {
+        let rfd = sys::dup_cloexec(fd.as_fd()).map_err(|e| Error::stream(format!("cannot dup stream fd: {e}")))?;
+        Stream::message_pair(router, name, rfd, fd)
+    }
+
+    /// A message stream reading `rfd` and writing `wfd` (for example a child's stdout and stdin).
+    ///
+    /// # Errors
+    /// [`StreamError`](crate::StreamError) if a descriptor cannot be prepared.
+    pub fn message_pair(router: &Router, name: impl Into<String>, rfd: OwnedFd, wfd: OwnedFd) -> Result<Stream> {
+        let protocol = Protocol::Message {
+            router: router.clone(),
+            decoder: FrameDecoder::new(router.max_message_size()),
+        };
+        let rx = Side::new(rfd, true)?;
+        let tx = Side::new(wfd, false)?;
+        Ok(Stream::build(router.broker(), name.into(), rx, Some(tx), protocol))
+    }
+
+    /// A receive-only stream calling `on_data` with every chunk read from `rfd`, and once with
+    /// an empty slice at end of file. Used for stdio forwarding (Mitogen `IoLogger`).
+    ///
+    /// # Errors
+    /// [`StreamError`](crate::StreamError) if the descriptor cannot be prepared.
+    pub fn bytes(
+        broker: &Broker,
+        name: impl Into<String>,
+        rfd: OwnedFd,
+        keep_alive: bool,
+        on_data: impl FnMut(&Stream, &[u8]) + Send + 'static,
+    ) -> Result<Stream> {
+        let rx = Side::new(rfd, keep_alive)?;
+        Ok(Stream::build(broker, name.into(), rx, None, Protocol::Bytes(Box::new(on_data))))
+    }
+
+    pub(crate) fn id(&self) -> usize {
+        self.inner.id
+    }
+
+    /// The stream's name, for log lines.
+    pub fn name(&self) -> String {
+        self.inner.name.lock().clone()
+    }
+
+    /// Rename the stream.
+    pub fn set_name(&self, name: impl Into<String>) {
+        *self.inner.name.lock() = name.into();
+    }
+
+    /// The broker driving this stream.
+    pub fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    /// The id of the context at the other end, once registered (Mitogen `remote_id`).
+    pub fn remote_id(&self) -> Option<u32> {
+        match self.inner.remote_id.load(Ordering::Acquire) {
+            NO_ID => None,
+            id => Some(id),
+        }
+    }
+
+    pub(crate) fn set_remote_id(&self, id: u32) {
+        self.inner.remote_id.store(id, Ordering::Release);
+    }
+
+    /// When set, every message arriving on this stream acts with this authority, after source
+    /// verification (Mitogen `MitogenProtocol.auth_id`).
+    pub fn auth_id(&self) -> Option<u32> {
+        match self.inner.auth_id.load(Ordering::Acquire) {
+            NO_ID => None,
+            id => Some(id),
+        }
+    }
+
+    /// Set [`auth_id`](Stream::auth_id).
+    pub fn set_auth_id(&self, id: Option<u32>) {
+        self.inner.auth_id.store(id.unwrap_or(NO_ID), Ordering::Release);
+    }
+
+    /// Whether the peer is trusted to reach anywhere even in `unidirectional` mode (a parent).
+    pub fn is_privileged(&self) -> bool {
+        self.inner.is_privileged.load(Ordering::Acquire)
+    }
+
+    /// Set [`is_privileged`](Stream::is_privileged).
+    pub fn set_privileged(&self, privileged: bool) {
+        self.inner.is_privileged.store(privileged, Ordering::Release);
+    }
+
+    /// Record that the peer sent a message to `dst_id` (Mitogen `egress_ids`).
+    pub(crate) fn note_egress(&self, dst_id: u32) {
+        self.inner.egress_ids.lock().insert(dst_id);
+    }
+
+    /// Every context id the peer ever sent a message to.
+    pub fn egress_ids(&self) -> HashSet<u32> {
+        self.inner.egress_ids.lock().clone()
+    }
+
+    /// Whether [`on_disconnect`](Stream::on_disconnect) has run.
+    pub fn is_disconnected(&self) -> bool {
+        self.inner.disconnected.load(Ordering::Acquire)
+    }
+
+    /// Whether the broker's graceful shutdown should wait for this stream.
+    pub fn keep_alive(&self) -> bool {
+        self.inner.rx.lock().side.as_ref().is_some_and(|s| s.keep_alive() && !s.closed())
+    }
+
+    /// Call `f` once, on the broker thread, when the stream disconnects (Mitogen's
+    /// `listen(stream, 'disconnect', f)`). Called at once if it already has.
+    pub fn on_disconnect_listener(&self, f: impl FnOnce(&Stream) + Send + 'static) {
+        let mut ls = self.inner.listeners.lock();
+        if self.is_disconnected() {
+            drop(ls);
+            f(self);
+        } else {
+            ls.push(Box::new(f));
+        }
+    }
+
+    /// Replace what [`on_shutdown`](Stream::on_shutdown) does: by default it disconnects at
+    /// once; a parent's stream to a child instead asks the child to exit and waits for it.
+    pub fn set_on_shutdown(&self, f: impl FnMut(&Stream, &Broker) + Send + 'static) {
+        *self.inner.on_shutdown.lock() = Some(Box::new(f));
+    }
+
+    /// Bytes queued for transmission and not yet written (Mitogen `pending_bytes()`).
+    pub fn pending_bytes(&self) -> usize {
+        self.inner.tx.lock().pending
+    }
+
+    pub(crate) fn rx_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.inner.rx.lock().side.as_ref().and_then(|s| s.fd().map(|_| s.raw_fd()))
+    }
+
+    pub(crate) fn tx_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.inner.tx.lock().side.as_ref().and_then(|s| s.fd().map(|_| s.raw_fd()))
+    }
+
+    /// Queue `msg` for transmission, writing it at once when nothing else is queued. Safe from
+    /// any thread.
+    ///
+    /// # Errors
+    /// [`StreamError`](crate::StreamError) if the stream is disconnected; the message is dropped.
+    pub fn send(&self, msg: Message) -> Result<()> {
+        let mut chunk = Chunk { header: msg.header(), data: msg.data, written: 0 };
+        let mut tx = self.inner.tx.lock();
+        let Some(side) = tx.side.as_ref() else {
+            return Err(Error::stream(format!("{}: stream is disconnected", self.name())));
+        };
+        if tx.queue.is_empty() {
+            let [a, b] = chunk.remaining();
+            match side.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)]) {
+                Ok(Some(n)) => chunk.written = n,
+                Ok(None) => {
+                    drop(tx);
+                    self.disconnect_later();
+                    return Err(Error::stream(format!("{}: peer disconnected", self.name())));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    drop(tx);
+                    log::error!("{}: write failed: {e}", self.name());
+                    self.disconnect_later();
+                    return Err(Error::stream(format!("{}: write failed: {e}", self.name())));
+                }
+            }
+            if chunk.written == chunk.len() {
+                return Ok(());
+            }
+        }
+        tx.pending += chunk.len() - chunk.written;
+        tx.queue.push_back(chunk);
+        if !tx.transmitting {
+            tx.transmitting = true;
+            drop(tx);
+            self.inner.broker.start_transmit(self);
+        }
+        Ok(())
+    }
+
+    fn disconnect_later(&self) {
+        let me = self.clone();
+        let broker = self.inner.broker.clone();
+        let _ = broker.defer(move || me.on_disconnect(&me.inner.broker.clone()));
+    }
+
+    /// Called by the broker when the receive side is readable: read until it would block, decode,
+    /// and dispatch. End of file or a protocol error disconnects the stream (Mitogen
+    /// `on_receive`).
+    pub fn on_receive(&self, broker: &Broker) {
+        let mut msgs = Vec::new();
+        let outcome = self.read_all(&mut msgs);
+        if !msgs.is_empty() {
+            let router = match &self.inner.rx.lock().protocol {
+                Protocol::Message { router, .. } => Some(router.clone()),
+                Protocol::Bytes(_) => None,
+            };
+            for msg in msgs {
+                if let Some(router) = &router {
+                    router.async_route(msg, Some(self));
+                }
+            }
+        }
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => self.on_disconnect(broker),
+            Err(e) => {
+                log::error!("{}: {e}; disconnecting", self.name());
+                self.on_disconnect(broker);
+            }
+        }
+    }
+
+    /// Read until `EAGAIN`. `Ok(false)` is end of file.
+    fn read_all(&self, msgs: &mut Vec<Message>) -> Result<bool> {
+        SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            let mut rx = self.inner.rx.lock();
+            let rx = &mut *rx;
+            let Some(side) = rx.side.as_ref() else { return Ok(false) };
+            loop {
+                let n = match side.read(&mut buf[..]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                    Err(e) => return Err(Error::stream(format!("read failed on fd {}: {e}", side.raw_fd()))),
+                };
+                match &mut rx.protocol {
+                    Protocol::Message { decoder, .. } => {
+                        if n > 0 {
+                            decoder.feed(&buf[..n], msgs)?;
+                        }
+                    }
+                    Protocol::Bytes(f) => f(self, &buf[..n]),
+                }
+                if n == 0 {
+                    return Ok(false);
+                }
+            }
+        })
+    }
+
+    /// Called by the broker when the transmit side is writable: write queued frames until the
+    /// descriptor is full or the queue is empty (Mitogen `on_transmit`).
+    pub fn on_transmit(&self, broker: &Broker) {
+        let mut tx = self.inner.tx.lock();
+        let tx = &mut *tx;
+        let Some(side) = tx.side.as_ref() else { return };
+        while !tx.queue.is_empty() {
+            let mut iov = Vec::with_capacity(2 * tx.queue.len().min(64));
+            for c in tx.queue.iter().take(64) {
+                let [a, b] = c.remaining();
+                iov.push(io::IoSlice::new(a));
+                iov.push(io::IoSlice::new(b));
+            }
+            let mut n = match side.write_vectored(&iov) {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    drop(iov);
+                    return self.disconnect_later();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::error!("{}: write failed: {e}; disconnecting", self.name());
+                    drop(iov);
+                    return self.disconnect_later();
+                }
+            };
+            drop(iov);
+            tx.pending -= n;
+            while n > 0 {
+                let c = tx.queue.front_mut().expect("written bytes belong to queued chunks");
+                let left = c.len() - c.written;
+                if n >= left {
+                    n -= left;
+                    tx.queue.pop_front();
+                } else {
+                    c.written += n;
+                    n = 0;
+                }
+            }
+        }
+        tx.transmitting = false;
+        broker.stop_transmit(self);
+    }
+
+    /// Called by the broker's graceful shutdown (Mitogen `on_shutdown`): runs the hook set with
+    /// [`set_on_shutdown`](Stream::set_on_shutdown), or disconnects.
+    pub fn on_shutdown(&self, broker: &Broker) {
+        let hook = self.inner.on_shutdown.lock().take();
+        match hook {
+            Some(mut f) => {
+                f(self, broker);
+                let mut slot = self.inner.on_shutdown.lock();
+                if slot.is_none() {
+                    *slot = Some(f);
+                }
+            }
+            None => self.on_disconnect(broker),
+        }
+    }
+
+    /// Disconnect: unregister from the broker, close both sides, and tell every listener
+    /// (Mitogen `on_disconnect`). Runs once; from a thread other than the broker's, it is
+    /// deferred to the broker.
+    pub fn on_disconnect(&self, broker: &Broker) {
+        if !broker.on_broker_thread() {
+            return self.disconnect_later();
+        }
+        if self.inner.disconnected.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        log::debug!("{}: disconnecting", self.name());
+        broker.unregister(self);
+        if let Some(mut s) = self.inner.rx.lock().side.take() {
+            s.close();
+        }
+        {
+            let mut tx = self.inner.tx.lock();
+            if let Some(mut s) = tx.side.take() {
+                s.close();
+            }
+            tx.queue.clear();
+            tx.pending = 0;
+        }
+        let listeners = std::mem::take(&mut *self.inner.listeners.lock());
+        for f in listeners {
+            f(self);
+        }
+        // Drop the protocol (and its router reference) so stream <-> router cycles end here.
+        self.inner.rx.lock().protocol = Protocol::Bytes(Box::new(|_, _| {}));
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; CHUNK_SIZE].into_boxed_slice());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(handle: u32, data: &[u8]) -> Vec<u8> {
+        let m = Message::raw(handle, data.to_vec());
+        let mut v = m.header().to_vec();
+        v.extend_from_slice(data);
+        v
+    }
+
+    #[test]
+    fn decoder_reassembles_partial_frames_byte_by_byte() {
+        let mut bytes = frame(7, b"hello");
+        bytes.extend(frame(8, b""));
+        bytes.extend(frame(9, &[1u8; 1000]));
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        for b in &bytes {
+            d.feed(std::slice::from_ref(b), &mut out).unwrap();
+        }
+        let got: Vec<(u32, usize)> = out.iter().map(|m| (m.handle, m.data.len())).collect();
+        assert_eq!(got, vec![(7, 5), (8, 0), (9, 1000)]);
+        assert_eq!(out[0].data, b"hello");
+    }
+
+    #[test]
+    fn decoder_takes_many_frames_in_one_chunk() {
+        let mut bytes = Vec::new();
+        for i in 0..100u32 {
+            bytes.extend(frame(i, &i.to_be_bytes()));
+        }
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        d.feed(&bytes, &mut out).unwrap();
+        assert_eq!(out.len(), 100);
+        assert!(out.iter().enumerate().all(|(i, m)| m.handle == i as u32 && m.data == (i as u32).to_be_bytes()));
+    }
+
+    #[test]
+    fn decoder_refuses_oversized_frames_and_bad_magic() {
+        let mut d = FrameDecoder::new(10);
+        let err = d.feed(&frame(1, &[0; 11]), &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("exceeds max_message_size 10"), "{err}");
+        let mut d = FrameDecoder::new(10);
+        let err = d.feed(&[0xffu8; 40], &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("bad magic"), "{err}");
+    }
+}
