@@ -1,1 +1,192 @@
-//! Test helpers.
+//! Shared helpers of the end-to-end suite: a once-only [`init`], the leak-checking [`run`]
+//! wrapper every test goes through, and bounded-wait expectation helpers.
+//!
+//! The leak check follows the reference suite: after each test, no thread, file descriptor or
+//! child process may remain that was not there before it. The body runs on a fresh thread, so
+//! its thread-local latch socket is closed when it ends. The check is exact when the test has the
+//! process to itself, as under `cargo nextest run` (one process per test, the README's command)
+//! or `cargo test -- --test-threads=1`; when `cargo test` runs other tests in the same process at
+//! the same time, their resources are indistinguishable from a leak, so the check is skipped for
+//! overlapping tests and says so on stderr.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+static STARTED: AtomicUsize = AtomicUsize::new(0);
+
+/// Install the logger once (`RUST_LOG` chooses the level; errors are shown by default).
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let env = env_logger::Env::default().default_filter_or("error");
+        let _ = env_logger::Builder::from_env(env).is_test(true).try_init();
+    });
+}
+
+/// What a process holds that a test could leak.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    fds: BTreeSet<(i32, String)>,
+    threads: usize,
+    children: BTreeSet<i32>,
+}
+
+fn listdir(path: &str) -> Vec<String> {
+    std::fs::read_dir(path)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Our direct children, from `/proc/*/stat` (field 4 is the parent pid).
+fn children() -> BTreeSet<i32> {
+    let me = std::process::id() as i32;
+    listdir("/proc")
+        .iter()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The command name may contain spaces: fields after the closing parenthesis.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            rest.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i32>().ok())
+                == Some(me)
+        })
+        .collect()
+}
+
+impl Snapshot {
+    /// Take a snapshot of this process now.
+    pub fn take() -> Snapshot {
+        let fds = listdir("/proc/self/fd")
+            .iter()
+            .filter_map(|f| f.parse::<i32>().ok())
+            .filter_map(|fd| {
+                std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                    .ok()
+                    .map(|l| (fd, l.display().to_string()))
+            })
+            // The directory listing itself holds an fd for the duration of read_dir.
+            .filter(|(_, l)| !l.starts_with("/proc/") || !l.ends_with("/fd"))
+            .collect();
+        Snapshot {
+            fds,
+            threads: listdir("/proc/self/task").len(),
+            children: children(),
+        }
+    }
+}
+
+/// Run `body` on a fresh thread with the leak check around it. Panics (failing the test) when
+/// the body panics, or when a thread, fd or child process it created is still there 3 s
+/// after it returned.
+#[track_caller]
+pub fn run(body: impl FnOnce() + Send + 'static) {
+    init();
+    let generation = STARTED.fetch_add(1, Ordering::SeqCst);
+    let alone_at_start = ACTIVE.fetch_add(1, Ordering::SeqCst) == 0;
+    let before = Snapshot::take();
+    let result = std::thread::Builder::new()
+        .name("test-body".into())
+        .spawn(body)
+        .expect("spawn test body")
+        .join();
+    let alone = alone_at_start && STARTED.load(Ordering::SeqCst) == generation + 1;
+    let mut after = Snapshot::take();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    // Threads and children finish exiting shortly after being joined or reaped: poll, bounded.
+    while alone && after != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        after = Snapshot::take();
+    }
+    ACTIVE.fetch_sub(1, Ordering::SeqCst);
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+    if !alone {
+        eprintln!("leak check skipped: other tests ran in this process at the same time (use cargo nextest)");
+        return;
+    }
+    let leaked_fds: Vec<_> = after.fds.difference(&before.fds).collect();
+    let leaked_children: Vec<_> = after.children.difference(&before.children).collect();
+    assert!(
+        leaked_fds.is_empty(),
+        "test leaked file descriptors: {leaked_fds:?}"
+    );
+    assert_eq!(
+        after.threads, before.threads,
+        "test leaked threads ({} before, {} after)",
+        before.threads, after.threads
+    );
+    assert!(
+        leaked_children.is_empty(),
+        "test leaked child processes: {leaked_children:?}"
+    );
+}
+
+/// Wait until `cond()` holds, polling every millisecond for at most `timeout`; panics naming
+/// `what` if it never does. For conditions with no event to wait on (a stream's state).
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The timeout every blocking wait in the suite uses unless it tests timeouts itself.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The harness itself: each kind of leak makes `run` fail. One test, so it has its binary's
+    /// process to itself and the check is exact under any runner.
+    #[test]
+    fn leak_check_catches_leaked_fds_threads_and_children() {
+        let fd = std::panic::catch_unwind(|| {
+            run(|| std::mem::forget(std::fs::File::open("/dev/null").unwrap()))
+        });
+        assert!(fd.is_err(), "a leaked fd is caught");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::panic::catch_unwind(move || {
+            run(move || {
+                std::thread::spawn(move || rx.recv_timeout(Duration::from_secs(60)));
+            })
+        });
+        assert!(thread.is_err(), "a leaked thread is caught");
+        drop(tx);
+        let mut child = None;
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let s = slot.clone();
+        let proc_leak = std::panic::catch_unwind(move || {
+            run(move || {
+                *s.lock().unwrap() = Some(
+                    std::process::Command::new("sleep")
+                        .arg("60")
+                        .spawn()
+                        .unwrap(),
+                )
+            })
+        });
+        assert!(proc_leak.is_err(), "a leaked child process is caught");
+        if let Some(mut c) = slot.lock().unwrap().take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+            child = Some(());
+        }
+        assert!(child.is_some());
+    }
+}

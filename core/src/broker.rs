@@ -31,7 +31,10 @@ pub struct BrokerOptions {
 
 impl Default for BrokerOptions {
     fn default() -> Self {
-        BrokerOptions { name: "mitogen-broker".into(), shutdown_timeout: Duration::from_secs(3) }
+        BrokerOptions {
+            name: "mitogen-broker".into(),
+            shutdown_timeout: Duration::from_secs(3),
+        }
     }
 }
 
@@ -105,16 +108,24 @@ impl Broker {
     /// # Errors
     /// [`GeneralError`](crate::GeneralError) if the poller or its thread cannot be created.
     pub fn with_options(options: BrokerOptions) -> Result<Broker> {
-        let fail = |what: &str, e: std::io::Error| Error::general(format!("broker: cannot create {what}: {e}"));
+        let fail = |what: &str, e: std::io::Error| {
+            Error::general(format!("broker: cannot create {what}: {e}"))
+        };
         let poll = Poll::new().map_err(|e| fail("poller", e))?;
-        let registry = poll.registry().try_clone().map_err(|e| fail("registry", e))?;
+        let registry = poll
+            .registry()
+            .try_clone()
+            .map_err(|e| fail("registry", e))?;
         let waker = mio::Waker::new(poll.registry(), WAKER).map_err(|e| fail("waker", e))?;
         let broker = Broker {
             inner: Arc::new(Inner {
                 name: options.name.clone(),
                 registry,
                 waker,
-                deferred: Mutex::new(Deferred { queue: Vec::new(), exited: false }),
+                deferred: Mutex::new(Deferred {
+                    queue: Vec::new(),
+                    exited: false,
+                }),
                 registered: Mutex::new(Registered::default()),
                 alive: AtomicBool::new(true),
                 thread: OnceLock::new(),
@@ -159,7 +170,10 @@ impl Broker {
         }
         let mut d = self.inner.deferred.lock();
         if d.exited {
-            return Err(Error::general(format!("{}: broker has exited; cannot defer work", self.inner.name)));
+            return Err(Error::general(format!(
+                "{}: broker has exited; cannot defer work",
+                self.inner.name
+            )));
         }
         let was_empty = d.queue.is_empty();
         d.queue.push(Box::new(f));
@@ -222,27 +236,50 @@ impl Broker {
         let (fd, interest, token) = if receive {
             (stream.rx_fd(), Interest::READABLE, Token(stream.id() * 2))
         } else {
-            (stream.tx_fd(), Interest::WRITABLE, Token(stream.id() * 2 + 1))
+            (
+                stream.tx_fd(),
+                Interest::WRITABLE,
+                Token(stream.id() * 2 + 1),
+            )
         };
         let Some(fd) = fd else { return };
         let mut reg = self.inner.registered.lock();
-        let map = if receive { &mut reg.readers } else { &mut reg.writers };
+        let map = if receive {
+            &mut reg.readers
+        } else {
+            &mut reg.writers
+        };
         if map.contains_key(&stream.id()) {
             return;
         }
-        match self.inner.registry.register(&mut SourceFd(&fd), token, interest) {
+        match self
+            .inner
+            .registry
+            .register(&mut SourceFd(&fd), token, interest)
+        {
             Ok(()) => {
                 map.insert(stream.id(), stream.clone());
             }
-            Err(e) => log::error!("{}: cannot register {stream:?} fd {fd}: {e}", self.inner.name),
+            Err(e) => log::error!(
+                "{}: cannot register {stream:?} fd {fd}: {e}",
+                self.inner.name
+            ),
         }
     }
 
     /// Deregister one side of `stream` (broker thread only), while its descriptor is still open.
     fn deregister(&self, stream: &Stream, receive: bool) {
-        let fd = if receive { stream.rx_fd() } else { stream.tx_fd() };
+        let fd = if receive {
+            stream.rx_fd()
+        } else {
+            stream.tx_fd()
+        };
         let mut reg = self.inner.registered.lock();
-        let map = if receive { &mut reg.readers } else { &mut reg.writers };
+        let map = if receive {
+            &mut reg.readers
+        } else {
+            &mut reg.writers
+        };
         if map.remove(&stream.id()).is_some() {
             if let Some(fd) = fd {
                 let _ = self.inner.registry.deregister(&mut SourceFd(&fd));
@@ -258,7 +295,14 @@ impl Broker {
 
     /// Whether any stream being read asks the shutdown to wait for it (Mitogen `keep_alive()`).
     pub fn keep_alive(&self) -> bool {
-        let readers: Vec<Stream> = self.inner.registered.lock().readers.values().cloned().collect();
+        let readers: Vec<Stream> = self
+            .inner
+            .registered
+            .lock()
+            .readers
+            .values()
+            .cloned()
+            .collect();
         readers.iter().any(Stream::keep_alive)
     }
 
@@ -312,7 +356,12 @@ impl Broker {
             let (id, receive) = (token.0 / 2, token.0 % 2 == 0);
             let stream = {
                 let reg = self.inner.registered.lock();
-                if receive { reg.readers.get(&id) } else { reg.writers.get(&id) }.cloned()
+                if receive {
+                    reg.readers.get(&id)
+                } else {
+                    reg.writers.get(&id)
+                }
+                .cloned()
             };
             // A stream unregistered earlier in this batch has no entry: its event is stale.
             if let Some(s) = stream {
@@ -335,7 +384,12 @@ impl Broker {
     fn all_streams(&self) -> Vec<Stream> {
         let reg = self.inner.registered.lock();
         let mut v: Vec<Stream> = reg.readers.values().cloned().collect();
-        v.extend(reg.writers.iter().filter(|(id, _)| !reg.readers.contains_key(id)).map(|(_, s)| s.clone()));
+        v.extend(
+            reg.writers
+                .iter()
+                .filter(|(id, _)| !reg.readers.contains_key(id))
+                .map(|(_, s)| s.clone()),
+        );
         v
     }
 

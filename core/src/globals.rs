@@ -33,7 +33,10 @@ impl Identity {
     }
 }
 
-static IDENTITY: RwLock<Identity> = RwLock::new(Identity { context_id: 0, parent_ids: Vec::new() });
+static IDENTITY: RwLock<Identity> = RwLock::new(Identity {
+    context_id: 0,
+    parent_ids: Vec::new(),
+});
 
 /// Record this process's identity; called once by the child bootstrap.
 pub fn set_identity(identity: Identity) {

@@ -24,7 +24,10 @@ struct WakeSocket {
 impl WakeSocket {
     fn new() -> WakeSocket {
         let (r, w) = sys::socketpair(true).expect("latch: cannot create wake-up socketpair");
-        WakeSocket { rsock: r, wsock: Arc::new(w) }
+        WakeSocket {
+            rsock: r,
+            wsock: Arc::new(w),
+        }
     }
 }
 
@@ -34,7 +37,9 @@ thread_local! {
 
 fn thread_socket() -> Rc<WakeSocket> {
     // During thread-local destruction the slot may be gone; a private pair then does the job.
-    WAKE_SOCKET.try_with(Rc::clone).unwrap_or_else(|_| Rc::new(WakeSocket::new()))
+    WAKE_SOCKET
+        .try_with(Rc::clone)
+        .unwrap_or_else(|_| Rc::new(WakeSocket::new()))
 }
 
 static NEXT_WAITER: AtomicU64 = AtomicU64::new(1);
@@ -112,11 +117,26 @@ impl<T> Latch<T> {
         }
     }
 
-    /// Whether [`get`](Latch::get) would block now (Mitogen `empty()`).
+    /// Whether [`get`](Latch::get) would block now (Mitogen `empty()`); same as `len() == 0`.
     ///
     /// As with any queue shared by threads, the answer may be stale by the time it is used.
     pub fn empty(&self) -> bool {
         self.state.lock().queue.is_empty()
+    }
+
+    /// Same as [`empty`](Latch::empty).
+    pub fn is_empty(&self) -> bool {
+        self.empty()
+    }
+
+    /// How many objects are queued (Mitogen `size()`); as stale as [`empty`](Latch::empty).
+    pub fn len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// How many threads are asleep in a `get` on this latch and not yet woken.
+    pub fn sleeping(&self) -> usize {
+        self.state.lock().sleeping.len()
     }
 
     /// Whether [`close`](Latch::close) was called.

@@ -39,13 +39,15 @@ mod sys;
 
 pub use broker::{panic_message, Broker, BrokerOptions};
 pub use context::Context;
-pub use error::{CallError, ChannelError, Error, GeneralError, LatchError, Result, StreamError, TimeoutError};
+pub use error::{
+    CallError, ChannelError, Error, GeneralError, LatchError, Result, StreamError, TimeoutError,
+};
 pub use globals::Identity;
 pub use latch::Latch;
 pub use message::{
-    encode, Message, Payload, ADD_ROUTE, ALLOCATE_ID, CALL_FUNCTION, CALL_SERVICE, DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE,
-    DETACHING, FIRST_DYNAMIC_HANDLE, FORWARD_LOG, FORWARD_MODULE, GET_MODULE, HEADER_LEN, IS_DEAD, LOAD_MODULE, MAGIC,
-    SHUTDOWN,
+    encode, Message, Payload, ADD_ROUTE, ALLOCATE_ID, CALL_FUNCTION, CALL_SERVICE,
+    DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE, DETACHING, FIRST_DYNAMIC_HANDLE, FORWARD_LOG,
+    FORWARD_MODULE, GET_MODULE, HEADER_LEN, IS_DEAD, LOAD_MODULE, MAGIC, SHUTDOWN,
 };
 pub use receiver::{Channel, Iter, Notify, Receiver, Sender};
 pub use router::{has_parent_authority, HandlerOptions, Policy, Router};

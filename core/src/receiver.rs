@@ -48,7 +48,12 @@ pub struct Receiver {
 
 impl fmt::Debug for Receiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Receiver({}:{})", self.inner.router.context_id(), self.inner.handle)
+        write!(
+            f,
+            "Receiver({}:{})",
+            self.inner.router.context_id(),
+            self.inner.handle
+        )
     }
 }
 
@@ -73,10 +78,20 @@ impl Receiver {
     ///
     /// # Errors
     /// [`GeneralError`](crate::GeneralError) if `handle` is already registered.
-    pub fn with_options(router: &Router, handle: Option<u32>, persist: bool, respondent: Option<Context>) -> Result<Receiver> {
+    pub fn with_options(
+        router: &Router,
+        handle: Option<u32>,
+        persist: bool,
+        respondent: Option<Context>,
+    ) -> Result<Receiver> {
         let slot: Arc<Mutex<Weak<Inner>>> = Arc::new(Mutex::new(Weak::new()));
         let s = slot.clone();
-        let options = HandlerOptions { handle, persist, respondent: respondent.clone(), policy: None };
+        let options = HandlerOptions {
+            handle,
+            persist,
+            respondent: respondent.clone(),
+            policy: None,
+        };
         let handle = router.add_handler(move |msg| Receiver::deliver(&s, msg), options)?;
         let inner = Arc::new(Inner {
             router: router.clone(),
@@ -91,13 +106,17 @@ impl Receiver {
         // After the broker exited, add_handler ran the handler with a dead message before the
         // slot was filled; make sure the receiver holds one.
         if router.broker().exited() && recv.inner.latch.empty() {
-            let _ = recv.inner.latch.put(Message::dead("broker exited; no more messages will be delivered"));
+            let _ = recv.inner.latch.put(Message::dead(
+                "broker exited; no more messages will be delivered",
+            ));
         }
         Ok(recv)
     }
 
     fn deliver(slot: &Mutex<Weak<Inner>>, msg: Message) {
-        let Some(inner) = slot.lock().upgrade() else { return };
+        let Some(inner) = slot.lock().upgrade() else {
+            return;
+        };
         if inner.latch.put(msg).is_ok() {
             let notify = inner.notify.lock().clone();
             if let Some(n) = notify {
@@ -126,6 +145,21 @@ impl Receiver {
     /// afterwards, as `Select` does.
     pub fn set_notify(&self, notify: Option<Notify>) {
         *self.inner.notify.lock() = notify;
+    }
+
+    /// The function installed with [`set_notify`](Receiver::set_notify), if any.
+    pub fn notify(&self) -> Option<Notify> {
+        self.inner.notify.lock().clone()
+    }
+
+    /// How many messages are queued (Mitogen `size()`).
+    pub fn len(&self) -> usize {
+        self.inner.latch.len()
+    }
+
+    /// Same as [`empty`](Receiver::empty).
+    pub fn is_empty(&self) -> bool {
+        self.inner.latch.empty()
     }
 
     /// A [`Sender`] that delivers to this receiver, from any context (Mitogen `to_sender`).
@@ -251,7 +285,10 @@ pub struct Sender {
 impl Sender {
     /// A sender to `dst_handle` in `context`.
     pub fn new(context: Context, dst_handle: u32) -> Sender {
-        Sender { context, dst_handle }
+        Sender {
+            context,
+            dst_handle,
+        }
     }
 
     /// The destination context.
@@ -310,9 +347,17 @@ impl Channel {
     ///
     /// # Errors
     /// [`GeneralError`](crate::GeneralError) if `handle` is already registered.
-    pub fn new(router: &Router, context: Context, dst_handle: u32, handle: Option<u32>) -> Result<Channel> {
+    pub fn new(
+        router: &Router,
+        context: Context,
+        dst_handle: u32,
+        handle: Option<u32>,
+    ) -> Result<Channel> {
         let receiver = Receiver::with_options(router, handle, true, Some(context.clone()))?;
-        Ok(Channel { sender: Sender::new(context, dst_handle), receiver })
+        Ok(Channel {
+            sender: Sender::new(context, dst_handle),
+            receiver,
+        })
     }
 
     /// The sending half.

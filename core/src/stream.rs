@@ -29,7 +29,10 @@ type BytesHandler = Box<dyn FnMut(&Stream, &[u8]) + Send>;
 /// What a stream does with the bytes it reads: a closed set, so an enum.
 enum Protocol {
     /// Framed messages handed to a router (Mitogen `MitogenProtocol`).
-    Message { router: Router, decoder: FrameDecoder },
+    Message {
+        router: Router,
+        decoder: FrameDecoder,
+    },
     /// Raw bytes handed to a callback; an empty slice means end of file (e.g. `IoLogger`).
     Bytes(BytesHandler),
 }
@@ -43,7 +46,11 @@ pub(crate) struct FrameDecoder {
 
 impl FrameDecoder {
     pub(crate) fn new(max_message_size: usize) -> FrameDecoder {
-        FrameDecoder { header: Vec::with_capacity(HEADER_LEN), current: None, max_message_size }
+        FrameDecoder {
+            header: Vec::with_capacity(HEADER_LEN),
+            current: None,
+            max_message_size,
+        }
     }
 
     /// Consume `data`, pushing every completed message to `out`.
@@ -52,14 +59,20 @@ impl FrameDecoder {
     /// [`StreamError`](crate::StreamError) on a bad magic or an announced length over the
     /// maximum; the stream must then be disconnected, since framing is lost.
     pub(crate) fn feed(&mut self, mut data: &[u8], out: &mut Vec<Message>) -> Result<()> {
-        while !data.is_empty() || self.current.as_ref().is_some_and(|(m, len)| m.data.len() == *len) {
+        while !data.is_empty()
+            || self
+                .current
+                .as_ref()
+                .is_some_and(|(m, len)| m.data.len() == *len)
+        {
             match &mut self.current {
                 None => {
                     let take = (HEADER_LEN - self.header.len()).min(data.len());
                     self.header.extend_from_slice(&data[..take]);
                     data = &data[take..];
                     if self.header.len() == HEADER_LEN {
-                        let h: &[u8; HEADER_LEN] = self.header[..].try_into().expect("header length");
+                        let h: &[u8; HEADER_LEN] =
+                            self.header[..].try_into().expect("header length");
                         let (mut msg, len) = Message::parse_header(h)?;
                         if len > self.max_message_size {
                             return Err(Error::stream(format!(
@@ -163,14 +176,28 @@ impl PartialEq for Stream {
 impl Eq for Stream {}
 
 impl Stream {
-    fn build(broker: &Broker, name: String, rx: Side, tx: Option<Side>, protocol: Protocol) -> Stream {
+    fn build(
+        broker: &Broker,
+        name: String,
+        rx: Side,
+        tx: Option<Side>,
+        protocol: Protocol,
+    ) -> Stream {
         Stream {
             inner: Arc::new(Inner {
                 id: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
                 name: Mutex::new(name),
                 broker: broker.clone(),
-                rx: Mutex::new(Rx { side: Some(rx), protocol }),
-                tx: Mutex::new(Tx { side: tx, queue: VecDeque::new(), pending: 0, transmitting: false }),
+                rx: Mutex::new(Rx {
+                    side: Some(rx),
+                    protocol,
+                }),
+                tx: Mutex::new(Tx {
+                    side: tx,
+                    queue: VecDeque::new(),
+                    pending: 0,
+                    transmitting: false,
+                }),
                 remote_id: AtomicU32::new(NO_ID),
                 auth_id: AtomicU32::new(NO_ID),
                 is_privileged: AtomicBool::new(false),
@@ -190,7 +217,8 @@ impl Stream {
     /// # Errors
     /// [`StreamError`](crate::StreamError) if the descriptor cannot be duplicated or prepared.
     pub fn message(router: &Router, name: impl Into<String>, fd: OwnedFd) -> Result<Stream> {
-        let rfd = sys::dup_cloexec(fd.as_fd()).map_err(|e| Error::stream(format!("cannot dup stream fd: {e}")))?;
+        let rfd = sys::dup_cloexec(fd.as_fd())
+            .map_err(|e| Error::stream(format!("cannot dup stream fd: {e}")))?;
         Stream::message_pair(router, name, rfd, fd)
     }
 
@@ -198,14 +226,25 @@ impl Stream {
     ///
     /// # Errors
     /// [`StreamError`](crate::StreamError) if a descriptor cannot be prepared.
-    pub fn message_pair(router: &Router, name: impl Into<String>, rfd: OwnedFd, wfd: OwnedFd) -> Result<Stream> {
+    pub fn message_pair(
+        router: &Router,
+        name: impl Into<String>,
+        rfd: OwnedFd,
+        wfd: OwnedFd,
+    ) -> Result<Stream> {
         let protocol = Protocol::Message {
             router: router.clone(),
             decoder: FrameDecoder::new(router.max_message_size()),
         };
         let rx = Side::new(rfd, true)?;
         let tx = Side::new(wfd, false)?;
-        Ok(Stream::build(router.broker(), name.into(), rx, Some(tx), protocol))
+        Ok(Stream::build(
+            router.broker(),
+            name.into(),
+            rx,
+            Some(tx),
+            protocol,
+        ))
     }
 
     /// A receive-only stream calling `on_data` with every chunk read from `rfd`, and once with
@@ -221,7 +260,13 @@ impl Stream {
         on_data: impl FnMut(&Stream, &[u8]) + Send + 'static,
     ) -> Result<Stream> {
         let rx = Side::new(rfd, keep_alive)?;
-        Ok(Stream::build(broker, name.into(), rx, None, Protocol::Bytes(Box::new(on_data))))
+        Ok(Stream::build(
+            broker,
+            name.into(),
+            rx,
+            None,
+            Protocol::Bytes(Box::new(on_data)),
+        ))
     }
 
     pub(crate) fn id(&self) -> usize {
@@ -266,7 +311,9 @@ impl Stream {
 
     /// Set [`auth_id`](Stream::auth_id).
     pub fn set_auth_id(&self, id: Option<u32>) {
-        self.inner.auth_id.store(id.unwrap_or(NO_ID), Ordering::Release);
+        self.inner
+            .auth_id
+            .store(id.unwrap_or(NO_ID), Ordering::Release);
     }
 
     /// Whether the peer is trusted to reach anywhere even in `unidirectional` mode (a parent).
@@ -276,7 +323,9 @@ impl Stream {
 
     /// Set [`is_privileged`](Stream::is_privileged).
     pub fn set_privileged(&self, privileged: bool) {
-        self.inner.is_privileged.store(privileged, Ordering::Release);
+        self.inner
+            .is_privileged
+            .store(privileged, Ordering::Release);
     }
 
     /// Record that the peer sent a message to `dst_id` (Mitogen `egress_ids`).
@@ -296,7 +345,12 @@ impl Stream {
 
     /// Whether the broker's graceful shutdown should wait for this stream.
     pub fn keep_alive(&self) -> bool {
-        self.inner.rx.lock().side.as_ref().is_some_and(|s| s.keep_alive() && !s.closed())
+        self.inner
+            .rx
+            .lock()
+            .side
+            .as_ref()
+            .is_some_and(|s| s.keep_alive() && !s.closed())
     }
 
     /// Call `f` once, on the broker thread, when the stream disconnects (Mitogen's
@@ -323,11 +377,21 @@ impl Stream {
     }
 
     pub(crate) fn rx_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.inner.rx.lock().side.as_ref().and_then(|s| s.fd().map(|_| s.raw_fd()))
+        self.inner
+            .rx
+            .lock()
+            .side
+            .as_ref()
+            .and_then(|s| s.fd().map(|_| s.raw_fd()))
     }
 
     pub(crate) fn tx_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.inner.tx.lock().side.as_ref().and_then(|s| s.fd().map(|_| s.raw_fd()))
+        self.inner
+            .tx
+            .lock()
+            .side
+            .as_ref()
+            .and_then(|s| s.fd().map(|_| s.raw_fd()))
     }
 
     /// Queue `msg` for transmission, writing it at once when nothing else is queued. Safe from
@@ -336,10 +400,17 @@ impl Stream {
     /// # Errors
     /// [`StreamError`](crate::StreamError) if the stream is disconnected; the message is dropped.
     pub fn send(&self, msg: Message) -> Result<()> {
-        let mut chunk = Chunk { header: msg.header(), data: msg.data, written: 0 };
+        let mut chunk = Chunk {
+            header: msg.header(),
+            data: msg.data,
+            written: 0,
+        };
         let mut tx = self.inner.tx.lock();
         let Some(side) = tx.side.as_ref() else {
-            return Err(Error::stream(format!("{}: stream is disconnected", self.name())));
+            return Err(Error::stream(format!(
+                "{}: stream is disconnected",
+                self.name()
+            )));
         };
         if tx.queue.is_empty() {
             let [a, b] = chunk.remaining();
@@ -411,12 +482,19 @@ impl Stream {
             let mut buf = scratch.borrow_mut();
             let mut rx = self.inner.rx.lock();
             let rx = &mut *rx;
-            let Some(side) = rx.side.as_ref() else { return Ok(false) };
+            let Some(side) = rx.side.as_ref() else {
+                return Ok(false);
+            };
             loop {
                 let n = match side.read(&mut buf[..]) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                    Err(e) => return Err(Error::stream(format!("read failed on fd {}: {e}", side.raw_fd()))),
+                    Err(e) => {
+                        return Err(Error::stream(format!(
+                            "read failed on fd {}: {e}",
+                            side.raw_fd()
+                        )))
+                    }
                 };
                 match &mut rx.protocol {
                     Protocol::Message { decoder, .. } => {
@@ -436,9 +514,20 @@ impl Stream {
     /// Called by the broker when the transmit side is writable: write queued frames until the
     /// descriptor is full or the queue is empty (Mitogen `on_transmit`).
     pub fn on_transmit(&self, broker: &Broker) {
-        let mut tx = self.inner.tx.lock();
-        let tx = &mut *tx;
-        let Some(side) = tx.side.as_ref() else { return };
+        if self.write_queued() {
+            broker.stop_transmit(self);
+        }
+    }
+
+    /// Write queued frames until the descriptor is full; returns whether the queue emptied (and
+    /// `transmitting` was cleared). The lock is released before the caller unregisters, since
+    /// unregistering reads the descriptor under the same lock.
+    fn write_queued(&self) -> bool {
+        let mut guard = self.inner.tx.lock();
+        let tx = &mut *guard;
+        let Some(side) = tx.side.as_ref() else {
+            return false;
+        };
         while !tx.queue.is_empty() {
             let mut iov = Vec::with_capacity(2 * tx.queue.len().min(64));
             for c in tx.queue.iter().take(64) {
@@ -450,19 +539,26 @@ impl Stream {
                 Ok(Some(n)) => n,
                 Ok(None) => {
                     drop(iov);
-                    return self.disconnect_later();
+                    drop(guard);
+                    self.disconnect_later();
+                    return false;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     log::error!("{}: write failed: {e}; disconnecting", self.name());
                     drop(iov);
-                    return self.disconnect_later();
+                    drop(guard);
+                    self.disconnect_later();
+                    return false;
                 }
             };
             drop(iov);
             tx.pending -= n;
             while n > 0 {
-                let c = tx.queue.front_mut().expect("written bytes belong to queued chunks");
+                let c = tx
+                    .queue
+                    .front_mut()
+                    .expect("written bytes belong to queued chunks");
                 let left = c.len() - c.written;
                 if n >= left {
                     n -= left;
@@ -474,7 +570,7 @@ impl Stream {
             }
         }
         tx.transmitting = false;
-        broker.stop_transmit(self);
+        true
     }
 
     /// Called by the broker's graceful shutdown (Mitogen `on_shutdown`): runs the hook set with
@@ -565,14 +661,20 @@ mod tests {
         let mut out = Vec::new();
         d.feed(&bytes, &mut out).unwrap();
         assert_eq!(out.len(), 100);
-        assert!(out.iter().enumerate().all(|(i, m)| m.handle == i as u32 && m.data == (i as u32).to_be_bytes()));
+        assert!(out
+            .iter()
+            .enumerate()
+            .all(|(i, m)| m.handle == i as u32 && m.data == (i as u32).to_be_bytes()));
     }
 
     #[test]
     fn decoder_refuses_oversized_frames_and_bad_magic() {
         let mut d = FrameDecoder::new(10);
         let err = d.feed(&frame(1, &[0; 11]), &mut Vec::new()).unwrap_err();
-        assert!(err.to_string().contains("exceeds max_message_size 10"), "{err}");
+        assert!(
+            err.to_string().contains("exceeds max_message_size 10"),
+            "{err}"
+        );
         let mut d = FrameDecoder::new(10);
         let err = d.feed(&[0xffu8; 40], &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("bad magic"), "{err}");

@@ -56,7 +56,13 @@ pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-fn set_flag(fd: RawFd, get: libc::c_int, set: libc::c_int, flag: libc::c_int, on: bool) -> io::Result<()> {
+fn set_flag(
+    fd: RawFd,
+    get: libc::c_int,
+    set: libc::c_int,
+    flag: libc::c_int,
+    on: bool,
+) -> io::Result<()> {
     // SAFETY: F_GETFL/F_GETFD on an fd the caller keeps open for the duration of the call.
     let old = cvt(unsafe { libc::fcntl(fd, get) })?;
     let new = if on { old | flag } else { old & !flag };
@@ -69,12 +75,24 @@ fn set_flag(fd: RawFd, get: libc::c_int, set: libc::c_int, flag: libc::c_int, on
 
 /// Set or clear `O_NONBLOCK` on `fd`.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    set_flag(fd.as_raw_fd(), libc::F_GETFL, libc::F_SETFL, libc::O_NONBLOCK, on)
+    set_flag(
+        fd.as_raw_fd(),
+        libc::F_GETFL,
+        libc::F_SETFL,
+        libc::O_NONBLOCK,
+        on,
+    )
 }
 
 /// Set or clear `FD_CLOEXEC` on `fd`.
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    set_flag(fd.as_raw_fd(), libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC, on)
+    set_flag(
+        fd.as_raw_fd(),
+        libc::F_GETFD,
+        libc::F_SETFD,
+        libc::FD_CLOEXEC,
+        on,
+    )
 }
 
 /// Whether `FD_CLOEXEC` is set on `fd`.
@@ -116,7 +134,11 @@ pub(crate) fn writev(fd: BorrowedFd<'_>, bufs: &[io::IoSlice<'_>]) -> io::Result
 /// nanosecond resolution (no rounding down to a busy spin). Returns whether it became readable;
 /// `EINTR` is reported as `Ok(false)` so callers re-check their deadline and loop.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let ts;
     let tsp = match deadline {
         None => std::ptr::null(),

@@ -1,1 +1,91 @@
-//! placeholder
+//! The master's broker and router (Python's `mitogen.master`).
+//!
+//! A master is context 0, the root of the context tree. Its [`Router`] extends the core router
+//! with context-id allocation; the context factories (`local`, `fork`, ...) arrive with the
+//! child-creation layer in `mitogen-parent`.
+#![deny(missing_docs)]
+
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mitogen_core::{BrokerOptions, Identity, Result};
+
+/// The master's broker: the core [`Broker`](mitogen_core::Broker) with the master's 5-second
+/// shutdown grace period (Mitogen `mitogen.master.Broker`).
+#[derive(Clone, Debug)]
+pub struct Broker(mitogen_core::Broker);
+
+impl Broker {
+    /// Start a master broker thread.
+    ///
+    /// # Errors
+    /// As [`mitogen_core::Broker::with_options`].
+    pub fn new() -> Result<Broker> {
+        let options = BrokerOptions {
+            shutdown_timeout: Duration::from_secs(5),
+            ..BrokerOptions::default()
+        };
+        mitogen_core::Broker::with_options(options).map(Broker)
+    }
+}
+
+impl Deref for Broker {
+    type Target = mitogen_core::Broker;
+
+    fn deref(&self) -> &mitogen_core::Broker {
+        &self.0
+    }
+}
+
+/// The master's router: a core [`Router`](mitogen_core::Router) acting as context 0, plus the
+/// context-id allocator (Mitogen `mitogen.master.Router`). Derefs to the core router.
+#[derive(Clone, Debug)]
+pub struct Router {
+    core: mitogen_core::Router,
+    next_id: Arc<AtomicU32>,
+}
+
+impl Router {
+    /// A master router on `broker`, or on a new private broker when `None` (Mitogen
+    /// `Router(broker=None)`).
+    ///
+    /// # Errors
+    /// As [`Broker::new`] when a broker must be started.
+    pub fn new(broker: Option<&mitogen_core::Broker>) -> Result<Router> {
+        let broker = match broker {
+            Some(b) => b.clone(),
+            None => Broker::new()?.0,
+        };
+        let core = mitogen_core::Router::with_identity(&broker, Identity::master());
+        Ok(Router {
+            core,
+            next_id: Arc::new(AtomicU32::new(1)),
+        })
+    }
+
+    /// Allocate a context id unique within this master (Mitogen `allocate_id`).
+    pub fn allocate_id(&self) -> u32 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The core router.
+    pub fn core(&self) -> &mitogen_core::Router {
+        &self.core
+    }
+
+    /// Shut the broker down and wait for it (the end of `run_with_router`).
+    pub fn shutdown_and_join(&self) {
+        self.core.broker().shutdown();
+        self.core.broker().join();
+    }
+}
+
+impl Deref for Router {
+    type Target = mitogen_core::Router;
+
+    fn deref(&self) -> &mitogen_core::Router {
+        &self.core
+    }
+}
