@@ -10,20 +10,11 @@ use mitogen::select::Select;
 
 fn main() -> Result<(), mitogen::Error> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let rounds: u32 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10_000);
+    let rounds: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
 
     // Context 0 (the "master") and context 1 (its "child"), each with its own broker thread.
     let master = Router::with_identity(&Broker::new()?, Identity::master());
-    let child = Router::with_identity(
-        &Broker::new()?,
-        Identity {
-            context_id: 1,
-            parent_ids: vec![0],
-        },
-    );
+    let child = Router::with_identity(&Broker::new()?, Identity { context_id: 1, parent_ids: vec![0] });
     let (a, b) = socketpair()?;
     let to_child = Stream::message(&master, "master->child", a)?;
     let to_parent = Stream::message(&child, "child->master", b)?;
@@ -64,11 +55,7 @@ fn main() -> Result<(), mitogen::Error> {
         }
     }
     let elapsed = started.elapsed();
-    assert_eq!(
-        sum,
-        u64::from(rounds) * u64::from(rounds.saturating_sub(1)) / 2,
-        "every pong came back once"
-    );
+    assert_eq!(sum, u64::from(rounds) * u64::from(rounds.saturating_sub(1)) / 2, "every pong came back once");
     println!(
         "{rounds} ping-pongs between context 0 and context 1 in {:.3} s ({:.0} round trips/s, pipelined)",
         elapsed.as_secs_f64(),

@@ -1,23 +1,31 @@
-//! Mitogen for Rust: a program starts copies of itself as child contexts and talks to them.
+//! Mitogen for Rust: a program starts copies of itself as child contexts and calls its own
+//! functions in them.
 //!
 //! This facade re-exports the workspace crates under the module paths Python's Mitogen
 //! documents: [`core`] (`mitogen.core`), [`select`] (`mitogen.select`), [`parent`]
 //! (`mitogen.parent`), [`master`] (`mitogen.master`) and [`utils`] (`mitogen.utils`).
 //!
-//! ```
-//! use std::time::Duration;
-//! use mitogen::core::Receiver;
-//! use mitogen::select::Select;
+//! # The rule for binaries
 //!
-//! mitogen::utils::run_with_router(|router| {
-//!     let recv = Receiver::new(router)?;
-//!     recv.to_sender().send("hello")?;
-//!     let msg = Select::new([&recv], true)?.get_timeout(Duration::from_secs(5))?;
-//!     assert_eq!(msg.unpickle::<String>()?, "hello");
-//!     assert_eq!(msg.receiver, Some(recv));
-//!     Ok(())
-//! })
-//! .unwrap();
+//! A child is a copy of the parent's own executable started with a marker argument. A constructor
+//! that the loader runs before `main` turns such a process into a child in every binary linking
+//! this crate, test binaries built by `cargo test` included; call [`init`] (or use [`main`]) as the
+//! first line of `main` anyway, to say so. Functions called remotely must be marked with
+//! [`remote!`].
+//!
+//! ```no_run
+//! fn hostname() -> String {
+//!     std::fs::read_to_string("/etc/hostname").unwrap_or_default()
+//! }
+//! mitogen::remote!(hostname);
+//!
+//! fn main() -> Result<(), mitogen::Error> {
+//!     mitogen::main(|router| {
+//!         let child = router.local(Default::default())?;
+//!         println!("child says {}", child.call(hostname, ())?);
+//!         Ok(())
+//!     })
+//! }
 //! ```
 #![deny(missing_docs)]
 
@@ -28,4 +36,15 @@ pub use mitogen_select as select;
 pub use mitogen_utils as utils;
 
 pub use mitogen_core::globals::{context_id, is_master, parent_id, parent_ids};
-pub use mitogen_core::{CallError, ChannelError, Error, LatchError, StreamError, TimeoutError};
+pub use mitogen_core::{init, remote, returns, CallError, ChannelError, Error, LatchError, StreamError, TimeoutError};
+
+/// Run `func` with a master router, after entering child mode if this process is a child
+/// (Mitogen `mitogen.main`): [`init`], then [`run_with_router`](utils::run_with_router), which
+/// shuts the broker down and joins it however `func` ends, panics included.
+///
+/// # Errors
+/// If the broker cannot start, or what `func` returns.
+pub fn main<T>(func: impl FnOnce(&master::Router) -> Result<T, Error>) -> Result<T, Error> {
+    init();
+    utils::run_with_router(func)
+}

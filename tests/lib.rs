@@ -36,11 +36,7 @@ pub struct Snapshot {
 
 fn listdir(path: &str) -> Vec<String> {
     std::fs::read_dir(path)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
 }
 
@@ -54,10 +50,7 @@ fn children() -> BTreeSet<i32> {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             // The command name may contain spaces: fields after the closing parenthesis.
             let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            rest.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<i32>().ok())
-                == Some(me)
+            rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()) == Some(me)
         })
         .collect()
 }
@@ -69,18 +62,12 @@ impl Snapshot {
             .iter()
             .filter_map(|f| f.parse::<i32>().ok())
             .filter_map(|fd| {
-                std::fs::read_link(format!("/proc/self/fd/{fd}"))
-                    .ok()
-                    .map(|l| (fd, l.display().to_string()))
+                std::fs::read_link(format!("/proc/self/fd/{fd}")).ok().map(|l| (fd, l.display().to_string()))
             })
             // The directory listing itself holds an fd for the duration of read_dir.
             .filter(|(_, l)| !l.starts_with("/proc/") || !l.ends_with("/fd"))
             .collect();
-        Snapshot {
-            fds,
-            threads: listdir("/proc/self/task").len(),
-            children: children(),
-        }
+        Snapshot { fds, threads: listdir("/proc/self/task").len(), children: children() }
     }
 }
 
@@ -93,11 +80,7 @@ pub fn run(body: impl FnOnce() + Send + 'static) {
     let generation = STARTED.fetch_add(1, Ordering::SeqCst);
     let alone_at_start = ACTIVE.fetch_add(1, Ordering::SeqCst) == 0;
     let before = Snapshot::take();
-    let result = std::thread::Builder::new()
-        .name("test-body".into())
-        .spawn(body)
-        .expect("spawn test body")
-        .join();
+    let result = std::thread::Builder::new().name("test-body".into()).spawn(body).expect("spawn test body").join();
     let alone = alone_at_start && STARTED.load(Ordering::SeqCst) == generation + 1;
     let mut after = Snapshot::take();
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -116,19 +99,13 @@ pub fn run(body: impl FnOnce() + Send + 'static) {
     }
     let leaked_fds: Vec<_> = after.fds.difference(&before.fds).collect();
     let leaked_children: Vec<_> = after.children.difference(&before.children).collect();
-    assert!(
-        leaked_fds.is_empty(),
-        "test leaked file descriptors: {leaked_fds:?}"
-    );
+    assert!(leaked_fds.is_empty(), "test leaked file descriptors: {leaked_fds:?}");
     assert_eq!(
         after.threads, before.threads,
         "test leaked threads ({} before, {} after)",
         before.threads, after.threads
     );
-    assert!(
-        leaked_children.is_empty(),
-        "test leaked child processes: {leaked_children:?}"
-    );
+    assert!(leaked_children.is_empty(), "test leaked child processes: {leaked_children:?}");
 }
 
 /// Wait until `cond()` holds, polling every millisecond for at most `timeout`; panics naming
@@ -137,10 +114,7 @@ pub fn run(body: impl FnOnce() + Send + 'static) {
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -156,9 +130,7 @@ mod tests {
     /// process to itself and the check is exact under any runner.
     #[test]
     fn leak_check_catches_leaked_fds_threads_and_children() {
-        let fd = std::panic::catch_unwind(|| {
-            run(|| std::mem::forget(std::fs::File::open("/dev/null").unwrap()))
-        });
+        let fd = std::panic::catch_unwind(|| run(|| std::mem::forget(std::fs::File::open("/dev/null").unwrap())));
         assert!(fd.is_err(), "a leaked fd is caught");
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let thread = std::panic::catch_unwind(move || {
@@ -172,14 +144,7 @@ mod tests {
         let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
         let s = slot.clone();
         let proc_leak = std::panic::catch_unwind(move || {
-            run(move || {
-                *s.lock().unwrap() = Some(
-                    std::process::Command::new("sleep")
-                        .arg("60")
-                        .spawn()
-                        .unwrap(),
-                )
-            })
+            run(move || *s.lock().unwrap() = Some(std::process::Command::new("sleep").arg("60").spawn().unwrap()))
         });
         assert!(proc_leak.is_err(), "a leaked child process is caught");
         if let Some(mut c) = slot.lock().unwrap().take() {

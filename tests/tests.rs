@@ -7,6 +7,8 @@ mod fixtures;
 mod broker;
 #[path = "suite/latch.rs"]
 mod latch;
+#[path = "suite/local.rs"]
+mod local;
 #[path = "suite/receiver.rs"]
 mod receiver;
 #[path = "suite/router.rs"]

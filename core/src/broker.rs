@@ -8,9 +8,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
+use crate::sync::Mutex;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
-use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::stream::Stream;
@@ -31,10 +31,7 @@ pub struct BrokerOptions {
 
 impl Default for BrokerOptions {
     fn default() -> Self {
-        BrokerOptions {
-            name: "mitogen-broker".into(),
-            shutdown_timeout: Duration::from_secs(3),
-        }
+        BrokerOptions { name: "mitogen-broker".into(), shutdown_timeout: Duration::from_secs(3) }
     }
 }
 
@@ -48,6 +45,28 @@ struct Registered {
     readers: HashMap<usize, Stream>,
     writers: HashMap<usize, Stream>,
     on_exit: Vec<Job>,
+    timers: Vec<Timer>,
+    next_timer: u64,
+}
+
+struct Timer {
+    id: u64,
+    when: Instant,
+    job: Job,
+}
+
+/// A timer set with [`Broker::timer`]; [`cancel`](TimerHandle::cancel) it to stop it firing.
+#[derive(Debug)]
+pub struct TimerHandle {
+    broker: Broker,
+    id: u64,
+}
+
+impl TimerHandle {
+    /// Stop the timer if it has not fired yet.
+    pub fn cancel(&self) {
+        self.broker.inner.registered.lock().timers.retain(|t| t.id != self.id);
+    }
 }
 
 struct Inner {
@@ -108,24 +127,16 @@ impl Broker {
     /// # Errors
     /// [`GeneralError`](crate::GeneralError) if the poller or its thread cannot be created.
     pub fn with_options(options: BrokerOptions) -> Result<Broker> {
-        let fail = |what: &str, e: std::io::Error| {
-            Error::general(format!("broker: cannot create {what}: {e}"))
-        };
+        let fail = |what: &str, e: std::io::Error| Error::general(format!("broker: cannot create {what}: {e}"));
         let poll = Poll::new().map_err(|e| fail("poller", e))?;
-        let registry = poll
-            .registry()
-            .try_clone()
-            .map_err(|e| fail("registry", e))?;
+        let registry = poll.registry().try_clone().map_err(|e| fail("registry", e))?;
         let waker = mio::Waker::new(poll.registry(), WAKER).map_err(|e| fail("waker", e))?;
         let broker = Broker {
             inner: Arc::new(Inner {
                 name: options.name.clone(),
                 registry,
                 waker,
-                deferred: Mutex::new(Deferred {
-                    queue: Vec::new(),
-                    exited: false,
-                }),
+                deferred: Mutex::new(Deferred { queue: Vec::new(), exited: false }),
                 registered: Mutex::new(Registered::default()),
                 alive: AtomicBool::new(true),
                 thread: OnceLock::new(),
@@ -170,10 +181,7 @@ impl Broker {
         }
         let mut d = self.inner.deferred.lock();
         if d.exited {
-            return Err(Error::general(format!(
-                "{}: broker has exited; cannot defer work",
-                self.inner.name
-            )));
+            return Err(Error::general(format!("{}: broker has exited; cannot defer work", self.inner.name)));
         }
         let was_empty = d.queue.is_empty();
         d.queue.push(Box::new(f));
@@ -197,6 +205,40 @@ impl Broker {
             return f();
         }
         self.inner.registered.lock().on_exit.push(Box::new(f));
+    }
+
+    /// Run `f` on the broker thread once `delay` has passed (Mitogen `Broker.timers`). Timers
+    /// still pending when the broker exits never fire.
+    pub fn timer(&self, delay: Duration, f: impl FnOnce() + Send + 'static) -> TimerHandle {
+        let when = Instant::now() + delay;
+        let mut reg = self.inner.registered.lock();
+        reg.next_timer += 1;
+        let id = reg.next_timer;
+        reg.timers.push(Timer { id, when, job: Box::new(f) });
+        drop(reg);
+        if !self.on_broker_thread() {
+            self.wake();
+        }
+        TimerHandle { broker: self.clone(), id }
+    }
+
+    /// Time until the earliest timer is due (`None`: no timers).
+    fn next_timeout(&self) -> Option<Duration> {
+        let reg = self.inner.registered.lock();
+        reg.timers.iter().map(|t| t.when).min().map(|w| w.saturating_duration_since(Instant::now()))
+    }
+
+    fn run_due_timers(&self) {
+        let now = Instant::now();
+        let due: Vec<Timer> = {
+            let mut reg = self.inner.registered.lock();
+            let (due, rest) = std::mem::take(&mut reg.timers).into_iter().partition(|t| t.when <= now);
+            reg.timers = rest;
+            due
+        };
+        for t in due {
+            guarded("timer", t.job);
+        }
     }
 
     /// Start reading `stream`'s receive side; [`Stream::on_receive`] runs when it is readable.
@@ -236,50 +278,27 @@ impl Broker {
         let (fd, interest, token) = if receive {
             (stream.rx_fd(), Interest::READABLE, Token(stream.id() * 2))
         } else {
-            (
-                stream.tx_fd(),
-                Interest::WRITABLE,
-                Token(stream.id() * 2 + 1),
-            )
+            (stream.tx_fd(), Interest::WRITABLE, Token(stream.id() * 2 + 1))
         };
         let Some(fd) = fd else { return };
         let mut reg = self.inner.registered.lock();
-        let map = if receive {
-            &mut reg.readers
-        } else {
-            &mut reg.writers
-        };
+        let map = if receive { &mut reg.readers } else { &mut reg.writers };
         if map.contains_key(&stream.id()) {
             return;
         }
-        match self
-            .inner
-            .registry
-            .register(&mut SourceFd(&fd), token, interest)
-        {
+        match self.inner.registry.register(&mut SourceFd(&fd), token, interest) {
             Ok(()) => {
                 map.insert(stream.id(), stream.clone());
             }
-            Err(e) => log::error!(
-                "{}: cannot register {stream:?} fd {fd}: {e}",
-                self.inner.name
-            ),
+            Err(e) => log::error!("{}: cannot register {stream:?} fd {fd}: {e}", self.inner.name),
         }
     }
 
     /// Deregister one side of `stream` (broker thread only), while its descriptor is still open.
     fn deregister(&self, stream: &Stream, receive: bool) {
-        let fd = if receive {
-            stream.rx_fd()
-        } else {
-            stream.tx_fd()
-        };
+        let fd = if receive { stream.rx_fd() } else { stream.tx_fd() };
         let mut reg = self.inner.registered.lock();
-        let map = if receive {
-            &mut reg.readers
-        } else {
-            &mut reg.writers
-        };
+        let map = if receive { &mut reg.readers } else { &mut reg.writers };
         if map.remove(&stream.id()).is_some() {
             if let Some(fd) = fd {
                 let _ = self.inner.registry.deregister(&mut SourceFd(&fd));
@@ -295,14 +314,7 @@ impl Broker {
 
     /// Whether any stream being read asks the shutdown to wait for it (Mitogen `keep_alive()`).
     pub fn keep_alive(&self) -> bool {
-        let readers: Vec<Stream> = self
-            .inner
-            .registered
-            .lock()
-            .readers
-            .values()
-            .cloned()
-            .collect();
+        let readers: Vec<Stream> = self.inner.registered.lock().readers.values().cloned().collect();
         readers.iter().any(Stream::keep_alive)
     }
 
@@ -333,14 +345,18 @@ impl Broker {
         let _ = self.inner.thread.set(std::thread::current().id());
         let mut events = Events::with_capacity(1024);
         while self.inner.alive.load(Ordering::Acquire) {
-            self.loop_once(&mut poll, &mut events, None);
+            let timeout = self.next_timeout();
+            self.loop_once(&mut poll, &mut events, timeout);
         }
         self.broker_shutdown(&mut poll, &mut events);
     }
 
     /// Wait for events (at most `timeout`) and dispatch each.
     fn loop_once(&self, poll: &mut Poll, events: &mut Events, timeout: Option<Duration>) {
-        if let Err(e) = poll.poll(events, timeout) {
+        // mio rounds sub-millisecond timeouts up, so a due timer never turns into a spin.
+        let polled = poll.poll(events, timeout);
+        self.run_due_timers();
+        if let Err(e) = polled {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 log::error!("{}: poll failed: {e}; shutting down", self.inner.name);
                 self.inner.alive.store(false, Ordering::Release);
@@ -356,12 +372,7 @@ impl Broker {
             let (id, receive) = (token.0 / 2, token.0 % 2 == 0);
             let stream = {
                 let reg = self.inner.registered.lock();
-                if receive {
-                    reg.readers.get(&id)
-                } else {
-                    reg.writers.get(&id)
-                }
-                .cloned()
+                if receive { reg.readers.get(&id) } else { reg.writers.get(&id) }.cloned()
             };
             // A stream unregistered earlier in this batch has no entry: its event is stale.
             if let Some(s) = stream {
@@ -384,12 +395,7 @@ impl Broker {
     fn all_streams(&self) -> Vec<Stream> {
         let reg = self.inner.registered.lock();
         let mut v: Vec<Stream> = reg.readers.values().cloned().collect();
-        v.extend(
-            reg.writers
-                .iter()
-                .filter(|(id, _)| !reg.readers.contains_key(id))
-                .map(|(_, s)| s.clone()),
-        );
+        v.extend(reg.writers.iter().filter(|(id, _)| !reg.readers.contains_key(id)).map(|(_, s)| s.clone()));
         v
     }
 
@@ -410,7 +416,8 @@ impl Broker {
                 );
                 break;
             }
-            self.loop_once(poll, events, Some(left));
+            let timeout = self.next_timeout().map_or(left, |t| t.min(left));
+            self.loop_once(poll, events, Some(timeout));
         }
         self.force_disconnect();
         let leftover = {
@@ -422,6 +429,7 @@ impl Broker {
             guarded("deferred call", job);
         }
         self.force_disconnect();
+        self.inner.registered.lock().timers.clear();
         let on_exit = std::mem::take(&mut self.inner.registered.lock().on_exit);
         for f in on_exit {
             guarded("exit callback", f);

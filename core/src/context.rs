@@ -44,11 +44,7 @@ impl Eq for Context {}
 impl Context {
     /// The context `context_id`, reached through `router`.
     pub fn new(router: &Router, context_id: u32, name: Option<String>) -> Context {
-        Context {
-            router: router.clone(),
-            context_id,
-            name,
-        }
+        Context { router: router.clone(), context_id, name }
     }
 
     /// The context's id.
@@ -93,11 +89,7 @@ impl Context {
     /// # Errors
     /// [`TimeoutError`](crate::TimeoutError) if no reply came in time; what the reply carries
     /// (see [`Message::unpickle`]).
-    pub fn send_await<T: DeserializeOwned>(
-        &self,
-        msg: Message,
-        deadline: Option<Duration>,
-    ) -> Result<T> {
+    pub fn send_await<T: DeserializeOwned>(&self, msg: Message, deadline: Option<Duration>) -> Result<T> {
         let recv = self.send_async(msg, false)?;
         let reply = match deadline {
             Some(d) => recv.get_deadline(Instant::now() + d),
@@ -125,9 +117,6 @@ impl<'de> Deserialize<'de> for Context {
 
 /// The router a value being decoded binds to, or a decode error naming `what`.
 pub(crate) fn bound_router<E: serde::de::Error>(what: &str) -> std::result::Result<Router, E> {
-    decode_router().ok_or_else(|| {
-        E::custom(format!(
-            "a {what} can only be decoded from a message received by a router"
-        ))
-    })
+    decode_router()
+        .ok_or_else(|| E::custom(format!("a {what} can only be decoded from a message received by a router")))
 }

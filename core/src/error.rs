@@ -27,11 +27,7 @@ pub struct CallError {
 impl CallError {
     /// A `CallError` for an error of type `type_name` with `message` and no backtrace.
     pub fn new(type_name: impl Into<String>, message: impl Into<String>) -> CallError {
-        CallError {
-            type_name: type_name.into(),
-            message: message.into(),
-            traceback: String::new(),
-        }
+        CallError { type_name: type_name.into(), message: message.into(), traceback: String::new() }
     }
 
     /// A `CallError` describing `err`, named with its Rust type.
@@ -212,14 +208,8 @@ mod tests {
 
     #[test]
     fn display_says_what_failed() {
-        assert_eq!(
-            Error::channel("sender closed").to_string(),
-            "channel error: sender closed"
-        );
-        assert_eq!(
-            Error::timeout("no reply in 1s").to_string(),
-            "timeout: no reply in 1s"
-        );
+        assert_eq!(Error::channel("sender closed").to_string(), "channel error: sender closed");
+        assert_eq!(Error::timeout("no reply in 1s").to_string(), "timeout: no reply in 1s");
         let e = CallError::new("std::io::Error", "no such file");
         assert_eq!(e.to_string(), "call failed: std::io::Error: no such file");
         assert!(Error::from(e).is_call());

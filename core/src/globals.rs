@@ -5,7 +5,7 @@
 //! bootstraps, before any user code runs, and records it here with [`set_identity`]. Routers
 //! created without an explicit [`Identity`] take this one.
 
-use parking_lot::RwLock;
+use crate::sync::RwLock;
 
 /// A context's identity: its id and the ids of its parents, nearest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,10 +33,7 @@ impl Identity {
     }
 }
 
-static IDENTITY: RwLock<Identity> = RwLock::new(Identity {
-    context_id: 0,
-    parent_ids: Vec::new(),
-});
+static IDENTITY: RwLock<Identity> = RwLock::new(Identity { context_id: 0, parent_ids: Vec::new() });
 
 /// Record this process's identity; called once by the child bootstrap.
 pub fn set_identity(identity: Identity) {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 
 use crate::error::{Error, LatchError, Result, TimeoutError};
 use crate::sys;
@@ -24,22 +24,28 @@ struct WakeSocket {
 impl WakeSocket {
     fn new() -> WakeSocket {
         let (r, w) = sys::socketpair(true).expect("latch: cannot create wake-up socketpair");
-        WakeSocket {
-            rsock: r,
-            wsock: Arc::new(w),
-        }
+        WakeSocket { rsock: r, wsock: Arc::new(w) }
     }
 }
 
 thread_local! {
-    static WAKE_SOCKET: Rc<WakeSocket> = Rc::new(WakeSocket::new());
+    static WAKE_SOCKET: std::cell::RefCell<Option<Rc<WakeSocket>>> = const { std::cell::RefCell::new(None) };
 }
 
 fn thread_socket() -> Rc<WakeSocket> {
     // During thread-local destruction the slot may be gone; a private pair then does the job.
     WAKE_SOCKET
-        .try_with(Rc::clone)
+        .try_with(|s| s.borrow_mut().get_or_insert_with(|| Rc::new(WakeSocket::new())).clone())
         .unwrap_or_else(|_| Rc::new(WakeSocket::new()))
+}
+
+/// In a forked child, after the parent's descriptors were closed: forget (without closing) the
+/// calling thread's wake-up socket, which the parent's thread still uses, so the next wait makes
+/// a fresh one (Mitogen `Latch._on_fork`).
+pub fn forget_thread_socket_after_fork() {
+    if let Ok(Some(old)) = WAKE_SOCKET.try_with(|s| s.borrow_mut().take()) {
+        std::mem::forget(old);
+    }
 }
 
 static NEXT_WAITER: AtomicU64 = AtomicU64::new(1);

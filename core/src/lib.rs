@@ -24,7 +24,9 @@
 //! ```
 #![deny(missing_docs)]
 
+mod blob;
 mod broker;
+mod child;
 mod context;
 mod error;
 pub mod globals;
@@ -32,24 +34,30 @@ pub mod guide;
 mod latch;
 mod message;
 mod receiver;
+mod remote;
 mod router;
 mod side;
 mod stream;
+mod sync;
 mod sys;
 
-pub use broker::{panic_message, Broker, BrokerOptions};
-pub use context::Context;
-pub use error::{
-    CallError, ChannelError, Error, GeneralError, LatchError, Result, StreamError, TimeoutError,
+pub use blob::{Blob, Secret};
+pub use broker::{panic_message, Broker, BrokerOptions, TimerHandle};
+pub use child::{
+    forget_chain, log_forwarded, read_config, serve, ChildConfig, ExternalContext, Hello, LogRecord, CHILD_MARKER,
+    PROTOCOL_VERSION,
 };
+pub use context::Context;
+pub use error::{CallError, ChannelError, Error, GeneralError, LatchError, Result, StreamError, TimeoutError};
 pub use globals::Identity;
-pub use latch::Latch;
+pub use latch::{forget_thread_socket_after_fork, Latch};
 pub use message::{
-    encode, Message, Payload, ADD_ROUTE, ALLOCATE_ID, CALL_FUNCTION, CALL_SERVICE,
-    DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE, DETACHING, FIRST_DYNAMIC_HANDLE, FORWARD_LOG,
-    FORWARD_MODULE, GET_MODULE, HEADER_LEN, IS_DEAD, LOAD_MODULE, MAGIC, SHUTDOWN,
+    encode, Message, Payload, ADD_ROUTE, ALLOCATE_ID, CALL_FUNCTION, CALL_SERVICE, DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE,
+    DETACHING, FIRST_DYNAMIC_HANDLE, FORWARD_LOG, FORWARD_MODULE, GET_MODULE, HEADER_LEN, IS_DEAD, LOAD_MODULE, MAGIC,
+    SHUTDOWN,
 };
 pub use receiver::{Channel, Iter, Notify, Receiver, Sender};
+pub use remote::{encode_call, encode_call_by_path, RemoteFn, Returns};
 pub use router::{has_parent_authority, HandlerOptions, Policy, Router};
 pub use side::{io_op, Side};
 pub use stream::{Stream, CHUNK_SIZE};
@@ -69,4 +77,22 @@ pub fn socketpair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
 /// [`StreamError`] if the pipe cannot be created.
 pub fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     sys::pipe().map_err(|e| Error::stream(format!("cannot create pipe: {e}")))
+}
+
+/// Enter child mode if this process was started as a child, else return at once.
+///
+/// Call it first in `main` (Mitogen's bootstrap takes over the interpreter the same way). A
+/// constructor run by the loader before `main` already does this in every binary that links
+/// the library, including test binaries built by `cargo test`, so `init` is a no-op there; it is
+/// kept as the documented, explicit entry point.
+pub fn init() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == CHILD_MARKER) {
+        child::run_exec_child();
+    }
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::remote::{invoke_remote, name_of, RemoteEntry, REMOTE_FUNCTIONS};
+    pub use linkme;
 }

@@ -103,20 +103,12 @@ impl Message {
     /// [`context_id`](crate::globals::context_id).
     pub fn new() -> Message {
         let id = crate::globals::context_id();
-        Message {
-            src_id: id,
-            auth_id: id,
-            ..Message::default()
-        }
+        Message { src_id: id, auth_id: id, ..Message::default() }
     }
 
     /// A message to `handle` carrying raw `data`.
     pub fn raw(handle: u32, data: Vec<u8>) -> Message {
-        Message {
-            handle,
-            data,
-            ..Message::new()
-        }
+        Message { handle, data, ..Message::new() }
     }
 
     /// A message to `handle` carrying `obj`, MessagePack-encoded (Mitogen `Message.pickled`).
@@ -134,11 +126,7 @@ impl Message {
 
     /// A dead message (`reply_to` = [`IS_DEAD`]) whose data is `reason`.
     pub fn dead(reason: &str) -> Message {
-        Message {
-            reply_to: IS_DEAD,
-            data: reason.as_bytes().to_vec(),
-            ..Message::new()
-        }
+        Message { reply_to: IS_DEAD, data: reason.as_bytes().to_vec(), ..Message::new() }
     }
 
     /// Whether `reply_to` is [`IS_DEAD`]: the sender considers the channel dead.
@@ -201,9 +189,8 @@ impl Message {
     /// # Errors
     /// [`StreamError`](crate::StreamError) if no router is known.
     pub fn reply_message(&self, mut msg: Message, router: Option<&Router>) -> Result<()> {
-        let router = router
-            .or(self.router.as_ref())
-            .ok_or_else(|| Error::stream("cannot reply: the message has no router"))?;
+        let router =
+            router.or(self.router.as_ref()).ok_or_else(|| Error::stream("cannot reply: the message has no router"))?;
         msg.dst_id = self.src_id;
         msg.handle = self.reply_to;
         msg.src_id = router.context_id();
@@ -216,16 +203,7 @@ impl Message {
     pub fn header(&self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0..2].copy_from_slice(&MAGIC.to_be_bytes());
-        for (i, v) in [
-            self.dst_id,
-            self.src_id,
-            self.auth_id,
-            self.handle,
-            self.reply_to,
-        ]
-        .iter()
-        .enumerate()
-        {
+        for (i, v) in [self.dst_id, self.src_id, self.auth_id, self.handle, self.reply_to].iter().enumerate() {
             h[2 + i * 4..6 + i * 4].copy_from_slice(&v.to_be_bytes());
         }
         h[22..26].copy_from_slice(&(self.data.len() as u32).to_be_bytes());
@@ -240,9 +218,7 @@ impl Message {
         let word = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
         let magic = u16::from_be_bytes([h[0], h[1]]);
         if magic != MAGIC {
-            return Err(Error::stream(format!(
-                "bad magic {magic:#06x} in frame header (expected {MAGIC:#06x})"
-            )));
+            return Err(Error::stream(format!("bad magic {magic:#06x} in frame header (expected {MAGIC:#06x})")));
         }
         let msg = Message {
             dst_id: word(2),
@@ -261,17 +237,12 @@ impl Message {
 /// # Errors
 /// [`StreamError`](crate::StreamError) if `obj` cannot be serialized.
 pub fn encode<T: Serialize + ?Sized>(obj: &T) -> Result<Vec<u8>> {
-    rmp_serde::to_vec_named(obj)
-        .map_err(|e| Error::stream(format!("cannot encode message data: {e}")))
+    rmp_serde::to_vec_named(obj).map_err(|e| Error::stream(format!("cannot encode message data: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T> {
-    rmp_serde::from_slice(data).map_err(|e| {
-        Error::stream(format!(
-            "cannot decode message data as {}: {e}",
-            std::any::type_name::<T>()
-        ))
-    })
+    rmp_serde::from_slice(data)
+        .map_err(|e| Error::stream(format!("cannot decode message data as {}: {e}", std::any::type_name::<T>())))
 }
 
 /// Encode a [`CallError`] as a MessagePack `ext 32` value of type [`CALL_ERROR_EXT`]. Values
@@ -291,9 +262,7 @@ fn decode_call_error(data: &[u8]) -> Result<Option<CallError>> {
         return Ok(None);
     }
     let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
-    let body = data
-        .get(6..6 + len)
-        .ok_or_else(|| Error::stream("truncated CallError in message data"))?;
+    let body = data.get(6..6 + len).ok_or_else(|| Error::stream("truncated CallError in message data"))?;
     decode(body).map(Some)
 }
 
@@ -332,17 +301,7 @@ mod tests {
         let h = m.header();
         assert_eq!(&h[..2], b"MI");
         let (back, len) = Message::parse_header(&h).unwrap();
-        assert_eq!(
-            (
-                back.dst_id,
-                back.src_id,
-                back.auth_id,
-                back.handle,
-                back.reply_to,
-                len
-            ),
-            (1, 2, 3, 4, 5, 7)
-        );
+        assert_eq!((back.dst_id, back.src_id, back.auth_id, back.handle, back.reply_to, len), (1, 2, 3, 4, 5, 7));
     }
 
     #[test]
@@ -350,10 +309,7 @@ mod tests {
         let mut h = Message::new().header();
         h[0] = b'X';
         let err = Message::parse_header(&h).unwrap_err();
-        assert!(
-            err.is_stream() && err.to_string().contains("bad magic"),
-            "{err}"
-        );
+        assert!(err.is_stream() && err.to_string().contains("bad magic"), "{err}");
     }
 
     #[test]
@@ -369,19 +325,14 @@ mod tests {
         assert!(m.is_dead());
         let err = m.unpickle::<u32>().unwrap_err();
         assert_eq!(err.to_string(), "channel error: receiver closed");
-        assert!(
-            matches!(m.unpickle_raw::<u32>().unwrap(), Payload::Dead(r) if r == "receiver closed")
-        );
+        assert!(matches!(m.unpickle_raw::<u32>().unwrap(), Payload::Dead(r) if r == "receiver closed"));
     }
 
     #[test]
     fn embedded_call_error_is_raised() {
         let ce = CallError::new("std::io::Error", "disk on fire");
         let m = Message::call_error(&ce, 1);
-        assert_eq!(
-            m.unpickle::<u32>().unwrap_err(),
-            Error::CallError(ce.clone())
-        );
+        assert_eq!(m.unpickle::<u32>().unwrap_err(), Error::CallError(ce.clone()));
         assert!(matches!(m.unpickle_raw::<u32>().unwrap(), Payload::CallError(e) if e == ce));
     }
 

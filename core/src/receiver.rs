@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -48,12 +48,7 @@ pub struct Receiver {
 
 impl fmt::Debug for Receiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Receiver({}:{})",
-            self.inner.router.context_id(),
-            self.inner.handle
-        )
+        write!(f, "Receiver({}:{})", self.inner.router.context_id(), self.inner.handle)
     }
 }
 
@@ -84,14 +79,18 @@ impl Receiver {
         persist: bool,
         respondent: Option<Context>,
     ) -> Result<Receiver> {
+        Receiver::with_handler_options(router, HandlerOptions { handle, persist, respondent, policy: None })
+    }
+
+    /// A receiver registered with every [`HandlerOptions`], including a policy (as the child's
+    /// `CALL_FUNCTION` receiver admits only its parents).
+    ///
+    /// # Errors
+    /// [`GeneralError`](crate::GeneralError) if the handle is already registered.
+    pub fn with_handler_options(router: &Router, options: HandlerOptions) -> Result<Receiver> {
         let slot: Arc<Mutex<Weak<Inner>>> = Arc::new(Mutex::new(Weak::new()));
         let s = slot.clone();
-        let options = HandlerOptions {
-            handle,
-            persist,
-            respondent: respondent.clone(),
-            policy: None,
-        };
+        let respondent = options.respondent.clone();
         let handle = router.add_handler(move |msg| Receiver::deliver(&s, msg), options)?;
         let inner = Arc::new(Inner {
             router: router.clone(),
@@ -106,9 +105,7 @@ impl Receiver {
         // After the broker exited, add_handler ran the handler with a dead message before the
         // slot was filled; make sure the receiver holds one.
         if router.broker().exited() && recv.inner.latch.empty() {
-            let _ = recv.inner.latch.put(Message::dead(
-                "broker exited; no more messages will be delivered",
-            ));
+            let _ = recv.inner.latch.put(Message::dead("broker exited; no more messages will be delivered"));
         }
         Ok(recv)
     }
@@ -285,10 +282,7 @@ pub struct Sender {
 impl Sender {
     /// A sender to `dst_handle` in `context`.
     pub fn new(context: Context, dst_handle: u32) -> Sender {
-        Sender {
-            context,
-            dst_handle,
-        }
+        Sender { context, dst_handle }
     }
 
     /// The destination context.
@@ -347,17 +341,9 @@ impl Channel {
     ///
     /// # Errors
     /// [`GeneralError`](crate::GeneralError) if `handle` is already registered.
-    pub fn new(
-        router: &Router,
-        context: Context,
-        dst_handle: u32,
-        handle: Option<u32>,
-    ) -> Result<Channel> {
+    pub fn new(router: &Router, context: Context, dst_handle: u32, handle: Option<u32>) -> Result<Channel> {
         let receiver = Receiver::with_options(router, handle, true, Some(context.clone()))?;
-        Ok(Channel {
-            sender: Sender::new(context, dst_handle),
-            receiver,
-        })
+        Ok(Channel { sender: Sender::new(context, dst_handle), receiver })
     }
 
     /// The sending half.

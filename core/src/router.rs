@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use crate::sync::{Mutex, RwLock};
 
 use crate::broker::{guarded, Broker};
 use crate::context::Context;
@@ -36,12 +36,7 @@ pub struct HandlerOptions {
 
 impl Default for HandlerOptions {
     fn default() -> Self {
-        HandlerOptions {
-            handle: None,
-            persist: true,
-            respondent: None,
-            policy: None,
-        }
+        HandlerOptions { handle: None, persist: true, respondent: None, policy: None }
     }
 }
 
@@ -50,10 +45,7 @@ impl fmt::Debug for HandlerOptions {
         f.debug_struct("HandlerOptions")
             .field("handle", &self.handle)
             .field("persist", &self.persist)
-            .field(
-                "respondent",
-                &self.respondent.as_ref().map(Context::context_id),
-            )
+            .field("respondent", &self.respondent.as_ref().map(Context::context_id))
             .field("policy", &self.policy.is_some())
             .finish()
     }
@@ -209,11 +201,7 @@ impl Router {
     ///
     /// # Errors
     /// [`GeneralError`](crate::GeneralError) if `options.handle` is already registered.
-    pub fn add_handler(
-        &self,
-        func: impl Fn(Message) + Send + Sync + 'static,
-        options: HandlerOptions,
-    ) -> Result<u32> {
+    pub fn add_handler(&self, func: impl Fn(Message) + Send + Sync + 'static, options: HandlerOptions) -> Result<u32> {
         let mut hs = self.inner.handlers.lock();
         let handle = match options.handle {
             Some(h) if hs.map.contains_key(&h) => {
@@ -252,10 +240,7 @@ impl Router {
     pub fn del_handler(&self, handle: u32) -> Result<()> {
         match self.inner.handlers.lock().map.remove(&handle) {
             Some(_) => Ok(()),
-            None => Err(Error::general(format!(
-                "handle {handle} is not registered in context {}",
-                self.context_id()
-            ))),
+            None => Err(Error::general(format!("handle {handle} is not registered in context {}", self.context_id()))),
         }
     }
 
@@ -269,10 +254,7 @@ impl Router {
     /// expecting replies from contexts behind it receive dead messages.
     pub fn register(&self, context: &Context, stream: &Stream) {
         stream.set_remote_id(context.context_id());
-        self.inner
-            .routes
-            .write()
-            .insert(context.context_id(), stream.clone());
+        self.inner.routes.write().insert(context.context_id(), stream.clone());
         let weak = Arc::downgrade(&self.inner);
         stream.on_disconnect_listener(move |s| {
             if let Some(inner) = weak.upgrade() {
@@ -284,10 +266,7 @@ impl Router {
 
     /// Call `hook(router, stream)` on the broker thread whenever a registered stream disconnects,
     /// after its routes are gone (used by child contexts to exit when their parent goes away).
-    pub fn on_stream_disconnect_hook(
-        &self,
-        hook: impl Fn(&Router, &Stream) + Send + Sync + 'static,
-    ) {
+    pub fn on_stream_disconnect_hook(&self, hook: impl Fn(&Router, &Stream) + Send + Sync + 'static) {
         self.inner.disconnect_hooks.lock().push(Arc::new(hook));
     }
 
@@ -297,11 +276,10 @@ impl Router {
     /// [`GeneralError`](crate::GeneralError) if no stream reaches `via_id`.
     pub fn add_route(&self, target_id: u32, via_id: u32) -> Result<()> {
         let mut routes = self.inner.routes.write();
-        let stream = routes.get(&via_id).cloned().ok_or_else(|| {
-            Error::general(format!(
-                "cannot add route to {target_id}: no stream reaches {via_id}"
-            ))
-        })?;
+        let stream = routes
+            .get(&via_id)
+            .cloned()
+            .ok_or_else(|| Error::general(format!("cannot add route to {target_id}: no stream reaches {via_id}")))?;
         routes.insert(target_id, stream);
         Ok(())
     }
@@ -318,10 +296,7 @@ impl Router {
     /// (Mitogen `stream_by_id`).
     pub fn stream_by_id(&self, dst_id: u32) -> Option<Stream> {
         let routes = self.inner.routes.read();
-        routes
-            .get(&dst_id)
-            .or_else(|| self.parent_id().and_then(|p| routes.get(&p)))
-            .cloned()
+        routes.get(&dst_id).or_else(|| self.parent_id().and_then(|p| routes.get(&p))).cloned()
     }
 
     fn parent_id(&self) -> Option<u32> {
@@ -341,11 +316,7 @@ impl Router {
                 if !stream.is_disconnected() {
                     let (reply_to, src, dst) = (msg.reply_to, msg.src_id, msg.dst_id);
                     if stream.send(msg).is_err() {
-                        self.send_dead_to(
-                            reply_to,
-                            src,
-                            &format!("no route to context {dst}: stream disconnected"),
-                        );
+                        self.send_dead_to(reply_to, src, &format!("no route to context {dst}: stream disconnected"));
                     }
                     return;
                 }
@@ -358,11 +329,7 @@ impl Router {
     }
 
     fn send_dead_to(&self, reply_to: u32, src_id: u32, reason: &str) {
-        let stub = Message {
-            reply_to,
-            src_id,
-            ..Message::default()
-        };
+        let stub = Message { reply_to, src_id, ..Message::default() };
         self.maybe_send_dead(&stub, reason);
     }
 
@@ -378,10 +345,7 @@ impl Router {
     /// stream it arrived on (Mitogen `_async_route`).
     pub fn async_route(&self, mut msg: Message, in_stream: Option<&Stream>) {
         if msg.data.len() > self.max_message_size() {
-            log::error!(
-                "{self:?}: dropping {msg:?}: larger than max_message_size {}",
-                self.max_message_size()
-            );
+            log::error!("{self:?}: dropping {msg:?}: larger than max_message_size {}", self.max_message_size());
             let reason = format!("message too large (max {} bytes)", self.max_message_size());
             return self.maybe_send_dead(&msg, &reason);
         }
@@ -394,11 +358,7 @@ impl Router {
             return self.invoke(msg, in_stream);
         }
         let Some(out) = self.stream_by_id(msg.dst_id) else {
-            let reason = format!(
-                "no route to context {} from context {}",
-                msg.dst_id,
-                self.context_id()
-            );
+            let reason = format!("no route to context {} from context {}", msg.dst_id, self.context_id());
             log::debug!("{self:?}: {reason}: {msg:?}");
             return self.maybe_send_dead(&msg, &reason);
         };
@@ -416,11 +376,7 @@ impl Router {
         }
         let (reply_to, src, dst) = (msg.reply_to, msg.src_id, msg.dst_id);
         if out.send(msg).is_err() {
-            self.send_dead_to(
-                reply_to,
-                src,
-                &format!("no route to context {dst}: stream disconnected"),
-            );
+            self.send_dead_to(reply_to, src, &format!("no route to context {dst}: stream disconnected"));
         }
     }
 
@@ -430,19 +386,13 @@ impl Router {
         let expected = |id: u32| self.stream_by_id(id);
         let auth_stream = expected(msg.auth_id);
         if auth_stream.as_ref() != Some(in_stream) {
-            log::error!(
-                "{self:?}: bad auth_id: got {} via {in_stream:?}, not {auth_stream:?}: {msg:?}",
-                msg.auth_id
-            );
+            log::error!("{self:?}: bad auth_id: got {} via {in_stream:?}, not {auth_stream:?}: {msg:?}", msg.auth_id);
             return false;
         }
         if msg.src_id != msg.auth_id {
             let src_stream = expected(msg.src_id);
             if src_stream.as_ref() != Some(in_stream) {
-                log::error!(
-                    "{self:?}: bad src_id: got {} via {in_stream:?}, not {src_stream:?}: {msg:?}",
-                    msg.src_id
-                );
+                log::error!("{self:?}: bad src_id: got {} via {in_stream:?}, not {src_stream:?}: {msg:?}", msg.src_id);
                 return false;
             }
         }
@@ -465,32 +415,21 @@ impl Router {
                     log::debug!("{self:?}: invalid handle {}: {msg:?}", msg.handle);
                     return self.maybe_send_dead(
                         &msg,
-                        &format!(
-                            "{INVALID_HANDLE} {} in context {}",
-                            msg.handle,
-                            self.context_id()
-                        ),
+                        &format!("{INVALID_HANDLE} {} in context {}", msg.handle, self.context_id()),
                     );
                 }
             }
         };
         if let Some(r) = respondent {
             if !msg.is_dead() && msg.src_id != r {
-                log::error!(
-                    "{self:?}: reply from unexpected context {} (expected {r}): {msg:?}",
-                    msg.src_id
-                );
+                log::error!("{self:?}: reply from unexpected context {} (expected {r}): {msg:?}", msg.src_id);
                 return;
             }
         }
         if let Some(policy) = policy {
             if !policy(&msg, stream) {
                 log::error!("{self:?}: policy refused message: {msg:?}");
-                let reason = format!(
-                    "refused by policy of handle {} in context {}",
-                    msg.handle,
-                    self.context_id()
-                );
+                let reason = format!("refused by policy of handle {} in context {}", msg.handle, self.context_id());
                 return self.maybe_send_dead(&msg, &reason);
             }
         }
@@ -505,11 +444,7 @@ impl Router {
     fn on_stream_disconnect(&self, stream: &Stream) {
         let lost: Vec<u32> = {
             let mut routes = self.inner.routes.write();
-            let lost: Vec<u32> = routes
-                .iter()
-                .filter(|(_, s)| *s == stream)
-                .map(|(id, _)| *id)
-                .collect();
+            let lost: Vec<u32> = routes.iter().filter(|(_, s)| *s == stream).map(|(id, _)| *id).collect();
             for id in &lost {
                 routes.remove(id);
             }
@@ -533,10 +468,7 @@ impl Router {
                 .filter(|(_, h)| h.respondent.is_some_and(|r| lost.contains(&r)))
                 .map(|(k, _)| *k)
                 .collect();
-            handles
-                .into_iter()
-                .filter_map(|k| hs.map.remove(&k).map(|h| (k, h.func)))
-                .collect()
+            handles.into_iter().filter_map(|k| hs.map.remove(&k).map(|h| (k, h.func))).collect()
         };
         for (handle, func) in victims {
             let mut dead = Message::dead(&format!("lost connection to context {lost:?}"));
@@ -567,10 +499,6 @@ impl Router {
 /// Policy: the message acts with the authority of this context or one of its parents
 /// (Mitogen `has_parent_authority`).
 pub fn has_parent_authority(msg: &Message, _stream: Option<&Stream>) -> bool {
-    let identity = msg
-        .router
-        .as_ref()
-        .map(|r| r.identity().clone())
-        .unwrap_or_else(globals::identity);
+    let identity = msg.router.as_ref().map(|r| r.identity().clone()).unwrap_or_else(globals::identity);
     msg.auth_id == identity.context_id || identity.parent_ids.contains(&msg.auth_id)
 }

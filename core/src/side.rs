@@ -17,9 +17,7 @@ pub fn io_op<T: Default>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<(T
             Ok(v) => return Ok((v, false)),
             Err(e) => match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
-                Some(libc::EIO | libc::ECONNRESET | libc::EPIPE) => {
-                    return Ok((T::default(), true))
-                }
+                Some(libc::EIO | libc::ECONNRESET | libc::EPIPE) => return Ok((T::default(), true)),
                 _ => return Err(e),
             },
         }
@@ -48,15 +46,10 @@ impl Side {
     /// # Errors
     /// [`StreamError`](crate::StreamError) if the descriptor's flags cannot be set.
     pub fn new(fd: OwnedFd, keep_alive: bool) -> Result<Side> {
-        let prep =
-            sys::set_nonblocking(fd.as_fd(), true).and_then(|_| sys::set_cloexec(fd.as_fd(), true));
+        let prep = sys::set_nonblocking(fd.as_fd(), true).and_then(|_| sys::set_cloexec(fd.as_fd(), true));
         prep.map_err(|e| Error::stream(format!("cannot prepare fd {}: {e}", fd.as_raw_fd())))?;
         let raw = fd.as_raw_fd();
-        Ok(Side {
-            fd: Some(fd),
-            raw,
-            keep_alive,
-        })
+        Ok(Side { fd: Some(fd), raw, keep_alive })
     }
 
     /// The descriptor, or `None` once closed (Mitogen `fd`).
@@ -130,16 +123,9 @@ mod tests {
         assert_eq!(a.write(b"hi").unwrap(), Some(2));
         let mut buf = [0u8; 8];
         assert_eq!(b.read(&mut buf).unwrap(), 2);
-        assert_eq!(
-            b.read(&mut buf).unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
-        );
+        assert_eq!(b.read(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
         drop(b);
-        assert_eq!(
-            a.read(&mut buf).unwrap(),
-            0,
-            "peer closed reads as end of file"
-        );
+        assert_eq!(a.read(&mut buf).unwrap(), 0, "peer closed reads as end of file");
         // Writing to a closed socket peer raises EPIPE, which is disconnection, not an error.
         assert_eq!(a.write(b"x").unwrap(), None);
     }

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 
 use crate::broker::Broker;
 use crate::error::{Error, Result};
@@ -25,16 +25,16 @@ const NO_ID: u32 = u32::MAX;
 type Listener = Box<dyn FnOnce(&Stream) + Send>;
 type ShutdownHook = Box<dyn FnMut(&Stream, &Broker) + Send>;
 type BytesHandler = Box<dyn FnMut(&Stream, &[u8]) + Send>;
+type ReadyHandler = Box<dyn FnMut(&Stream) + Send>;
 
 /// What a stream does with the bytes it reads: a closed set, so an enum.
 enum Protocol {
     /// Framed messages handed to a router (Mitogen `MitogenProtocol`).
-    Message {
-        router: Router,
-        decoder: FrameDecoder,
-    },
+    Message { router: Router, decoder: FrameDecoder },
     /// Raw bytes handed to a callback; an empty slice means end of file (e.g. `IoLogger`).
     Bytes(BytesHandler),
+    /// Nothing is read: a callback learns the descriptor is readable (e.g. a pidfd).
+    Ready(ReadyHandler),
 }
 
 /// Reassembles frames from arbitrary chunks: partial headers, partial data, many frames at once.
@@ -46,11 +46,7 @@ pub(crate) struct FrameDecoder {
 
 impl FrameDecoder {
     pub(crate) fn new(max_message_size: usize) -> FrameDecoder {
-        FrameDecoder {
-            header: Vec::with_capacity(HEADER_LEN),
-            current: None,
-            max_message_size,
-        }
+        FrameDecoder { header: Vec::with_capacity(HEADER_LEN), current: None, max_message_size }
     }
 
     /// Consume `data`, pushing every completed message to `out`.
@@ -59,20 +55,14 @@ impl FrameDecoder {
     /// [`StreamError`](crate::StreamError) on a bad magic or an announced length over the
     /// maximum; the stream must then be disconnected, since framing is lost.
     pub(crate) fn feed(&mut self, mut data: &[u8], out: &mut Vec<Message>) -> Result<()> {
-        while !data.is_empty()
-            || self
-                .current
-                .as_ref()
-                .is_some_and(|(m, len)| m.data.len() == *len)
-        {
+        while !data.is_empty() || self.current.as_ref().is_some_and(|(m, len)| m.data.len() == *len) {
             match &mut self.current {
                 None => {
                     let take = (HEADER_LEN - self.header.len()).min(data.len());
                     self.header.extend_from_slice(&data[..take]);
                     data = &data[take..];
                     if self.header.len() == HEADER_LEN {
-                        let h: &[u8; HEADER_LEN] =
-                            self.header[..].try_into().expect("header length");
+                        let h: &[u8; HEADER_LEN] = self.header[..].try_into().expect("header length");
                         let (mut msg, len) = Message::parse_header(h)?;
                         if len > self.max_message_size {
                             return Err(Error::stream(format!(
@@ -145,6 +135,8 @@ struct Inner {
     is_privileged: AtomicBool,
     egress_ids: Mutex<HashSet<u32>>,
     disconnected: AtomicBool,
+    /// Set by a graceful shutdown with bytes still queued: disconnect once they are written.
+    close_when_drained: AtomicBool,
     listeners: Mutex<Vec<Listener>>,
     on_shutdown: Mutex<Option<ShutdownHook>>,
 }
@@ -176,33 +168,20 @@ impl PartialEq for Stream {
 impl Eq for Stream {}
 
 impl Stream {
-    fn build(
-        broker: &Broker,
-        name: String,
-        rx: Side,
-        tx: Option<Side>,
-        protocol: Protocol,
-    ) -> Stream {
+    fn build(broker: &Broker, name: String, rx: Side, tx: Option<Side>, protocol: Protocol) -> Stream {
         Stream {
             inner: Arc::new(Inner {
                 id: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
                 name: Mutex::new(name),
                 broker: broker.clone(),
-                rx: Mutex::new(Rx {
-                    side: Some(rx),
-                    protocol,
-                }),
-                tx: Mutex::new(Tx {
-                    side: tx,
-                    queue: VecDeque::new(),
-                    pending: 0,
-                    transmitting: false,
-                }),
+                rx: Mutex::new(Rx { side: Some(rx), protocol }),
+                tx: Mutex::new(Tx { side: tx, queue: VecDeque::new(), pending: 0, transmitting: false }),
                 remote_id: AtomicU32::new(NO_ID),
                 auth_id: AtomicU32::new(NO_ID),
                 is_privileged: AtomicBool::new(false),
                 egress_ids: Mutex::new(HashSet::new()),
                 disconnected: AtomicBool::new(false),
+                close_when_drained: AtomicBool::new(false),
                 listeners: Mutex::new(Vec::new()),
                 on_shutdown: Mutex::new(None),
             }),
@@ -217,8 +196,7 @@ impl Stream {
     /// # Errors
     /// [`StreamError`](crate::StreamError) if the descriptor cannot be duplicated or prepared.
     pub fn message(router: &Router, name: impl Into<String>, fd: OwnedFd) -> Result<Stream> {
-        let rfd = sys::dup_cloexec(fd.as_fd())
-            .map_err(|e| Error::stream(format!("cannot dup stream fd: {e}")))?;
+        let rfd = sys::dup_cloexec(fd.as_fd()).map_err(|e| Error::stream(format!("cannot dup stream fd: {e}")))?;
         Stream::message_pair(router, name, rfd, fd)
     }
 
@@ -226,25 +204,12 @@ impl Stream {
     ///
     /// # Errors
     /// [`StreamError`](crate::StreamError) if a descriptor cannot be prepared.
-    pub fn message_pair(
-        router: &Router,
-        name: impl Into<String>,
-        rfd: OwnedFd,
-        wfd: OwnedFd,
-    ) -> Result<Stream> {
-        let protocol = Protocol::Message {
-            router: router.clone(),
-            decoder: FrameDecoder::new(router.max_message_size()),
-        };
+    pub fn message_pair(router: &Router, name: impl Into<String>, rfd: OwnedFd, wfd: OwnedFd) -> Result<Stream> {
+        let protocol =
+            Protocol::Message { router: router.clone(), decoder: FrameDecoder::new(router.max_message_size()) };
         let rx = Side::new(rfd, true)?;
         let tx = Side::new(wfd, false)?;
-        Ok(Stream::build(
-            router.broker(),
-            name.into(),
-            rx,
-            Some(tx),
-            protocol,
-        ))
+        Ok(Stream::build(router.broker(), name.into(), rx, Some(tx), protocol))
     }
 
     /// A receive-only stream calling `on_data` with every chunk read from `rfd`, and once with
@@ -260,13 +225,24 @@ impl Stream {
         on_data: impl FnMut(&Stream, &[u8]) + Send + 'static,
     ) -> Result<Stream> {
         let rx = Side::new(rfd, keep_alive)?;
-        Ok(Stream::build(
-            broker,
-            name.into(),
-            rx,
-            None,
-            Protocol::Bytes(Box::new(on_data)),
-        ))
+        Ok(Stream::build(broker, name.into(), rx, None, Protocol::Bytes(Box::new(on_data))))
+    }
+
+    /// A stream that reads nothing: `on_ready` is called on the broker thread each time `fd`
+    /// becomes readable (for example a pidfd when its process exits). `on_ready` decides when to
+    /// [`on_disconnect`](Stream::on_disconnect) it.
+    ///
+    /// # Errors
+    /// [`StreamError`](crate::StreamError) if the descriptor cannot be prepared.
+    pub fn readiness(
+        broker: &Broker,
+        name: impl Into<String>,
+        fd: OwnedFd,
+        keep_alive: bool,
+        on_ready: impl FnMut(&Stream) + Send + 'static,
+    ) -> Result<Stream> {
+        let rx = Side::new(fd, keep_alive)?;
+        Ok(Stream::build(broker, name.into(), rx, None, Protocol::Ready(Box::new(on_ready))))
     }
 
     pub(crate) fn id(&self) -> usize {
@@ -311,9 +287,7 @@ impl Stream {
 
     /// Set [`auth_id`](Stream::auth_id).
     pub fn set_auth_id(&self, id: Option<u32>) {
-        self.inner
-            .auth_id
-            .store(id.unwrap_or(NO_ID), Ordering::Release);
+        self.inner.auth_id.store(id.unwrap_or(NO_ID), Ordering::Release);
     }
 
     /// Whether the peer is trusted to reach anywhere even in `unidirectional` mode (a parent).
@@ -323,9 +297,7 @@ impl Stream {
 
     /// Set [`is_privileged`](Stream::is_privileged).
     pub fn set_privileged(&self, privileged: bool) {
-        self.inner
-            .is_privileged
-            .store(privileged, Ordering::Release);
+        self.inner.is_privileged.store(privileged, Ordering::Release);
     }
 
     /// Record that the peer sent a message to `dst_id` (Mitogen `egress_ids`).
@@ -345,12 +317,7 @@ impl Stream {
 
     /// Whether the broker's graceful shutdown should wait for this stream.
     pub fn keep_alive(&self) -> bool {
-        self.inner
-            .rx
-            .lock()
-            .side
-            .as_ref()
-            .is_some_and(|s| s.keep_alive() && !s.closed())
+        self.inner.rx.lock().side.as_ref().is_some_and(|s| s.keep_alive() && !s.closed())
     }
 
     /// Call `f` once, on the broker thread, when the stream disconnects (Mitogen's
@@ -377,21 +344,11 @@ impl Stream {
     }
 
     pub(crate) fn rx_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.inner
-            .rx
-            .lock()
-            .side
-            .as_ref()
-            .and_then(|s| s.fd().map(|_| s.raw_fd()))
+        self.inner.rx.lock().side.as_ref().and_then(|s| s.fd().map(|_| s.raw_fd()))
     }
 
     pub(crate) fn tx_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.inner
-            .tx
-            .lock()
-            .side
-            .as_ref()
-            .and_then(|s| s.fd().map(|_| s.raw_fd()))
+        self.inner.tx.lock().side.as_ref().and_then(|s| s.fd().map(|_| s.raw_fd()))
     }
 
     /// Queue `msg` for transmission, writing it at once when nothing else is queued. Safe from
@@ -400,17 +357,10 @@ impl Stream {
     /// # Errors
     /// [`StreamError`](crate::StreamError) if the stream is disconnected; the message is dropped.
     pub fn send(&self, msg: Message) -> Result<()> {
-        let mut chunk = Chunk {
-            header: msg.header(),
-            data: msg.data,
-            written: 0,
-        };
+        let mut chunk = Chunk { header: msg.header(), data: msg.data, written: 0 };
         let mut tx = self.inner.tx.lock();
         let Some(side) = tx.side.as_ref() else {
-            return Err(Error::stream(format!(
-                "{}: stream is disconnected",
-                self.name()
-            )));
+            return Err(Error::stream(format!("{}: stream is disconnected", self.name())));
         };
         if tx.queue.is_empty() {
             let [a, b] = chunk.remaining();
@@ -453,12 +403,20 @@ impl Stream {
     /// and dispatch. End of file or a protocol error disconnects the stream (Mitogen
     /// `on_receive`).
     pub fn on_receive(&self, broker: &Broker) {
+        if let Some(mut f) = self.take_ready_handler() {
+            f(self);
+            let mut rx = self.inner.rx.lock();
+            if !self.is_disconnected() {
+                rx.protocol = Protocol::Ready(f);
+            }
+            return;
+        }
         let mut msgs = Vec::new();
         let outcome = self.read_all(&mut msgs);
         if !msgs.is_empty() {
             let router = match &self.inner.rx.lock().protocol {
                 Protocol::Message { router, .. } => Some(router.clone()),
-                Protocol::Bytes(_) => None,
+                Protocol::Bytes(_) | Protocol::Ready(_) => None,
             };
             for msg in msgs {
                 if let Some(router) = &router {
@@ -476,6 +434,18 @@ impl Stream {
         }
     }
 
+    /// The callback of a readiness stream, taken out so it may disconnect the stream.
+    fn take_ready_handler(&self) -> Option<ReadyHandler> {
+        let mut rx = self.inner.rx.lock();
+        if !matches!(rx.protocol, Protocol::Ready(_)) {
+            return None;
+        }
+        match std::mem::replace(&mut rx.protocol, Protocol::Bytes(Box::new(|_, _| {}))) {
+            Protocol::Ready(f) => Some(f),
+            _ => None,
+        }
+    }
+
     /// Read until `EAGAIN`. `Ok(false)` is end of file.
     fn read_all(&self, msgs: &mut Vec<Message>) -> Result<bool> {
         SCRATCH.with(|scratch| {
@@ -489,12 +459,7 @@ impl Stream {
                 let n = match side.read(&mut buf[..]) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                    Err(e) => {
-                        return Err(Error::stream(format!(
-                            "read failed on fd {}: {e}",
-                            side.raw_fd()
-                        )))
-                    }
+                    Err(e) => return Err(Error::stream(format!("read failed on fd {}: {e}", side.raw_fd()))),
                 };
                 match &mut rx.protocol {
                     Protocol::Message { decoder, .. } => {
@@ -503,6 +468,7 @@ impl Stream {
                         }
                     }
                     Protocol::Bytes(f) => f(self, &buf[..n]),
+                    Protocol::Ready(_) => return Ok(true),
                 }
                 if n == 0 {
                     return Ok(false);
@@ -516,6 +482,9 @@ impl Stream {
     pub fn on_transmit(&self, broker: &Broker) {
         if self.write_queued() {
             broker.stop_transmit(self);
+            if self.inner.close_when_drained.load(Ordering::Acquire) {
+                self.on_disconnect(broker);
+            }
         }
     }
 
@@ -545,9 +514,10 @@ impl Stream {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
-                    log::error!("{}: write failed: {e}; disconnecting", self.name());
                     drop(iov);
+                    // Log only after unlocking: a log forwarder may route through this stream.
                     drop(guard);
+                    log::error!("{}: write failed: {e}; disconnecting", self.name());
                     self.disconnect_later();
                     return false;
                 }
@@ -555,10 +525,7 @@ impl Stream {
             drop(iov);
             tx.pending -= n;
             while n > 0 {
-                let c = tx
-                    .queue
-                    .front_mut()
-                    .expect("written bytes belong to queued chunks");
+                let c = tx.queue.front_mut().expect("written bytes belong to queued chunks");
                 let left = c.len() - c.written;
                 if n >= left {
                     n -= left;
@@ -574,7 +541,8 @@ impl Stream {
     }
 
     /// Called by the broker's graceful shutdown (Mitogen `on_shutdown`): runs the hook set with
-    /// [`set_on_shutdown`](Stream::set_on_shutdown), or disconnects.
+    /// [`set_on_shutdown`](Stream::set_on_shutdown), or disconnects once every queued byte is
+    /// written (within the broker's grace period).
     pub fn on_shutdown(&self, broker: &Broker) {
         let hook = self.inner.on_shutdown.lock().take();
         match hook {
@@ -585,7 +553,15 @@ impl Stream {
                     *slot = Some(f);
                 }
             }
-            None => self.on_disconnect(broker),
+            None => {
+                let tx = self.inner.tx.lock();
+                if tx.queue.is_empty() {
+                    drop(tx);
+                    self.on_disconnect(broker);
+                } else {
+                    self.inner.close_when_drained.store(true, Ordering::Release);
+                }
+            }
         }
     }
 
@@ -661,20 +637,14 @@ mod tests {
         let mut out = Vec::new();
         d.feed(&bytes, &mut out).unwrap();
         assert_eq!(out.len(), 100);
-        assert!(out
-            .iter()
-            .enumerate()
-            .all(|(i, m)| m.handle == i as u32 && m.data == (i as u32).to_be_bytes()));
+        assert!(out.iter().enumerate().all(|(i, m)| m.handle == i as u32 && m.data == (i as u32).to_be_bytes()));
     }
 
     #[test]
     fn decoder_refuses_oversized_frames_and_bad_magic() {
         let mut d = FrameDecoder::new(10);
         let err = d.feed(&frame(1, &[0; 11]), &mut Vec::new()).unwrap_err();
-        assert!(
-            err.to_string().contains("exceeds max_message_size 10"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("exceeds max_message_size 10"), "{err}");
         let mut d = FrameDecoder::new(10);
         let err = d.feed(&[0xffu8; 40], &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("bad magic"), "{err}");

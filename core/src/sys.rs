@@ -6,7 +6,7 @@
 //! `SOCK_CLOEXEC`).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -48,6 +48,85 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// A pipe `(read, write)`, both ends `O_CLOEXEC`, only the read end `O_NONBLOCK`: the write end
+/// becomes a process's stdout or stderr, where user code expects blocking writes.
+pub(crate) fn pipe_blocking_write() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a valid two-element array for pipe2(2) to fill.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    set_nonblocking(r.as_fd(), true)?;
+    Ok((r, w))
+}
+
+/// Make `target` (0, 1 or 2) refer to what `fd` refers to (`dup2(2)`); the new descriptor is
+/// inherited across `exec`.
+pub(crate) fn dup2(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 on a borrowed open fd; `target` is a standard descriptor we replace on purpose
+    // and that no OwnedFd owns.
+    cvt(unsafe { libc::dup2(fd.as_raw_fd(), target) })?;
+    Ok(())
+}
+
+/// Open `/dev/null` read-write, close-on-exec.
+pub(crate) fn open_devnull() -> io::Result<OwnedFd> {
+    // SAFETY: a NUL-terminated path literal; open returns a new fd we then own.
+    let fd = cvt(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
+    // SAFETY: `fd` was just returned by open.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Borrow standard descriptor `fd` (0, 1 or 2).
+pub(crate) fn borrow_std(fd: RawFd) -> BorrowedFd<'static> {
+    debug_assert!((0..=2).contains(&fd));
+    // SAFETY: in a child the standard descriptors are open for the life of the process (the
+    // parent provides them) and are only ever replaced with dup2, never closed.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Ignore `SIGPIPE`, as Rust's runtime does before `main` (a child may start before it).
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Set the calling thread's name as shown by `ps -o comm` (15 bytes at most; `PR_SET_NAME`).
+pub(crate) fn set_thread_title(title: &str) {
+    let mut buf = [0u8; 16];
+    let n = title.len().min(15);
+    buf[..n].copy_from_slice(&title.as_bytes()[..n]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from `buf`.
+    unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0) };
+}
+
+/// End the process at once with `status`, running no destructors or `atexit` handlers (in a
+/// forked child they belong to the parent, whose memory it shares).
+pub(crate) fn exit_now(status: i32) -> ! {
+    // SAFETY: _exit(2) has no preconditions and never returns.
+    unsafe { libc::_exit(status) }
+}
+
+/// Called by the dynamic loader before `main`, in every process that links this crate: a process
+/// started as a child (argv\[1\] is the child marker) becomes one here and never returns, so
+/// test binaries built by `cargo test`, whose `main` belongs to the test harness, work as
+/// children too.
+extern "C" fn child_ctor(argc: libc::c_int, argv: *const *const libc::c_char, _envp: *const *const libc::c_char) {
+    if argc < 2 || argv.is_null() {
+        return;
+    }
+    // SAFETY: the loader passes argv with `argc` valid NUL-terminated strings.
+    let arg1 = unsafe { std::ffi::CStr::from_ptr(*argv.add(1)) };
+    if arg1.to_bytes() == crate::child::CHILD_MARKER.as_bytes() {
+        crate::child::run_exec_child();
+    }
+}
+
+/// `.init_array` entries run before `main`; glibc passes them `(argc, argv, envp)`.
+#[used]
+#[link_section = ".init_array"]
+static CHILD_CTOR: extern "C" fn(libc::c_int, *const *const libc::c_char, *const *const libc::c_char) = child_ctor;
+
 /// Duplicate `fd` to a new close-on-exec descriptor (`F_DUPFD_CLOEXEC`).
 pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: fcntl on a borrowed, open fd; F_DUPFD_CLOEXEC returns a new fd we then own.
@@ -56,13 +135,7 @@ pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-fn set_flag(
-    fd: RawFd,
-    get: libc::c_int,
-    set: libc::c_int,
-    flag: libc::c_int,
-    on: bool,
-) -> io::Result<()> {
+fn set_flag(fd: RawFd, get: libc::c_int, set: libc::c_int, flag: libc::c_int, on: bool) -> io::Result<()> {
     // SAFETY: F_GETFL/F_GETFD on an fd the caller keeps open for the duration of the call.
     let old = cvt(unsafe { libc::fcntl(fd, get) })?;
     let new = if on { old | flag } else { old & !flag };
@@ -75,24 +148,12 @@ fn set_flag(
 
 /// Set or clear `O_NONBLOCK` on `fd`.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    set_flag(
-        fd.as_raw_fd(),
-        libc::F_GETFL,
-        libc::F_SETFL,
-        libc::O_NONBLOCK,
-        on,
-    )
+    set_flag(fd.as_raw_fd(), libc::F_GETFL, libc::F_SETFL, libc::O_NONBLOCK, on)
 }
 
 /// Set or clear `FD_CLOEXEC` on `fd`.
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    set_flag(
-        fd.as_raw_fd(),
-        libc::F_GETFD,
-        libc::F_SETFD,
-        libc::FD_CLOEXEC,
-        on,
-    )
+    set_flag(fd.as_raw_fd(), libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC, on)
 }
 
 /// Whether `FD_CLOEXEC` is set on `fd`.
@@ -134,20 +195,14 @@ pub(crate) fn writev(fd: BorrowedFd<'_>, bufs: &[io::IoSlice<'_>]) -> io::Result
 /// nanosecond resolution (no rounding down to a busy spin). Returns whether it became readable;
 /// `EINTR` is reported as `Ok(false)` so callers re-check their deadline and loop.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     let ts;
     let tsp = match deadline {
         None => std::ptr::null(),
         Some(d) => {
             let left = d.saturating_duration_since(Instant::now());
-            ts = libc::timespec {
-                tv_sec: left.as_secs() as libc::time_t,
-                tv_nsec: left.subsec_nanos() as libc::c_long,
-            };
+            ts =
+                libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as libc::c_long };
             &ts as *const libc::timespec
         }
     };

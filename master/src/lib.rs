@@ -11,6 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mitogen_core::{BrokerOptions, Identity, Result};
+pub use mitogen_parent::{CallChain, Context, ForkOptions, Options};
+
+mod io;
+mod monitor;
+mod sys;
+
+pub use io::{iter_read, write_all, IterRead};
+pub use monitor::ProcessMonitor;
 
 /// The master's broker: the core [`Broker`](mitogen_core::Broker) with the master's 5-second
 /// shutdown grace period (Mitogen `mitogen.master.Broker`).
@@ -23,10 +31,7 @@ impl Broker {
     /// # Errors
     /// As [`mitogen_core::Broker::with_options`].
     pub fn new() -> Result<Broker> {
-        let options = BrokerOptions {
-            shutdown_timeout: Duration::from_secs(5),
-            ..BrokerOptions::default()
-        };
+        let options = BrokerOptions { shutdown_timeout: Duration::from_secs(5), ..BrokerOptions::default() };
         mitogen_core::Broker::with_options(options).map(Broker)
     }
 }
@@ -59,15 +64,52 @@ impl Router {
             None => Broker::new()?.0,
         };
         let core = mitogen_core::Router::with_identity(&broker, Identity::master());
-        Ok(Router {
-            core,
-            next_id: Arc::new(AtomicU32::new(1)),
-        })
+        Ok(Router { core, next_id: Arc::new(AtomicU32::new(1)) })
     }
 
     /// Allocate a context id unique within this master (Mitogen `allocate_id`).
     pub fn allocate_id(&self) -> u32 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Start a child context running this program's own executable, over a socketpair
+    /// (Mitogen `local()`). The call returns once the child has answered the handshake.
+    ///
+    /// ```no_run
+    /// fn pid() -> u32 {
+    ///     std::process::id()
+    /// }
+    /// mitogen_core::remote!(pid);
+    ///
+    /// let router = mitogen_master::Router::new(None)?;
+    /// let child = router.local(Default::default())?;
+    /// assert_ne!(child.call(pid, ())?, std::process::id());
+    /// router.shutdown_and_join();
+    /// # Ok::<(), mitogen_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`StreamError`](mitogen_core::StreamError) if the child cannot start or dies before the
+    /// handshake, naming the command and its last output;
+    /// [`TimeoutError`](mitogen_core::TimeoutError) if it does not answer within
+    /// `connect_timeout`; [`GeneralError`](mitogen_core::GeneralError) for an invalid option.
+    pub fn local(&self, options: Options) -> Result<Context> {
+        if options.via.is_some() {
+            return Err(mitogen_core::Error::general("local(via=...) is not supported yet"));
+        }
+        mitogen_parent::connect_local(&self.core, self.allocate_id(), &options)
+    }
+
+    /// Fork this process into a new child context (Mitogen `fork()`); see
+    /// [`connect_fork`](mitogen_parent::connect_fork) for what the child keeps.
+    ///
+    /// # Errors
+    /// As [`local`](Router::local).
+    pub fn fork(&self, options: ForkOptions) -> Result<Context> {
+        if options.options.via.is_some() {
+            return Err(mitogen_core::Error::general("fork(via=...) is not supported yet"));
+        }
+        mitogen_parent::connect_fork(&self.core, self.allocate_id(), &options)
     }
 
     /// The core router.

@@ -1,6 +1,19 @@
-//! Creating and talking to child contexts (Python's `mitogen.parent` and the connection
-//! methods).
+//! Creating and talking to child contexts (Python's `mitogen.parent`, `mitogen.fork` and the
+//! connection methods).
 //!
-//! This crate is where child creation, the bootstrap and the parent `Context` with `CallChain`
-//! live; it is being built on the messaging core, issue by issue.
+//! A parent starts a child, sends it its [`ChildConfig`](mitogen_core::ChildConfig) as the first
+//! frame of a new stream, and waits for its [`Hello`](mitogen_core::Hello). The child runs the
+//! same executable, so it serves the same [`remote!`](mitogen_core::remote) functions. The
+//! master's `Router` (in `mitogen-master`) exposes these as `local()` and `fork()`.
 #![deny(missing_docs)]
+
+mod context;
+mod fork;
+mod local;
+mod process;
+mod sys;
+
+pub use context::{CallChain, Context};
+pub use fork::{connect_fork, ForkOptions, OnFork, OnStart};
+pub use local::{connect_local, default_remote_name, Options};
+pub use process::{shell_join, ChildProcess};

@@ -30,10 +30,28 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use mitogen_core::{Channel, Error, Latch, Message, Receiver, Result};
-use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 
 type SelectNotify = Arc<dyn Fn() + Send + Sync>;
+
+/// `std::sync::Mutex` without poisoning (a panicking notify must not wedge the select), and
+/// without parking_lot's process-global tables, which a `fork` can leave locked.
+#[derive(Debug, Default)]
+struct Mutex<T>(std::sync::Mutex<T>);
+
+impl<T> Mutex<T> {
+    fn new(v: T) -> Mutex<T> {
+        Mutex(std::sync::Mutex::new(v))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get_mut(&mut self) -> &mut T {
+        self.0.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// Something a [`Select`] can wait on: a receiver (or channel) or another select.
 #[derive(Clone, Debug)]
@@ -121,12 +139,7 @@ pub struct Select {
 
 impl fmt::Debug for Select {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Select({} members, oneshot={})",
-            self.inner.members.lock().len(),
-            self.inner.oneshot
-        )
+        write!(f, "Select({} members, oneshot={})", self.inner.members.lock().len(), self.inner.oneshot)
     }
 }
 
@@ -171,8 +184,7 @@ impl Select {
 
     /// An empty select (`oneshot` as given) to [`add`](Select::add) to later.
     pub fn empty_select(oneshot: bool) -> Select {
-        Select::new(Vec::<Selectable>::new(), oneshot)
-            .expect("an empty select has nothing to refuse")
+        Select::new(Vec::<Selectable>::new(), oneshot).expect("an empty select has nothing to refuse")
     }
 
     /// Whether members are removed once they yield a message.
@@ -214,15 +226,11 @@ impl Select {
                 if r.notify().is_some() {
                     return Err(Error::general(format!("{r:?} already belongs to a Select")));
                 }
-                r.set_notify(Some(Arc::new(move |r: &Receiver| {
-                    put(&weak, Selectable::Receiver(r.clone()))
-                })));
+                r.set_notify(Some(Arc::new(move |r: &Receiver| put(&weak, Selectable::Receiver(r.clone())))));
             }
             Selectable::Select(s) => {
                 if s.contains(self) {
-                    return Err(Error::general(
-                        "cannot add a Select to itself or to a Select it contains",
-                    ));
+                    return Err(Error::general("cannot add a Select to itself or to a Select it contains"));
                 }
                 let mut n = s.inner.notify.lock();
                 if n.is_some() {
@@ -255,9 +263,7 @@ impl Select {
             return true;
         }
         let members = self.inner.members.lock().clone();
-        members
-            .iter()
-            .any(|m| matches!(m, Selectable::Select(s) if s.contains(other)))
+        members.iter().any(|m| matches!(m, Selectable::Select(s) if s.contains(other)))
     }
 
     /// Remove a member (Mitogen `remove`). Unlike Mitogen, a message it announced before its
@@ -333,9 +339,7 @@ impl Select {
     fn get_inner(&self, deadline: Option<Instant>, block: bool) -> Result<Message> {
         loop {
             if self.inner.latch.is_closed() {
-                return Err(Error::LatchError(mitogen_core::LatchError::new(
-                    "Select is closed",
-                )));
+                return Err(Error::LatchError(mitogen_core::LatchError::new("Select is closed")));
             }
             if !self.has_receivers() && self.inner.latch.empty() {
                 return Err(Error::general("cannot get(): Select instance is empty"));
@@ -374,10 +378,7 @@ impl Select {
     /// Iterate over messages until no members remain (Mitogen `__iter__`); an error is yielded
     /// once, and iteration stops after a closed select's [`LatchError`].
     pub fn iter(&self) -> Iter<'_> {
-        Iter {
-            select: self,
-            done: false,
-        }
+        Iter { select: self, done: false }
     }
 }
 

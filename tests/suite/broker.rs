@@ -4,9 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mitogen::core::{
-    socketpair, Broker, BrokerOptions, HandlerOptions, Latch, Message, Receiver, Router, Stream,
-};
+use mitogen::core::{socketpair, Broker, BrokerOptions, HandlerOptions, Latch, Message, Receiver, Router, Stream};
 use mitogen_tests::{run, WAIT};
 
 #[test]
@@ -21,8 +19,7 @@ fn defer_runs_on_the_broker_thread_and_inline_there() {
                 let o = order.clone();
                 // From the broker thread, defer runs at once, before the next statement.
                 b.defer(move || o.store(1, Ordering::SeqCst)).unwrap();
-                l.put((b.on_broker_thread(), order.load(Ordering::SeqCst)))
-                    .unwrap();
+                l.put((b.on_broker_thread(), order.load(Ordering::SeqCst))).unwrap();
             })
             .unwrap();
         assert_eq!(latch.get_timeout(WAIT).unwrap(), (true, 1));
@@ -48,9 +45,7 @@ fn defer_after_exit_is_an_error() {
 fn panicking_deferred_work_is_logged_and_the_broker_lives_on() {
     run(|| {
         let broker = Broker::new().unwrap();
-        broker
-            .defer(|| panic!("deliberate panic in deferred work"))
-            .unwrap();
+        broker.defer(|| panic!("deliberate panic in deferred work")).unwrap();
         let latch = Arc::new(Latch::new());
         let l = latch.clone();
         broker.defer(move || l.put("still alive").unwrap()).unwrap();
@@ -64,11 +59,7 @@ fn panicking_deferred_work_is_logged_and_the_broker_lives_on() {
 fn shutdown_calls_on_shutdown_then_forces_disconnect_after_the_grace_period() {
     run(|| {
         let grace = Duration::from_millis(300);
-        let broker = Broker::with_options(BrokerOptions {
-            shutdown_timeout: grace,
-            ..Default::default()
-        })
-        .unwrap();
+        let broker = Broker::with_options(BrokerOptions { shutdown_timeout: grace, ..Default::default() }).unwrap();
         let router = Router::new(&broker);
         let (a, _peer) = socketpair().unwrap();
         let stream = Stream::message(&router, "stubborn", a).unwrap();
@@ -81,21 +72,13 @@ fn shutdown_calls_on_shutdown_then_forces_disconnect_after_the_grace_period() {
         stream.on_disconnect_listener(move |_| d.put(Instant::now()).unwrap());
         router.register(&router.context_by_id(5), &stream);
         crate::fixtures::sync(&broker);
-        assert!(
-            broker.keep_alive(),
-            "a registered message stream keeps the broker alive"
-        );
+        assert!(broker.keep_alive(), "a registered message stream keeps the broker alive");
         let t0 = Instant::now();
         broker.shutdown();
         broker.join();
         assert!(asked.load(Ordering::SeqCst), "on_shutdown hook ran");
-        let when = disconnected
-            .try_get()
-            .expect("stream was force-disconnected");
-        assert!(
-            when.duration_since(t0) >= grace,
-            "forced only after the grace period"
-        );
+        let when = disconnected.try_get().expect("stream was force-disconnected");
+        assert!(when.duration_since(t0) >= grace, "forced only after the grace period");
         assert!(stream.is_disconnected());
     });
 }
@@ -103,11 +86,7 @@ fn shutdown_calls_on_shutdown_then_forces_disconnect_after_the_grace_period() {
 #[test]
 fn graceful_shutdown_disconnects_ordinary_streams_without_waiting() {
     run(|| {
-        let broker = Broker::with_options(BrokerOptions {
-            shutdown_timeout: WAIT,
-            ..Default::default()
-        })
-        .unwrap();
+        let broker = Broker::with_options(BrokerOptions { shutdown_timeout: WAIT, ..Default::default() }).unwrap();
         let router = Router::new(&broker);
         let (a, _peer) = socketpair().unwrap();
         let stream = Stream::message(&router, "ordinary", a).unwrap();
@@ -124,19 +103,12 @@ fn broker_exit_wakes_every_blocked_receiver_with_channel_error() {
         let broker = Broker::new().unwrap();
         let router = Router::new(&broker);
         let recvs: Vec<Receiver> = (0..4).map(|_| Receiver::new(&router).unwrap()).collect();
-        let waiters: Vec<_> = recvs
-            .iter()
-            .cloned()
-            .map(|r| std::thread::spawn(move || r.get_timeout(WAIT)))
-            .collect();
+        let waiters: Vec<_> = recvs.iter().cloned().map(|r| std::thread::spawn(move || r.get_timeout(WAIT))).collect();
         broker.shutdown();
         broker.join();
         for w in waiters {
             let err = w.join().unwrap().unwrap_err();
-            assert!(
-                err.is_channel() && err.to_string().contains("broker exited"),
-                "{err}"
-            );
+            assert!(err.is_channel() && err.to_string().contains("broker exited"), "{err}");
         }
         // A receiver made after the exit fails at once instead of sleeping forever.
         let late = Receiver::new(&router).unwrap();
@@ -149,12 +121,7 @@ fn panicking_handler_is_logged_and_the_broker_lives_on() {
     run(|| {
         let broker = Broker::new().unwrap();
         let router = Router::new(&broker);
-        let handle = router
-            .add_handler(
-                |_| panic!("deliberate handler panic"),
-                HandlerOptions::default(),
-            )
-            .unwrap();
+        let handle = router.add_handler(|_| panic!("deliberate handler panic"), HandlerOptions::default()).unwrap();
         let mut msg = Message::raw(handle, vec![]);
         msg.dst_id = router.context_id();
         router.route(msg);

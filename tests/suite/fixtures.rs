@@ -21,15 +21,7 @@ pub(crate) struct Node {
 impl Node {
     pub(crate) fn new(context_id: u32, parent_ids: Vec<u32>) -> Node {
         let broker = Broker::new().expect("start broker");
-        Node {
-            router: Router::with_identity(
-                &broker,
-                Identity {
-                    context_id,
-                    parent_ids,
-                },
-            ),
-        }
+        Node { router: Router::with_identity(&broker, Identity { context_id, parent_ids }) }
     }
 
     pub(crate) fn broker(&self) -> &Broker {
@@ -48,18 +40,8 @@ impl Drop for Node {
 /// parent's stream to the child and the child's stream to the parent.
 pub(crate) fn connect(parent: &Router, child: &Router) -> (Stream, Stream) {
     let (p, c) = socketpair().expect("socketpair");
-    let ps = Stream::message(
-        parent,
-        format!("{}->{}", parent.context_id(), child.context_id()),
-        p,
-    )
-    .unwrap();
-    let cs = Stream::message(
-        child,
-        format!("{}->{}", child.context_id(), parent.context_id()),
-        c,
-    )
-    .unwrap();
+    let ps = Stream::message(parent, format!("{}->{}", parent.context_id(), child.context_id()), p).unwrap();
+    let cs = Stream::message(child, format!("{}->{}", child.context_id(), parent.context_id()), c).unwrap();
     cs.set_privileged(true);
     parent.register(&parent.context_by_id(child.context_id()), &ps);
     child.register(&child.context_by_id(parent.context_id()), &cs);
@@ -80,11 +62,6 @@ impl Pair {
         let master = Node::new(0, vec![]);
         let child = Node::new(1, vec![0]);
         let (stream_to_child, stream_to_parent) = connect(&master.router, &child.router);
-        Pair {
-            stream_to_child,
-            stream_to_parent,
-            child,
-            master,
-        }
+        Pair { stream_to_child, stream_to_parent, child, master }
     }
 }

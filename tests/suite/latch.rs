@@ -46,11 +46,7 @@ fn eight_threads_hammering_one_latch_lose_nothing_and_keep_fifo_per_producer() {
         for p in 0..4 {
             let mut items = all.remove(&p).unwrap_or_default();
             items.sort_unstable();
-            assert_eq!(
-                items,
-                (0..PER).collect::<Vec<_>>(),
-                "producer {p}: items lost or duplicated"
-            );
+            assert_eq!(items, (0..PER).collect::<Vec<_>>(), "producer {p}: items lost or duplicated");
         }
     });
 }
@@ -65,9 +61,7 @@ fn close_wakes_all_eight_sleepers_with_latch_error() {
                 std::thread::spawn(move || l.get_timeout(WAIT))
             })
             .collect();
-        wait_until("8 threads asleep on the latch", WAIT, || {
-            latch.sleeping() == 8
-        });
+        wait_until("8 threads asleep on the latch", WAIT, || latch.sleeping() == 8);
         latch.close();
         for t in sleepers {
             let err = t.join().unwrap().unwrap_err();
@@ -121,10 +115,7 @@ fn sub_millisecond_timeout_does_not_round_down_to_a_spin() {
     run(|| {
         let latch = Latch::<u8>::new();
         let t0 = Instant::now();
-        assert!(latch
-            .get_timeout(Duration::from_micros(300))
-            .unwrap_err()
-            .is_timeout());
+        assert!(latch.get_timeout(Duration::from_micros(300)).unwrap_err().is_timeout());
         assert!(t0.elapsed() >= Duration::from_micros(300));
     });
 }

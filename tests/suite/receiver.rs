@@ -17,10 +17,7 @@ fn get_times_out_and_try_get_does_not_block() {
         assert!(recv.empty());
         assert!(recv.try_get().unwrap_err().is_timeout());
         let t0 = Instant::now();
-        assert!(recv
-            .get_timeout(Duration::from_millis(50))
-            .unwrap_err()
-            .is_timeout());
+        assert!(recv.get_timeout(Duration::from_millis(50)).unwrap_err().is_timeout());
         assert!(t0.elapsed() >= Duration::from_millis(50));
         recv.to_sender().send(&5u8).unwrap();
         wait_until("delivery", WAIT, || !recv.empty());
@@ -41,10 +38,7 @@ fn iteration_yields_messages_until_the_sender_closes() {
         let got: Vec<u32> = recv.iter().map(|m| m.unpickle().unwrap()).collect();
         assert_eq!(got, vec![0, 1, 2]);
         let err = recv.get_timeout(Duration::from_millis(10)).unwrap_err();
-        assert!(
-            err.is_timeout(),
-            "the dead message was consumed by the iteration: {err}"
-        );
+        assert!(err.is_timeout(), "the dead message was consumed by the iteration: {err}");
     });
 }
 
@@ -57,15 +51,9 @@ fn close_wakes_a_waiting_thread_with_channel_error() {
         let waiter = std::thread::spawn(move || r.get_timeout(WAIT));
         recv.close();
         let err = waiter.join().unwrap().unwrap_err();
-        assert!(
-            err.is_channel() && err.to_string().contains("is closed"),
-            "{err}"
-        );
+        assert!(err.is_channel() && err.to_string().contains("is closed"), "{err}");
         assert!(recv.get().unwrap_err().is_channel());
-        assert!(
-            !node.router.has_handler(recv.handle()),
-            "close unregisters the handle"
-        );
+        assert!(!node.router.has_handler(recv.handle()), "close unregisters the handle");
     });
 }
 
@@ -121,15 +109,9 @@ fn a_sender_passed_to_another_context_sends_back_to_its_origin() {
             .unwrap();
         let recv = Receiver::new(&pair.master.router).unwrap();
         let payload = (recv.to_sender(), pair.master.router.myself());
-        pair.master
-            .router
-            .context_by_id(1)
-            .send(Message::pickled(&payload, h).unwrap());
+        pair.master.router.context_by_id(1).send(Message::pickled(&payload, h).unwrap());
         assert_eq!(recv.get_data_timeout::<String>(WAIT).unwrap(), "pong");
-        assert!(
-            recv.get_timeout(WAIT).unwrap_err().is_channel(),
-            "then the sender closed"
-        );
+        assert!(recv.get_timeout(WAIT).unwrap_err().is_channel(), "then the sender closed");
     });
 }
 
@@ -137,20 +119,10 @@ fn a_sender_passed_to_another_context_sends_back_to_its_origin() {
 fn a_sender_cannot_be_decoded_outside_a_router() {
     run(|| {
         let node = Node::new(0, vec![]);
-        let bytes =
-            mitogen::core::encode(&Receiver::new(&node.router).unwrap().to_sender()).unwrap();
-        let msg = Message {
-            data: bytes,
-            ..Message::default()
-        };
+        let bytes = mitogen::core::encode(&Receiver::new(&node.router).unwrap().to_sender()).unwrap();
+        let msg = Message { data: bytes, ..Message::default() };
         let err = msg.unpickle::<Sender>().unwrap_err();
-        assert!(
-            err.is_stream()
-                && err
-                    .to_string()
-                    .contains("decoded from a message received by a router"),
-            "{err}"
-        );
+        assert!(err.is_stream() && err.to_string().contains("decoded from a message received by a router"), "{err}");
     });
 }
 
@@ -159,30 +131,13 @@ fn channels_talk_both_ways() {
     run(|| {
         let pair = Pair::new();
         // Each end must know the other's handle: agree on them up front.
-        let master_end = Channel::new(
-            &pair.master.router,
-            pair.master.router.context_by_id(1),
-            5001,
-            Some(5000),
-        )
-        .unwrap();
-        let child_end = Channel::new(
-            &pair.child.router,
-            pair.child.router.context_by_id(0),
-            5000,
-            Some(5001),
-        )
-        .unwrap();
+        let master_end =
+            Channel::new(&pair.master.router, pair.master.router.context_by_id(1), 5001, Some(5000)).unwrap();
+        let child_end = Channel::new(&pair.child.router, pair.child.router.context_by_id(0), 5000, Some(5001)).unwrap();
         master_end.send("ping").unwrap();
-        assert_eq!(
-            child_end.get().unwrap().unpickle::<String>().unwrap(),
-            "ping"
-        );
+        assert_eq!(child_end.get().unwrap().unpickle::<String>().unwrap(), "ping");
         child_end.send("pong").unwrap();
-        assert_eq!(
-            master_end.get().unwrap().unpickle::<String>().unwrap(),
-            "pong"
-        );
+        assert_eq!(master_end.get().unwrap().unpickle::<String>().unwrap(), "pong");
         child_end.close();
         assert!(master_end.get().unwrap_err().is_channel());
     });
@@ -195,49 +150,25 @@ fn send_await_returns_the_reply_or_times_out() {
         let echo = pair
             .child
             .router
-            .add_handler(
-                |m| m.reply(&(m.unpickle::<u32>().unwrap() * 2), None).unwrap(),
-                HandlerOptions::default(),
-            )
+            .add_handler(|m| m.reply(&(m.unpickle::<u32>().unwrap() * 2), None).unwrap(), HandlerOptions::default())
             .unwrap();
-        let silent = pair
-            .child
-            .router
-            .add_handler(|_| (), HandlerOptions::default())
-            .unwrap();
+        let silent = pair.child.router.add_handler(|_| (), HandlerOptions::default()).unwrap();
         let failing = pair
             .child
             .router
             .add_handler(
-                |m| {
-                    m.reply_message(
-                        Message::call_error(&CallError::new("demo::Error", "it broke"), 0),
-                        None,
-                    )
-                    .unwrap()
-                },
+                |m| m.reply_message(Message::call_error(&CallError::new("demo::Error", "it broke"), 0), None).unwrap(),
                 HandlerOptions::default(),
             )
             .unwrap();
         let child = pair.master.router.context_by_id(1);
-        let v: u32 = child
-            .send_await(Message::pickled(&21u32, echo).unwrap(), Some(WAIT))
-            .unwrap();
+        let v: u32 = child.send_await(Message::pickled(&21u32, echo).unwrap(), Some(WAIT)).unwrap();
         assert_eq!(v, 42);
-        let err = child
-            .send_await::<u32>(
-                Message::raw(silent, vec![]),
-                Some(Duration::from_millis(50)),
-            )
-            .unwrap_err();
+        let err = child.send_await::<u32>(Message::raw(silent, vec![]), Some(Duration::from_millis(50))).unwrap_err();
         assert!(err.is_timeout(), "{err}");
-        let err = child
-            .send_await::<u32>(Message::raw(failing, vec![]), Some(WAIT))
-            .unwrap_err();
+        let err = child.send_await::<u32>(Message::raw(failing, vec![]), Some(WAIT)).unwrap_err();
         assert_eq!(err.to_string(), "call failed: demo::Error: it broke");
-        let recv = child
-            .send_async(Message::pickled(&1u32, echo).unwrap(), false)
-            .unwrap();
+        let recv = child.send_async(Message::pickled(&1u32, echo).unwrap(), false).unwrap();
         assert_eq!(recv.get_data_timeout::<u32>(WAIT).unwrap(), 2);
     });
 }

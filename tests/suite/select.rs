@@ -29,28 +29,18 @@ fn oneshot_select_yields_each_receiver_once_and_sets_the_receiver_field() {
             let msg = msg.unwrap();
             let v: u32 = msg.unpickle().unwrap();
             let from = msg.receiver.clone().expect("receiver field set");
-            assert_eq!(
-                from, recvs[v as usize],
-                "message {v} came from its own receiver"
-            );
+            assert_eq!(from, recvs[v as usize], "message {v} came from its own receiver");
             seen.push(v);
         }
         seen.sort_unstable();
-        assert_eq!(
-            seen,
-            vec![0, 1, 2],
-            "each receiver removed after its first message"
-        );
+        assert_eq!(seen, vec![0, 1, 2], "each receiver removed after its first message");
         assert!(!select.has_receivers());
         // Their second messages were not taken by the select.
         for (i, r) in recvs.iter().enumerate() {
             assert_eq!(r.get_data_timeout::<u32>(WAIT).unwrap(), 100 + i as u32);
         }
         let err = select.get_timeout(Duration::from_millis(10)).unwrap_err();
-        assert!(
-            err.to_string().contains("Select instance is empty"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("Select instance is empty"), "{err}");
     });
 }
 
@@ -68,14 +58,7 @@ fn persistent_select_keeps_receivers_until_removed() {
             recvs[0].to_sender().send("a").unwrap();
         }
         for _ in 0..3 {
-            assert_eq!(
-                select
-                    .get_timeout(WAIT)
-                    .unwrap()
-                    .unpickle::<String>()
-                    .unwrap(),
-                "a"
-            );
+            assert_eq!(select.get_timeout(WAIT).unwrap().unpickle::<String>().unwrap(), "a");
         }
         assert!(select.has_receivers());
         select.remove(&recvs[0]).unwrap();
@@ -83,19 +66,9 @@ fn persistent_select_keeps_receivers_until_removed() {
         assert!(err.to_string().contains("is not a member"), "{err}");
         recvs[0].to_sender().send("ignored").unwrap();
         recvs[1].to_sender().send("b").unwrap();
-        assert_eq!(
-            select
-                .get_timeout(WAIT)
-                .unwrap()
-                .unpickle::<String>()
-                .unwrap(),
-            "b"
-        );
+        assert_eq!(select.get_timeout(WAIT).unwrap().unpickle::<String>().unwrap(), "b");
         assert!(select.try_get().unwrap_err().is_timeout());
-        assert_eq!(
-            recvs[0].get_data_timeout::<String>(WAIT).unwrap(),
-            "ignored"
-        );
+        assert_eq!(recvs[0].get_data_timeout::<String>(WAIT).unwrap(), "ignored");
     });
 }
 
@@ -109,9 +82,7 @@ fn messages_queued_before_add_are_announced() {
         }
         crate::fixtures::sync(node.broker());
         let select = Select::new([&recv], false).unwrap();
-        let got: Vec<u8> = (0..3)
-            .map(|_| select.get_timeout(WAIT).unwrap().unpickle().unwrap())
-            .collect();
+        let got: Vec<u8> = (0..3).map(|_| select.get_timeout(WAIT).unwrap().unpickle().unwrap()).collect();
         assert_eq!(got, vec![0, 1, 2]);
     });
 }
@@ -142,38 +113,18 @@ fn nested_selects_deliver_and_cycles_are_refused() {
         let deeper = Select::new([&inner_b], true).unwrap();
         let outer = Select::new([&inner_a, &deeper], true).unwrap();
         let err = inner_a.add(&outer).unwrap_err();
-        assert!(
-            err.to_string().contains("cannot add a Select to itself"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("cannot add a Select to itself"), "{err}");
         let err = outer.add(&outer).unwrap_err();
-        assert!(
-            err.to_string().contains("cannot add a Select to itself"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("cannot add a Select to itself"), "{err}");
         let err = Select::new([&inner_a], true).unwrap_err();
-        assert!(
-            err.to_string().contains("already belongs to a Select"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("already belongs to a Select"), "{err}");
 
         recvs[3].to_sender().send("deep").unwrap();
         let msg = outer.get_timeout(WAIT).unwrap();
         assert_eq!(msg.unpickle::<String>().unwrap(), "deep");
-        assert_eq!(
-            msg.receiver,
-            Some(recvs[3].clone()),
-            "the innermost receiver is reported"
-        );
+        assert_eq!(msg.receiver, Some(recvs[3].clone()), "the innermost receiver is reported");
         recvs[0].to_sender().send("shallow").unwrap();
-        assert_eq!(
-            outer
-                .get_timeout(WAIT)
-                .unwrap()
-                .unpickle::<String>()
-                .unwrap(),
-            "shallow"
-        );
+        assert_eq!(outer.get_timeout(WAIT).unwrap().unpickle::<String>().unwrap(), "shallow");
     });
 }
 
@@ -184,9 +135,7 @@ fn all_returns_results_in_arrival_order() {
         let recvs = receivers(&node.router, 5);
         let rs = recvs.clone();
         let gatherer = std::thread::spawn(move || Select::all::<_, _, u32>(rs));
-        wait_until("Select::all to take every receiver", WAIT, || {
-            recvs.iter().all(|r| r.notify().is_some())
-        });
+        wait_until("Select::all to take every receiver", WAIT, || recvs.iter().all(|r| r.notify().is_some()));
         // Answer in reverse order of creation, one at a time, so arrival order is known.
         for (i, r) in recvs.iter().enumerate().rev() {
             r.to_sender().send(&(i as u32)).unwrap();
@@ -204,9 +153,6 @@ fn all_raises_a_dead_receiver_as_channel_error() {
         recvs[0].to_sender().send(&1u32).unwrap();
         recvs[1].to_sender().close();
         let err = Select::all::<_, _, u32>(recvs).unwrap_err();
-        assert!(
-            err.is_channel() && err.to_string().contains("sender closed"),
-            "{err}"
-        );
+        assert!(err.is_channel() && err.to_string().contains("sender closed"), "{err}");
     });
 }

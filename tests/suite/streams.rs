@@ -17,10 +17,8 @@ fn two_routers_exchange_100000_messages_each_way_in_order() {
         let pair = Pair::new();
         let at_master = Receiver::new(&pair.master.router).unwrap();
         let at_child = Receiver::new(&pair.child.router).unwrap();
-        let to_child =
-            mitogen::core::Sender::new(pair.master.router.context_by_id(1), at_child.handle());
-        let to_master =
-            mitogen::core::Sender::new(pair.child.router.context_by_id(0), at_master.handle());
+        let to_child = mitogen::core::Sender::new(pair.master.router.context_by_id(1), at_child.handle());
+        let to_master = mitogen::core::Sender::new(pair.child.router.context_by_id(0), at_master.handle());
         let senders = [
             std::thread::spawn(move || (0..N).for_each(|i| to_child.send(&i).unwrap())),
             std::thread::spawn(move || (0..N).for_each(|i| to_master.send(&i).unwrap())),
@@ -50,9 +48,7 @@ fn raw_peer(pair: &Pair, id: u32) -> (UnixStream, Arc<Latch<()>>) {
     let gone = Arc::new(Latch::new());
     let g = gone.clone();
     stream.on_disconnect_listener(move |_| g.put(()).unwrap());
-    pair.master
-        .router
-        .register(&pair.master.router.context_by_id(id), &stream);
+    pair.master.router.register(&pair.master.router.context_by_id(id), &stream);
     let ours = UnixStream::from(ours);
     ours.set_nonblocking(false).unwrap();
     (ours, gone)
@@ -71,14 +67,9 @@ fn a_peer_writing_garbage_is_disconnected_and_other_streams_go_on() {
     run(|| {
         let pair = Pair::new();
         let (mut peer, gone) = raw_peer(&pair, 9);
-        peer.write_all(b"GET / HTTP/1.0\r\n\r\nthis is not the mitogen protocol")
-            .unwrap();
+        peer.write_all(b"GET / HTTP/1.0\r\n\r\nthis is not the mitogen protocol").unwrap();
         gone.get_timeout(WAIT).expect("garbage stream disconnected");
-        assert_eq!(
-            pair.master.router.stream_by_id(9),
-            None,
-            "its route is gone"
-        );
+        assert_eq!(pair.master.router.stream_by_id(9), None, "its route is gone");
         let mut buf = [0u8; 1];
         assert_eq!(peer.read(&mut buf).unwrap(), 0, "the master closed its end");
         assert_pair_still_works(&pair);
@@ -97,8 +88,7 @@ fn an_oversized_frame_disconnects_only_that_stream() {
         let mut header = msg.header();
         header[22..26].copy_from_slice(&(200u32 << 20).to_be_bytes()); // announces 200 MiB
         peer.write_all(&header).unwrap();
-        gone.get_timeout(WAIT)
-            .expect("oversized frame disconnects the stream");
+        gone.get_timeout(WAIT).expect("oversized frame disconnects the stream");
         assert_pair_still_works(&pair);
     });
 }
@@ -120,9 +110,7 @@ fn frames_written_a_byte_at_a_time_are_reassembled() {
         for b in &bytes {
             peer.write_all(std::slice::from_ref(b)).unwrap();
         }
-        let got: Vec<String> = (0..3)
-            .map(|_| recv.get_data_timeout(WAIT).unwrap())
-            .collect();
+        let got: Vec<String> = (0..3).map(|_| recv.get_data_timeout(WAIT).unwrap()).collect();
         assert_eq!(got, ["one", "two", "three"]);
     });
 }
@@ -144,8 +132,7 @@ fn bytes_queue_while_the_peer_is_slow_and_drain_when_it_reads() {
         }
         assert_eq!(total, HEADER_LEN + (4 << 20));
         wait_until("queue to drain", WAIT, || stream.pending_bytes() == 0);
-        peer.set_read_timeout(Some(Duration::from_millis(10)))
-            .unwrap();
+        peer.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
         assert!(peer.read(&mut buf).is_err(), "nothing more was sent");
     });
 }

@@ -39,35 +39,18 @@ pub fn with_router<A, T>(func: impl Fn(&Router, A) -> Result<T>) -> impl Fn(A) -
 ///
 /// # Errors
 /// If `path` cannot be opened, or a logger was already installed.
-pub fn log_to_file(
-    path: Option<&std::path::Path>,
-    io: bool,
-    level: log::LevelFilter,
-) -> std::io::Result<()> {
-    let level = std::env::var("MITOGEN_LOG_LEVEL")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(level);
+pub fn log_to_file(path: Option<&std::path::Path>, io: bool, level: log::LevelFilter) -> std::io::Result<()> {
+    let level = std::env::var("MITOGEN_LOG_LEVEL").ok().and_then(|l| l.parse().ok()).unwrap_or(level);
     let mut builder = env_logger::Builder::new();
     builder.filter_level(level);
     if !io {
         builder.filter_module("mitogen::io", log::LevelFilter::Info);
     }
     builder.format(|buf, record| {
-        writeln!(
-            buf,
-            "{} {} {}: {}",
-            std::process::id(),
-            record.level(),
-            record.target(),
-            record.args()
-        )
+        writeln!(buf, "{} {} {}: {}", std::process::id(), record.level(), record.target(), record.args())
     });
     if let Some(p) = path {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)?;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
         builder.target(env_logger::Target::Pipe(Box::new(file)));
     }
     builder.try_init().map_err(std::io::Error::other)

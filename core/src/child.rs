@@ -1,0 +1,501 @@
+//! The child side: [`ExternalContext`], its configuration, the dispatch loop, and stdio and log
+//! forwarding (Mitogen `ExternalContext`, `Dispatcher`, `IoLogger`, `LogForwarder`).
+
+use std::backtrace::Backtrace;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::{panic_message, Broker, BrokerOptions};
+use crate::context::Context;
+use crate::error::{CallError, Error, Result};
+use crate::globals::{self, Identity};
+use crate::message::{Message, CALL_FUNCTION, FORWARD_LOG, HEADER_LEN, SHUTDOWN};
+use crate::receiver::Receiver;
+use crate::remote::{lookup, CallRequest};
+use crate::router::{has_parent_authority, HandlerOptions, Policy, Router};
+use crate::stream::Stream;
+use crate::sync::Mutex;
+use crate::sys;
+
+/// `argv[1]` of a process started as a child. Checked before `main` (see [`init`](crate::init)).
+pub const CHILD_MARKER: &str = "--mitogen-child";
+
+/// Version of the bootstrap and framing protocol, exchanged in the handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Everything a child learns from its parent before any user code runs: sent as the first
+/// frame on the new stream (Mitogen's bootstrap `config` dictionary).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChildConfig {
+    /// The child's context id.
+    pub context_id: u32,
+    /// Its parents' ids, nearest first.
+    pub parent_ids: Vec<u32>,
+    /// The context's name, for log lines and process titles.
+    pub name: String,
+    /// The process title suffix: the child shows as `mitogen:<remote_name>`.
+    pub remote_name: String,
+    /// Most verbose log level forwarded to the master (`log::LevelFilter as usize`).
+    pub log_level: usize,
+    /// Whether debug logging was asked for (Mitogen `debug`).
+    pub debug: bool,
+    /// Whether profiling was asked for (Mitogen `profiling`).
+    pub profiling: bool,
+    /// Whether the child's router refuses sibling traffic (Mitogen `unidirectional`).
+    pub unidirectional: bool,
+    /// The largest message the child accepts.
+    pub max_message_size: u64,
+    /// Handle in the parent the child sends its [`Hello`] to.
+    pub handshake_handle: u32,
+    /// The parent's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+}
+
+/// The child's side of the handshake, sent to the parent once its router is up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// The child's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    /// The child's process id.
+    pub pid: u32,
+    /// The id the child took from its config.
+    pub context_id: u32,
+}
+
+struct Inner {
+    broker: Broker,
+    router: Router,
+    parent: Context,
+    config: ChildConfig,
+    channel: Receiver,
+    chain_errors: Mutex<HashMap<String, CallError>>,
+    forwarder: LogForwarder,
+    busy: AtomicBool,
+}
+
+/// The child's own view of itself: its broker, router, parent, and the channel its calls arrive
+/// on (Mitogen `mitogen.core.ExternalContext`). A remote function that needs them (Mitogen's
+/// `takes_router`, `takes_econtext`) asks for [`ExternalContext::current`].
+#[derive(Clone)]
+pub struct ExternalContext {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ExternalContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ExternalContext({}, {:?})", self.inner.config.context_id, self.inner.config.name)
+    }
+}
+
+static CURRENT: AtomicPtr<ExternalContext> = AtomicPtr::new(std::ptr::null_mut());
+
+impl ExternalContext {
+    /// The running child's context, or `None` in a master (Mitogen's `econtext` argument).
+    pub fn current() -> Option<ExternalContext> {
+        let p = CURRENT.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer came from Box::leak in `publish` and is never freed.
+        unsafe { p.as_ref() }.cloned()
+    }
+
+    fn publish(&self) {
+        // Leaked on purpose: readers may hold it; a process publishes once (twice after fork).
+        CURRENT.store(Box::leak(Box::new(self.clone())), Ordering::Release);
+    }
+
+    /// Set up a child from `config`, talking to its parent over `rfd`/`wfd`: record the identity,
+    /// start the broker and router, register the parent, install the handlers for calls and
+    /// `SHUTDOWN`, and send the [`Hello`] handshake.
+    ///
+    /// # Errors
+    /// [`StreamError`](crate::StreamError) or [`GeneralError`](crate::GeneralError) if the
+    /// broker, stream or handlers cannot be set up.
+    pub fn start(config: ChildConfig, rfd: OwnedFd, wfd: OwnedFd) -> Result<ExternalContext> {
+        let identity = Identity { context_id: config.context_id, parent_ids: config.parent_ids.clone() };
+        let parent_id = identity.parent_id().ok_or_else(|| Error::general("child config names no parent"))?;
+        globals::set_identity(identity.clone());
+        let broker =
+            Broker::with_options(BrokerOptions { shutdown_timeout: Duration::from_secs(3), ..Default::default() })?;
+        let router = Router::with_identity(&broker, identity);
+        router.set_max_message_size(config.max_message_size as usize);
+        router.set_unidirectional(config.unidirectional);
+        let stream = Stream::message_pair(&router, format!("{}: parent {parent_id}", config.name), rfd, wfd)?;
+        stream.set_privileged(true);
+        let parent = router.context_by_id(parent_id);
+        // A child exits when its parent goes away.
+        let (b, ps) = (broker.clone(), stream.clone());
+        router.on_stream_disconnect_hook(move |_, s| {
+            if *s == ps {
+                b.shutdown();
+            }
+        });
+        router.register(&parent, &stream);
+        let policy: Policy = Arc::new(has_parent_authority);
+        let channel = Receiver::with_handler_options(
+            &router,
+            HandlerOptions { handle: Some(CALL_FUNCTION), policy: Some(policy.clone()), ..Default::default() },
+        )?;
+        let b = broker.clone();
+        router.add_handler(
+            move |msg| {
+                log::debug!("SHUTDOWN received from context {}", msg.src_id);
+                b.shutdown();
+            },
+            HandlerOptions { handle: Some(SHUTDOWN), policy: Some(policy), ..Default::default() },
+        )?;
+        let forwarder = LogForwarder { router: router.clone(), parent_id, name: config.name.clone() };
+        let ec = ExternalContext {
+            inner: Arc::new(Inner {
+                broker,
+                router,
+                parent,
+                config,
+                channel,
+                chain_errors: Mutex::new(HashMap::new()),
+                forwarder,
+                busy: AtomicBool::new(false),
+            }),
+        };
+        ec.publish();
+        install_panic_hook();
+        // If the broker exits while a call still runs (the parent vanished), nothing can reply:
+        // end the process, as Mitogen's child does with SIGTERM.
+        let me = ec.clone();
+        ec.inner.broker.on_exit(move || {
+            if me.inner.busy.load(Ordering::Acquire) {
+                sys::exit_now(0);
+            }
+        });
+        let hello = Hello {
+            protocol_version: crate::child::PROTOCOL_VERSION,
+            pid: std::process::id(),
+            context_id: ec.inner.config.context_id,
+        };
+        ec.inner.parent.send(Message::pickled(&hello, ec.inner.config.handshake_handle)?);
+        Ok(ec)
+    }
+
+    /// The child's broker.
+    pub fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    /// The child's router.
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// The parent context.
+    pub fn parent(&self) -> &Context {
+        &self.inner.parent
+    }
+
+    /// The configuration the parent sent.
+    pub fn config(&self) -> &ChildConfig {
+        &self.inner.config
+    }
+
+    /// The channel `CALL_FUNCTION` requests arrive on (Mitogen `channel`).
+    pub fn channel(&self) -> &Receiver {
+        &self.inner.channel
+    }
+
+    /// Send `line` to the master as a log record of this context at `level`, under `target`.
+    pub fn forward_log(&self, target: &str, level: log::Level, line: &str) {
+        self.inner.forwarder.forward(target, level, line);
+    }
+
+    /// Make this process's stdout and stderr pipes whose lines become log records of this
+    /// context at the master (Mitogen `IoLogger`), and stdin `/dev/null`. From here on nothing a
+    /// function prints can touch the protocol stream.
+    ///
+    /// # Errors
+    /// [`StreamError`](crate::StreamError) if the pipes cannot be made.
+    pub fn redirect_stdio(&self) -> Result<()> {
+        let fail = |e: std::io::Error| Error::stream(format!("cannot redirect stdio: {e}"));
+        let null = sys::open_devnull().map_err(fail)?;
+        sys::dup2(null.as_fd(), 0).map_err(fail)?;
+        for (fd, target) in [(1, "stdout"), (2, "stderr")] {
+            let (r, w) = sys::pipe_blocking_write().map_err(fail)?;
+            let fwd = self.inner.forwarder.clone();
+            let mut partial = Vec::new();
+            let stream = Stream::bytes(&self.inner.broker, target, r, false, move |_, data: &[u8]| {
+                io_log_lines(&fwd, target, &mut partial, data);
+            })?;
+            self.inner.broker.start_receive(&stream);
+            sys::dup2(w.as_fd(), fd).map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// Run calls from the channel one at a time, in order, on this thread, until the channel
+    /// dies (Mitogen `_dispatch_calls`).
+    pub fn dispatch_calls(&self) {
+        for msg in self.inner.channel.iter() {
+            self.inner.busy.store(true, Ordering::Release);
+            self.dispatch_one(&msg);
+            self.inner.busy.store(false, Ordering::Release);
+        }
+    }
+
+    fn dispatch_one(&self, msg: &Message) {
+        let outcome = match msg.unpickle::<CallRequest>() {
+            Ok(req) => self.run_call(&req),
+            Err(e) => Err(CallError::new("mitogen::StreamError", format!("bad CALL_FUNCTION request: {e}"))),
+        };
+        match (&outcome, msg.reply_to) {
+            (Ok(data), r) if r != 0 => {
+                let _ = msg.reply_message(Message::raw(0, data.clone()), Some(&self.inner.router));
+            }
+            (Err(e), r) if r != 0 => {
+                let _ = msg.reply_message(Message::call_error(e, 0), Some(&self.inner.router));
+            }
+            (Err(e), _) => log::error!("call_no_reply failed: {e}"),
+            _ => {}
+        }
+    }
+
+    fn run_call(&self, req: &CallRequest) -> std::result::Result<Vec<u8>, CallError> {
+        if let Some(chain) = &req.chain_id {
+            if let Some(err) = self.inner.chain_errors.lock().get(chain) {
+                return Err(err.clone());
+            }
+        }
+        let outcome = match lookup(&req.path) {
+            None => Err(CallError::new(
+                "mitogen::CallError",
+                format!(
+                    "no remote function named {:?} in this executable (is it marked with mitogen::remote!?)",
+                    req.path
+                ),
+            )),
+            Some(f) => run_guarded(f, &req.args),
+        };
+        if let (Err(e), Some(chain)) = (&outcome, &req.chain_id) {
+            self.inner.chain_errors.lock().insert(chain.clone(), e.clone());
+        }
+        outcome
+    }
+
+    /// Shut the broker down, wait for it, and end the process with status 0.
+    pub fn exit(&self) -> ! {
+        self.inner.broker.shutdown();
+        self.inner.broker.join();
+        sys::exit_now(0)
+    }
+}
+
+/// Forget the sticky error of a pipelined call chain (Mitogen `Dispatcher.forget_chain`); called
+/// remotely by `CallChain::reset`.
+pub fn forget_chain(chain_id: String) {
+    if let Some(ec) = ExternalContext::current() {
+        ec.inner.chain_errors.lock().remove(&chain_id);
+    }
+}
+crate::remote!(forget_chain);
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+}
+
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = match info.location() {
+            Some(l) => format!("{} at {}:{}", panic_message(info.payload()), l.file(), l.line()),
+            None => panic_message(info.payload()),
+        };
+        let bt = Backtrace::force_capture().to_string();
+        log::debug!("panic: {msg}");
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some((msg, bt)));
+    }));
+}
+
+/// Run one registered function; a panic becomes a [`CallError`] with its message and backtrace.
+fn run_guarded(
+    f: fn(&[u8]) -> std::result::Result<Vec<u8>, CallError>,
+    args: &[u8],
+) -> std::result::Result<Vec<u8>, CallError> {
+    match catch_unwind(AssertUnwindSafe(|| f(args))) {
+        Ok(r) => r,
+        Err(p) => {
+            let (message, traceback) =
+                LAST_PANIC.with(|l| l.borrow_mut().take()).unwrap_or_else(|| (panic_message(&*p), String::new()));
+            Err(CallError { type_name: "panic".into(), message, traceback })
+        }
+    }
+}
+
+/// Split `data` into lines and forward each (Mitogen `IoLogger`); an empty `data` is end of
+/// file and flushes a final partial line.
+fn io_log_lines(fwd: &LogForwarder, target: &str, partial: &mut Vec<u8>, data: &[u8]) {
+    partial.extend_from_slice(data);
+    let eof = data.is_empty();
+    while let Some(pos) = partial.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = partial.drain(..=pos).collect();
+        fwd.forward(target, log::Level::Info, String::from_utf8_lossy(&line[..line.len() - 1]).trim_end_matches('\r'));
+    }
+    if eof && !partial.is_empty() {
+        fwd.forward(target, log::Level::Info, &String::from_utf8_lossy(partial));
+        partial.clear();
+    }
+}
+
+/// A `FORWARD_LOG` record: `(context name, original target, level, message)`.
+pub type LogRecord = (String, String, u8, String);
+
+/// Sends log records to the parent's `FORWARD_LOG` handle (Mitogen `LogForwarder`). Installed as
+/// the `log` logger of a started child, so `log::info!` in a remote function shows at the master
+/// under the target `mitogen::ctx::<name>`.
+#[derive(Clone)]
+struct LogForwarder {
+    router: Router,
+    parent_id: u32,
+    name: String,
+}
+
+thread_local! {
+    static FORWARDING: Cell<bool> = const { Cell::new(false) };
+}
+
+impl LogForwarder {
+    fn forward(&self, target: &str, level: log::Level, line: &str) {
+        // A record logged while forwarding (say, a write error) would recurse: drop it.
+        if FORWARDING.with(|f| f.replace(true)) {
+            return;
+        }
+        let record: LogRecord = (self.name.clone(), target.to_owned(), level as u8, line.to_owned());
+        if let Ok(msg) = Message::pickled(&record, FORWARD_LOG) {
+            self.router.context_by_id(self.parent_id).send(msg);
+        }
+        FORWARDING.with(|f| f.set(false));
+    }
+}
+
+impl log::Log for LogForwarder {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            self.forward(record.target(), record.level(), &record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Log a forwarded record at this context, under `mitogen::ctx::<name>` (the master's side of
+/// [`LogForwarder`]); in an intermediate child it travels on up.
+pub fn log_forwarded(msg: &Message) {
+    if msg.is_dead() {
+        return;
+    }
+    let Ok((name, target, level, line)) = msg.unpickle::<LogRecord>() else {
+        return log::error!("bad FORWARD_LOG record from context {}", msg.src_id);
+    };
+    let level = match level {
+        1 => log::Level::Error,
+        2 => log::Level::Warn,
+        3 => log::Level::Info,
+        4 => log::Level::Debug,
+        _ => log::Level::Trace,
+    };
+    let ctx_target = format!("mitogen::ctx::{name}");
+    log::logger().log(
+        &log::Record::builder()
+            .level(level)
+            .target(&ctx_target)
+            .args(format_args!("{target}: {line}"))
+            .module_path(None)
+            .file(None)
+            .line(None)
+            .build(),
+    );
+}
+
+/// Read exactly `buf.len()` bytes from `fd`, waiting when it would block.
+fn read_exact(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::read(fd, &mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                sys::wait_readable(fd, None)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Read the first frame the parent sends: the child's [`ChildConfig`].
+///
+/// # Errors
+/// [`StreamError`](crate::StreamError) if the stream ends or the frame is not a config.
+pub fn read_config(fd: std::os::fd::BorrowedFd<'_>) -> Result<ChildConfig> {
+    let fail = |e: std::io::Error| Error::stream(format!("cannot read child config: {e}"));
+    let mut header = [0u8; HEADER_LEN];
+    read_exact(fd, &mut header).map_err(fail)?;
+    let (mut msg, len) = Message::parse_header(&header)?;
+    if len > 1 << 20 {
+        return Err(Error::stream(format!("child config frame of {len} bytes is implausible")));
+    }
+    msg.data = vec![0; len];
+    read_exact(fd, &mut msg.data).map_err(fail)?;
+    let config: ChildConfig = msg.unpickle()?;
+    if config.protocol_version != PROTOCOL_VERSION {
+        return Err(Error::stream(format!(
+            "parent speaks protocol version {}, this executable speaks {PROTOCOL_VERSION}",
+            config.protocol_version
+        )));
+    }
+    Ok(config)
+}
+
+/// Run the rest of a child's life after `start`: redirect stdio, take the process title, serve
+/// calls until the parent goes, and exit.
+pub fn serve(ec: &ExternalContext) -> ! {
+    if let Err(e) = ec.redirect_stdio() {
+        log::error!("{e}");
+    }
+    sys::set_thread_title(&format!("mitogen:{}", ec.config().remote_name));
+    ec.dispatch_calls();
+    ec.exit()
+}
+
+/// The body of a process started with [`CHILD_MARKER`]: the protocol arrives on fds 0 and 1.
+pub(crate) fn run_exec_child() -> ! {
+    sys::ignore_sigpipe();
+    match exec_child_start() {
+        Ok(ec) => serve(&ec),
+        Err(e) => {
+            // Still the parent's stderr pipe: the parent reports this in its StreamError.
+            eprintln!("mitogen child {}: {e}", std::process::id());
+            sys::exit_now(1)
+        }
+    }
+}
+
+fn exec_child_start() -> Result<ExternalContext> {
+    let fail = |e: std::io::Error| Error::stream(format!("cannot take protocol fds: {e}"));
+    let rfd = sys::dup_cloexec(sys::borrow_std(0)).map_err(fail)?;
+    let wfd = sys::dup_cloexec(sys::borrow_std(1)).map_err(fail)?;
+    // Until redirect_stdio, anything printed goes to the parent's stderr pipe, never the stream.
+    sys::dup2(sys::borrow_std(2), 1).map_err(fail)?;
+    let config = read_config(rfd.as_fd())?;
+    let level = log::LevelFilter::iter().nth(config.log_level).unwrap_or(log::LevelFilter::Info);
+    let ec = ExternalContext::start(config, rfd, wfd)?;
+    if log::set_boxed_logger(Box::new(ec.inner.forwarder.clone())).is_ok() {
+        log::set_max_level(level);
+    }
+    Ok(ec)
+}

@@ -1,0 +1,310 @@
+//! Blocking I/O functions (Mitogen `mitogen.master.iter_read` and `write_all`).
+//!
+//! These support the blocking phase of setting up a new context, before its stream is handed to
+//! a broker. Both accept blocking and non-blocking descriptors alike: they wait for readiness with
+//! `ppoll(2)` (nanosecond timeouts, so no busy loop near a deadline) and only then touch the fd.
+
+use std::iter::FusedIterator;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Instant;
+
+use mitogen_core::{io_op, Error, Result};
+
+use crate::sys;
+
+/// Bytes read per `read(2)` by [`iter_read`], as in Mitogen.
+const READ_CHUNK: usize = 4096;
+
+/// Bytes written per `write(2)` by [`write_all`] to a *blocking* fd: `PIPE_BUF`, which a pipe
+/// reported writable by `poll(2)` always accepts without blocking.
+const BLOCKING_WRITE_CHUNK: usize = libc::PIPE_BUF;
+
+/// The time left until `deadline`, `None` meaning forever; zero once it has passed.
+fn remaining(deadline: Option<Instant>) -> Option<std::time::Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
+/// Whether `deadline` has passed.
+fn expired(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// Read up to 4096-byte chunks from `fd` until end of file, an error or `deadline` (Mitogen
+/// `iter_read(fd, deadline=None)`).
+///
+/// `fd` may be blocking or non-blocking: each read is preceded by a `poll(2)` wait until the fd is
+/// readable or the deadline passes, so a read never blocks past the deadline. The iterator yields
+/// `Ok(chunk)` for each chunk read (never empty), and ends after yielding exactly one error:
+///
+/// * [`TimeoutError`](mitogen_core::TimeoutError) once `deadline` has passed (checked before every
+///   wait, so a reader that keeps receiving data still stops at the deadline);
+/// * [`StreamError`](mitogen_core::StreamError) "attempt to read past end of file" when `read(2)`
+///   returns 0, or fails with `EIO` (a TTY whose other end closed), `ECONNRESET` (a socket) or
+///   `EPIPE`;
+/// * [`StreamError`](mitogen_core::StreamError) for any other failure of `poll(2)` or `read(2)`.
+///
+/// `EINTR` is retried. Dropping the iterator stops reading; the fd stays open (it is borrowed).
+///
+/// ```no_run
+/// # use std::os::fd::AsFd;
+/// # use std::time::{Duration, Instant};
+/// # fn demo(stdout: &std::process::ChildStdout) -> mitogen_core::Result<()> {
+/// let deadline = Instant::now() + Duration::from_secs(10);
+/// let mut got = Vec::new();
+/// for chunk in mitogen_master::iter_read(stdout.as_fd(), Some(deadline)) {
+///     got.extend_from_slice(&chunk?);
+///     if got.ends_with(b"READY\n") {
+///         break;
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub fn iter_read(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> IterRead<'_> {
+    IterRead { fd, deadline, done: false }
+}
+
+/// The iterator returned by [`iter_read`]: yields `Ok` chunks of up to 4096 bytes read from an fd,
+/// then at most one error, then ends.
+#[derive(Debug)]
+pub struct IterRead<'fd> {
+    fd: BorrowedFd<'fd>,
+    deadline: Option<Instant>,
+    done: bool,
+}
+
+impl IterRead<'_> {
+    fn read_chunk(&self) -> Result<Vec<u8>> {
+        let raw = self.fd.as_raw_fd();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            if expired(self.deadline) {
+                return Err(Error::timeout(format!("read from fd {raw} timed out")));
+            }
+            let mut pfd = [sys::pollfd(self.fd, libc::POLLIN)];
+            let ready = sys::poll(&mut pfd, remaining(self.deadline))
+                .map_err(|e| Error::stream(format!("poll on fd {raw} failed: {e}")))?;
+            if ready == 0 {
+                continue;
+            }
+            // POLLIN, POLLHUP or POLLERR: read(2) tells data, end of file and errors apart.
+            let read = io_op(|| match sys::read(self.fd, &mut buf) {
+                // A spurious wake-up of a non-blocking fd: wait again.
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
+                other => other.map(Some),
+            });
+            match read {
+                Ok((None, false)) => continue,
+                Ok((Some(0), _)) | Ok((_, true)) => {
+                    return Err(Error::stream(format!("attempt to read past end of file on fd {raw}")))
+                }
+                Ok((Some(n), false)) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                Err(e) => return Err(Error::stream(format!("read from fd {raw} failed: {e}"))),
+            }
+        }
+    }
+}
+
+impl Iterator for IterRead<'_> {
+    type Item = Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Result<Vec<u8>>> {
+        if self.done {
+            return None;
+        }
+        let item = self.read_chunk();
+        self.done = item.is_err();
+        Some(item)
+    }
+}
+
+impl FusedIterator for IterRead<'_> {}
+
+/// Write all of `data` to `fd`, waiting for it to become writable as needed (Mitogen
+/// `write_all(fd, s, deadline=None)`).
+///
+/// `fd` may be blocking or non-blocking: each write is preceded by a `poll(2)` wait until the fd
+/// is writable or the deadline passes. On a blocking fd each `write(2)` is limited to `PIPE_BUF`
+/// bytes, which a writable pipe accepts without blocking, so the deadline is honoured there too.
+///
+/// # Errors
+/// * [`TimeoutError`](mitogen_core::TimeoutError) when `deadline` passes before all of `data` was
+///   written (checked before every wait; part of `data` may have been written);
+/// * [`StreamError`](mitogen_core::StreamError) when the fd is disconnected (`EPIPE`,
+///   `ECONNRESET` or `EIO`) before the write completes, or `poll(2)`/`write(2)` fails otherwise.
+///
+/// `EINTR` is retried. Writing to a pipe whose reader is gone raises `SIGPIPE`, which the Rust
+/// runtime ignores in Rust programs; a host that restores its default action gets killed instead
+/// of receiving the `StreamError`.
+pub fn write_all(fd: BorrowedFd<'_>, data: &[u8], deadline: Option<Instant>) -> Result<()> {
+    let raw = fd.as_raw_fd();
+    let total = data.len();
+    let nonblocking =
+        sys::is_nonblocking(fd).map_err(|e| Error::stream(format!("cannot query flags of fd {raw}: {e}")))?;
+    let max_chunk = if nonblocking { usize::MAX } else { BLOCKING_WRITE_CHUNK };
+    let mut written = 0;
+    while written < total {
+        if expired(deadline) {
+            return Err(Error::timeout(format!("write to fd {raw} timed out after {written} of {total} bytes")));
+        }
+        let mut pfd = [sys::pollfd(fd, libc::POLLOUT)];
+        let ready = sys::poll(&mut pfd, remaining(deadline))
+            .map_err(|e| Error::stream(format!("poll on fd {raw} failed: {e}")))?;
+        if ready == 0 {
+            continue;
+        }
+        let end = total.min(written.saturating_add(max_chunk));
+        let window = &data[written..end];
+        // POLLOUT, POLLHUP or POLLERR: write(2) tells progress and disconnection apart.
+        let result = io_op(|| match sys::write(fd, window) {
+            // A spurious wake-up of a non-blocking fd: wait again.
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(0),
+            other => other,
+        });
+        match result {
+            Ok((_, true)) => {
+                return Err(Error::stream(format!(
+                    "fd {raw} disconnected after {written} of {total} bytes were written"
+                )))
+            }
+            Ok((n, false)) => written += n,
+            Err(e) => return Err(Error::stream(format!("write to fd {raw} failed: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_millis(200);
+
+    #[test]
+    fn iter_read_yields_data_then_stream_error_at_eof() {
+        for nonblocking in [true, false] {
+            let (r, w) = sys::pipe(nonblocking).unwrap();
+            write_all(w.as_fd(), b"hello", None).unwrap();
+            drop(w);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut it = iter_read(r.as_fd(), Some(deadline));
+            assert_eq!(it.next().unwrap().unwrap(), b"hello");
+            let err = it.next().unwrap().unwrap_err();
+            assert!(err.is_stream(), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("attempt to read past end of file"), "{msg}");
+            assert!(msg.contains(&format!("fd {}", r.as_raw_fd())), "{msg}");
+            assert!(it.next().is_none());
+            assert!(it.next().is_none());
+        }
+    }
+
+    #[test]
+    fn iter_read_chunks_are_at_most_4096_bytes() {
+        let (r, w) = sys::pipe(true).unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        write_all(w.as_fd(), &data, None).unwrap();
+        drop(w);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut got = Vec::new();
+        let mut it = iter_read(r.as_fd(), Some(deadline));
+        for item in &mut it {
+            match item {
+                Ok(chunk) => {
+                    assert!(!chunk.is_empty() && chunk.len() <= READ_CHUNK);
+                    got.extend_from_slice(&chunk);
+                }
+                Err(e) => assert!(e.is_stream(), "{e}"),
+            }
+        }
+        assert_eq!(got, data);
+    }
+
+    #[test]
+    fn iter_read_times_out_on_idle_pipe() {
+        for nonblocking in [true, false] {
+            let (r, _w) = sys::pipe(nonblocking).unwrap();
+            let start = Instant::now();
+            let mut it = iter_read(r.as_fd(), Some(start + TIMEOUT));
+            let err = it.next().unwrap().unwrap_err();
+            assert!(start.elapsed() >= TIMEOUT);
+            assert!(err.is_timeout(), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("fd {}", r.as_raw_fd())), "{msg}");
+            assert!(it.next().is_none());
+        }
+    }
+
+    #[test]
+    fn write_all_to_pipe_without_reader_is_stream_error() {
+        for nonblocking in [true, false] {
+            let (r, w) = sys::pipe(nonblocking).unwrap();
+            drop(r);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let err = write_all(w.as_fd(), b"hello", Some(deadline)).unwrap_err();
+            assert!(err.is_stream(), "{err}");
+            assert!(err.to_string().contains(&format!("fd {}", w.as_raw_fd())));
+        }
+    }
+
+    #[test]
+    fn write_all_times_out_on_full_pipe() {
+        // 4 MiB is more than a pipe can buffer (64 KiB by default, 1 MiB at most unprivileged).
+        let data = vec![b'x'; 4 << 20];
+        for nonblocking in [true, false] {
+            let (_r, w) = sys::pipe(nonblocking).unwrap();
+            let start = Instant::now();
+            let err = write_all(w.as_fd(), &data, Some(start + TIMEOUT)).unwrap_err();
+            assert!(start.elapsed() >= TIMEOUT);
+            assert!(err.is_timeout(), "{err}");
+            assert!(err.to_string().contains(&format!("fd {}", w.as_raw_fd())));
+        }
+    }
+
+    #[test]
+    fn write_all_and_iter_read_round_trip() {
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let (r, w) = sys::pipe(false).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let expected = data.clone();
+        let writer = std::thread::spawn(move || {
+            let result = write_all(w.as_fd(), &data, Some(deadline));
+            drop(w);
+            result
+        });
+        let mut got = Vec::new();
+        let mut last = None;
+        for item in iter_read(r.as_fd(), Some(deadline)) {
+            match item {
+                Ok(chunk) => got.extend_from_slice(&chunk),
+                Err(e) => last = Some(e),
+            }
+        }
+        writer.join().unwrap().unwrap();
+        assert!(last.unwrap().is_stream());
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn write_all_of_nothing_succeeds_at_once() {
+        let (_r, w) = sys::pipe(true).unwrap();
+        let past = Instant::now();
+        write_all(w.as_fd(), b"", Some(past)).unwrap();
+    }
+
+    #[test]
+    fn pipes_are_cloexec() {
+        for nonblocking in [true, false] {
+            let (r, w) = sys::pipe(nonblocking).unwrap();
+            for fd in [r.as_fd(), w.as_fd()] {
+                assert!(sys::is_cloexec(fd).unwrap());
+                assert_eq!(sys::is_nonblocking(fd).unwrap(), nonblocking);
+            }
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Starting local children: `Router.local()` and the machinery every method shares: the
+//! handshake, the parent's stream to the child, its stderr, and its reaping.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mitogen_core::{
+    log_forwarded, ChildConfig, Error, HandlerOptions, Hello, Latch, Message, Receiver, Result, Router, Stream,
+    CHILD_MARKER, FORWARD_LOG, PROTOCOL_VERSION, SHUTDOWN,
+};
+
+use crate::context::Context;
+use crate::process::{reap_when_disconnected, watch_stderr, ChildProcess};
+use crate::sys;
+
+/// Options of [`Router::local`](crate) and the other context factories (Mitogen's keyword
+/// arguments of `local()`).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The context's name in logs; default `local.<pid>`.
+    pub name: Option<String>,
+    /// Suffix of the child's process title `mitogen:<remote_name>`; default
+    /// `<user>@<host>:<pid>`. May not contain `/`.
+    pub remote_name: Option<String>,
+    /// Forward debug-level logs from the child (Mitogen `debug`).
+    pub debug: bool,
+    /// Ask the child to profile itself (Mitogen `profiling`; recorded in its config).
+    pub profiling: bool,
+    /// How long to wait for the child's handshake (Mitogen `connect_timeout`, default 30 s).
+    pub connect_timeout: Duration,
+    /// Whether the child's router refuses sibling traffic; default: this router's setting.
+    pub unidirectional: Option<bool>,
+    /// Run the executable through this command, e.g. `["env", "X=1"]`, `["taskset", "-c",
+    /// "0"]` or `["valgrind"]` (the counterpart of Mitogen's list-valued `python_path`).
+    pub command_prefix: Vec<OsString>,
+    /// Start this executable instead of the current one (Mitogen's string `python_path`). It
+    /// must be built from the same code to serve the same functions.
+    pub executable: Option<PathBuf>,
+    /// Create the child through this context instead of directly (Mitogen `via`).
+    pub via: Option<mitogen_core::Context>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            name: None,
+            remote_name: None,
+            debug: false,
+            profiling: false,
+            connect_timeout: Duration::from_secs(30),
+            unidirectional: None,
+            command_prefix: Vec::new(),
+            executable: None,
+            via: None,
+        }
+    }
+}
+
+/// The default process-title suffix: `<user>@<host>:<pid>` of this process.
+pub fn default_remote_name() -> String {
+    format!("{}@{}:{}", sys::username(), sys::hostname(), std::process::id())
+}
+
+impl Options {
+    pub(crate) fn remote_name(&self) -> Result<String> {
+        let name = self.remote_name.clone().unwrap_or_else(default_remote_name);
+        if name.contains('/') {
+            return Err(Error::general(format!("remote_name {name:?} may not contain '/'")));
+        }
+        Ok(name)
+    }
+
+    pub(crate) fn config(&self, router: &Router, context_id: u32, name: &str) -> Result<ChildConfig> {
+        let mut parent_ids = vec![router.context_id()];
+        parent_ids.extend(router.identity().parent_ids.iter().copied());
+        let level = if self.debug { log::LevelFilter::Debug } else { log::max_level().min(log::LevelFilter::Info) };
+        Ok(ChildConfig {
+            context_id,
+            parent_ids,
+            name: name.to_owned(),
+            remote_name: self.remote_name()?,
+            log_level: level as usize,
+            debug: self.debug,
+            profiling: self.profiling,
+            unidirectional: self.unidirectional.unwrap_or_else(|| router.unidirectional()),
+            max_message_size: router.max_message_size() as u64,
+            handshake_handle: 0,
+            protocol_version: PROTOCOL_VERSION,
+        })
+    }
+}
+
+/// Log `FORWARD_LOG` records from children under `mitogen::ctx::<name>`, once per router.
+pub(crate) fn ensure_log_handler(router: &Router) {
+    if !router.has_handler(FORWARD_LOG) {
+        let options = HandlerOptions { handle: Some(FORWARD_LOG), ..Default::default() };
+        let _ = router.add_handler(|msg| log_forwarded(&msg), options);
+    }
+}
+
+/// Start a child of this process's own executable over a socketpair (Mitogen `local()`).
+///
+/// # Errors
+/// [`StreamError`](mitogen_core::StreamError) if it cannot start or dies before the handshake
+/// (with its last output); [`TimeoutError`](mitogen_core::TimeoutError) if no handshake comes
+/// within `connect_timeout`; [`GeneralError`](mitogen_core::GeneralError) for a bad option.
+pub fn connect_local(router: &Router, context_id: u32, options: &Options) -> Result<Context> {
+    let remote_name = options.remote_name()?;
+    let (ours, theirs) = sys::socketpair().map_err(|e| Error::stream(format!("socketpair: {e}")))?;
+    let (err_r, err_w) = sys::pipe().map_err(|e| Error::stream(format!("pipe: {e}")))?;
+    let exe = options.executable.clone().map(OsString::from).unwrap_or_else(|| "/proc/self/exe".into());
+    let mut argv = options.command_prefix.clone();
+    argv.push(exe);
+    argv.push(CHILD_MARKER.into());
+    let title = format!("mitogen:{remote_name}");
+    let arg0 = options.command_prefix.is_empty().then_some(title.as_str());
+    let proc = Arc::new(ChildProcess::spawn(&argv, arg0, theirs, err_w)?);
+    let name = options.name.clone().unwrap_or_else(|| format!("local.{}", proc.pid()));
+    let config = options.config(router, context_id, &name)?;
+    handshake(router, proc, ours, err_r, config, options.connect_timeout)
+}
+
+/// Everything after the child process exists: stream, stderr, config, handshake, reaping.
+pub(crate) fn handshake(
+    router: &Router,
+    proc: Arc<ChildProcess>,
+    ours: OwnedFd,
+    stderr: OwnedFd,
+    mut config: ChildConfig,
+    connect_timeout: Duration,
+) -> Result<Context> {
+    let deadline = Instant::now() + connect_timeout;
+    ensure_log_handler(router);
+    let broker = router.broker();
+    let name = config.name.clone();
+    let ctx = mitogen_core::Context::new(router, config.context_id, Some(name.clone()));
+    let stderr_done = Arc::new(Latch::new());
+    let d = stderr_done.clone();
+    let err_stream = watch_stderr(broker, &name, stderr, proc.clone(), move || {
+        let _ = d.put(());
+    });
+    let stream = match Stream::message(router, name.clone(), ours) {
+        Ok(s) => s,
+        Err(e) => {
+            proc.kill(libc::SIGKILL);
+            proc.reap_blocking();
+            return Err(e);
+        }
+    };
+    let hello = Receiver::with_options(router, None, false, Some(ctx.clone()))?;
+    config.handshake_handle = hello.handle();
+    let mut first = Message::pickled(&config, 0)?;
+    (first.dst_id, first.src_id, first.auth_id) = (config.context_id, router.context_id(), router.context_id());
+    let _ = stream.send(first);
+    // A graceful shutdown asks the child to exit, then waits for its stream to close.
+    let (id, my_id) = (config.context_id, router.context_id());
+    stream.set_on_shutdown(move |s, _| {
+        let msg = Message { dst_id: id, src_id: my_id, auth_id: my_id, handle: SHUTDOWN, ..Message::default() };
+        let _ = s.send(msg);
+    });
+    let (b, p) = (broker.clone(), proc.clone());
+    stream.on_disconnect_listener(move |_| reap_when_disconnected(&b, p));
+    router.register(&ctx, &stream);
+    let outcome = hello.get_deadline(deadline).and_then(|m| m.unpickle::<Hello>());
+    match outcome {
+        Ok(h) if h.protocol_version == PROTOCOL_VERSION => {
+            log::debug!("{name}: connected (pid {})", h.pid);
+            Ok(Context::from(ctx))
+        }
+        Ok(h) => {
+            proc.kill(libc::SIGKILL);
+            stream.on_disconnect(broker);
+            Err(Error::stream(format!(
+                "{name}: child speaks protocol version {}, this executable speaks {PROTOCOL_VERSION}",
+                h.protocol_version
+            )))
+        }
+        Err(e) if e.is_timeout() => {
+            proc.kill(libc::SIGKILL);
+            stream.on_disconnect(broker);
+            Err(Error::timeout(format!("{name}: no handshake from {} within {connect_timeout:?}", proc.command())))
+        }
+        Err(e) => {
+            if broker.exited() || e.to_string().contains("broker exited") {
+                proc.kill(libc::SIGKILL);
+                proc.reap_blocking();
+                return Err(Error::stream(format!("{name}: connection cancelled: the broker shut down ({e})")));
+            }
+            // The child died: its stderr ends too. Collect the last lines, then reap.
+            let _ = stderr_done.get_timeout(Duration::from_secs(2));
+            proc.wait_timeout(Duration::from_secs(2));
+            drop(err_stream);
+            Err(Error::stream(format!("{name}: child failed before the handshake: {}", proc.describe_exit())))
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Child processes: starting them, keeping their last output, and reaping them.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use mitogen_core::{Broker, Error, Result, Stream};
+
+use crate::sys;
+
+/// How many lines of a child's stderr are kept for error messages.
+const TAIL_LINES: usize = 20;
+/// After its stream disconnects, a child gets this long to exit before SIGTERM...
+const TERM_AFTER: Duration = Duration::from_secs(1);
+/// ...and this long after that before SIGKILL.
+const KILL_AFTER: Duration = Duration::from_secs(2);
+
+/// A child process this context started: its pid, a pidfd, the command, its exit status once
+/// reaped, and the last lines it wrote to stderr before taking over its own stdio.
+#[derive(Debug)]
+pub struct ChildProcess {
+    pid: i32,
+    /// Closed as soon as the child is reaped, so a reaped child holds no descriptor.
+    pidfd: Mutex<Option<OwnedFd>>,
+    argv: Vec<String>,
+    status: Mutex<Option<i32>>,
+    tail: Mutex<VecDeque<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ChildProcess {
+    /// Start `argv` with `proto` as its stdin and stdout and `stderr` as its stderr; argv\[0\] of
+    /// the new process is `arg0`.
+    ///
+    /// # Errors
+    /// [`StreamError`](mitogen_core::StreamError) naming the command if it cannot be started.
+    pub(crate) fn spawn(
+        argv: &[OsString],
+        arg0: Option<&str>,
+        proto: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<ChildProcess> {
+        let shown: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let fail = |e: std::io::Error| Error::stream(format!("cannot start {}: {e}", shell_join(&shown)));
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        if let Some(a) = arg0 {
+            std::os::unix::process::CommandExt::arg0(&mut cmd, a);
+        }
+        let proto2 = proto.try_clone().map_err(fail)?;
+        cmd.stdin(Stdio::from(proto)).stdout(Stdio::from(proto2)).stderr(Stdio::from(stderr));
+        let child = cmd.spawn().map_err(fail)?;
+        let pid = child.id() as i32;
+        // std's Child neither waits nor kills on drop; this type reaps the pid itself.
+        drop(child);
+        ChildProcess::adopt(pid, shown)
+    }
+
+    /// Track an already-started child `pid` (a forked one).
+    pub(crate) fn adopt(pid: i32, argv: Vec<String>) -> Result<ChildProcess> {
+        let pidfd = sys::pidfd_open(pid).map_err(|e| Error::stream(format!("pidfd_open({pid}): {e}")))?;
+        Ok(ChildProcess {
+            pid,
+            pidfd: Mutex::new(Some(pidfd)),
+            argv,
+            status: Mutex::new(None),
+            tail: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The command line, shell-quoted.
+    pub fn command(&self) -> String {
+        shell_join(&self.argv)
+    }
+
+    /// The raw wait status, once reaped.
+    pub fn status(&self) -> Option<i32> {
+        *lock(&self.status)
+    }
+
+    /// The last lines the child wrote to its stderr before redirecting it.
+    pub fn last_output(&self) -> Vec<String> {
+        lock(&self.tail).iter().cloned().collect()
+    }
+
+    pub(crate) fn push_output(&self, line: String) {
+        let mut t = lock(&self.tail);
+        if t.len() == TAIL_LINES {
+            t.pop_front();
+        }
+        t.push_back(line);
+    }
+
+    /// Reap the child if it has exited; returns whether it is reaped.
+    pub fn try_reap(&self) -> bool {
+        let mut status = lock(&self.status);
+        if status.is_some() {
+            return true;
+        }
+        match sys::try_wait(self.pid) {
+            Ok(Some(s)) => {
+                log::debug!("child {} {}", self.pid, sys::describe_status(s));
+                *status = Some(s);
+                lock(&self.pidfd).take();
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                log::error!("waitpid({}): {e}", self.pid);
+                *status = Some(-1);
+                lock(&self.pidfd).take();
+                true
+            }
+        }
+    }
+
+    /// Send `signal` unless already reaped.
+    pub fn kill(&self, signal: i32) {
+        if !self.try_reap() {
+            if let Some(fd) = lock(&self.pidfd).as_ref() {
+                if let Err(e) = sys::pidfd_kill(fd.as_fd(), signal) {
+                    log::debug!("kill({}, {signal}): {e}", self.pid);
+                }
+            }
+        }
+    }
+
+    /// Wait at most `timeout` for the child to exit, reaping it.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        if self.try_reap() {
+            return true;
+        }
+        let fd = lock(&self.pidfd).as_ref().and_then(|f| f.try_clone().ok());
+        if let Some(fd) = fd {
+            let _ = sys::wait_readable(fd.as_fd(), timeout);
+        }
+        self.try_reap()
+    }
+
+    /// Reap synchronously, escalating to SIGTERM then SIGKILL: no zombie is left.
+    pub fn reap_blocking(&self) {
+        if self.wait_timeout(TERM_AFTER) {
+            return;
+        }
+        log::debug!("child {} did not exit; sending SIGTERM", self.pid);
+        self.kill(libc::SIGTERM);
+        if self.wait_timeout(KILL_AFTER) {
+            return;
+        }
+        log::warn!("child {} ignored SIGTERM; sending SIGKILL", self.pid);
+        self.kill(libc::SIGKILL);
+        while !self.wait_timeout(Duration::from_secs(1)) {}
+    }
+
+    /// A description of how the child ended, with its last output, for error messages.
+    pub fn describe_exit(&self) -> String {
+        let how = match self.status() {
+            Some(s) => sys::describe_status(s),
+            None => "still running".into(),
+        };
+        let out = self.last_output();
+        if out.is_empty() {
+            format!("{} (pid {}) {how}; it printed nothing", self.command(), self.pid)
+        } else {
+            format!("{} (pid {}) {how}; last output:\n{}", self.command(), self.pid, out.join("\n"))
+        }
+    }
+}
+
+/// Reap `proc` once its stream is gone, without blocking the broker: wait for the pidfd, send
+/// SIGTERM after [`TERM_AFTER`] and SIGKILL after [`KILL_AFTER`] more. If the broker exits first,
+/// reap synchronously on its way out, so `Broker::join` leaves no zombie.
+pub(crate) fn reap_when_disconnected(broker: &Broker, proc: Arc<ChildProcess>) {
+    if proc.try_reap() {
+        return;
+    }
+    // A reaped child has closed its pidfd, so holding it here until the broker exits costs no
+    // descriptor.
+    let p = proc.clone();
+    broker.on_exit(move || p.reap_blocking());
+    let pidfd = match lock(&proc.pidfd).as_ref().map(|f| f.try_clone()) {
+        Some(Ok(fd)) => fd,
+        Some(Err(e)) => return log::error!("cannot watch child {}: {e}", proc.pid),
+        None => return,
+    };
+    let p = proc.clone();
+    let watcher = Stream::readiness(broker, format!("pidfd {}", proc.pid), pidfd, false, move |s| {
+        if p.try_reap() {
+            s.on_disconnect(s.broker());
+        }
+    });
+    let watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => return log::error!("cannot watch child {}: {e}", proc.pid),
+    };
+    broker.start_receive(&watcher);
+    let (p, w) = (proc.clone(), watcher.clone());
+    broker.timer(TERM_AFTER, move || {
+        if !p.try_reap() {
+            log::debug!("child {} still running after its stream closed; sending SIGTERM", p.pid);
+            p.kill(libc::SIGTERM);
+            let (p, w) = (p.clone(), w.clone());
+            w.broker().clone().timer(KILL_AFTER, move || {
+                if !p.try_reap() {
+                    log::warn!("child {} ignored SIGTERM; sending SIGKILL", p.pid);
+                    p.kill(libc::SIGKILL);
+                }
+                let _ = w;
+            });
+        }
+    });
+}
+
+/// Start a stream reading `stderr` of a child: each line is logged at debug level and kept in
+/// `proc`'s tail for error messages; `on_eof` fires at end of file.
+pub(crate) fn watch_stderr(
+    broker: &Broker,
+    name: &str,
+    stderr: OwnedFd,
+    proc: Arc<ChildProcess>,
+    on_eof: impl FnOnce() + Send + 'static,
+) -> Result<Stream> {
+    let mut partial: Vec<u8> = Vec::new();
+    let mut on_eof = Some(on_eof);
+    let target = name.to_owned();
+    let stream = Stream::bytes(broker, format!("{name} stderr"), stderr, false, move |_, data: &[u8]| {
+        partial.extend_from_slice(data);
+        while let Some(pos) = partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            log::debug!(target: "mitogen::stderr", "{target}: {line}");
+            proc.push_output(line);
+        }
+        if data.is_empty() {
+            if !partial.is_empty() {
+                proc.push_output(String::from_utf8_lossy(&partial).into_owned());
+                partial.clear();
+            }
+            if let Some(f) = on_eof.take() {
+                f();
+            }
+        }
+    })?;
+    broker.start_receive(&stream);
+    Ok(stream)
+}
+
+/// Quote `argv` for a shell, for error messages (cargo-util's `ProcessError` habit).
+pub fn shell_join(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
