@@ -17,13 +17,46 @@ use std::time::{Duration, Instant};
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 static STARTED: AtomicUsize = AtomicUsize::new(0);
 
-/// Install the logger once (`RUST_LOG` chooses the level; errors are shown by default).
+/// Install the logger once: `RUST_LOG` chooses what is printed (errors by default), and every
+/// record at info level or above is also kept for [`logged`].
 pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let env = env_logger::Env::default().default_filter_or("error");
-        let _ = env_logger::Builder::from_env(env).is_test(true).try_init();
+        let printer = env_logger::Builder::from_env(env).is_test(true).build();
+        let max = printer.filter().max(log::LevelFilter::Info);
+        if log::set_boxed_logger(Box::new(Capture { printer })).is_ok() {
+            log::set_max_level(max);
+        }
     });
+}
+
+static CAPTURED: std::sync::Mutex<Vec<(log::Level, String, String)>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture {
+    printer: env_logger::Logger,
+}
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.level() <= log::Level::Info {
+            let entry = (record.level(), record.target().to_owned(), record.args().to_string());
+            CAPTURED.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+        }
+        self.printer.log(record);
+    }
+
+    fn flush(&self) {}
+}
+
+/// Every record logged so far whose target starts with `target`, as `(level, target, message)`.
+pub fn logged(target: &str) -> Vec<(log::Level, String, String)> {
+    let all = CAPTURED.lock().unwrap_or_else(|e| e.into_inner());
+    all.iter().filter(|(_, t, _)| t.starts_with(target)).cloned().collect()
 }
 
 /// What a process holds that a test could leak.
@@ -56,6 +89,11 @@ fn children() -> BTreeSet<i32> {
 }
 
 impl Snapshot {
+    /// Our direct child processes at the time of the snapshot.
+    pub fn children(&self) -> &BTreeSet<i32> {
+        &self.children
+    }
+
     /// Take a snapshot of this process now.
     pub fn take() -> Snapshot {
         let fds = listdir("/proc/self/fd")

@@ -3,6 +3,19 @@
 #[path = "suite/fixtures.rs"]
 mod fixtures;
 
+/// `(context id, pid, parent ids)` of the context it runs in; shared by the process tests.
+pub(crate) fn local_whoami() -> (u32, u32, Vec<u32>) {
+    (mitogen::context_id(), std::process::id(), mitogen::parent_ids())
+}
+mitogen::remote!(local_whoami);
+
+#[path = "suite/calls.rs"]
+mod calls;
+#[path = "suite/fork.rs"]
+mod fork;
+#[path = "suite/lifetime.rs"]
+mod lifetime;
+
 #[path = "suite/broker.rs"]
 mod broker;
 #[path = "suite/latch.rs"]

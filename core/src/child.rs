@@ -317,10 +317,7 @@ fn install_panic_hook() {
 }
 
 /// Run one registered function; a panic becomes a [`CallError`] with its message and backtrace.
-fn run_guarded(
-    f: fn(&[u8]) -> std::result::Result<Vec<u8>, CallError>,
-    args: &[u8],
-) -> std::result::Result<Vec<u8>, CallError> {
+fn run_guarded(f: crate::remote::Invoke, args: &[u8]) -> std::result::Result<Vec<u8>, CallError> {
     match catch_unwind(AssertUnwindSafe(|| f(args))) {
         Ok(r) => r,
         Err(p) => {

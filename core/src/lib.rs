@@ -93,6 +93,6 @@ pub fn init() {
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::remote::{invoke_remote, name_of, RemoteEntry, REMOTE_FUNCTIONS};
+    pub use crate::remote::{invoke_remote, name_of, Invoke, RemoteEntry, REMOTE_FUNCTIONS};
     pub use linkme;
 }

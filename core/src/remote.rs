@@ -17,13 +17,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::CallError;
 use crate::message::encode;
 
+/// A registered function's trampoline: encoded arguments in, encoded outcome out.
+#[doc(hidden)]
+pub type Invoke = fn(&[u8]) -> Result<Vec<u8>, CallError>;
+
 /// One remote function, as registered by [`remote!`](crate::remote).
 #[doc(hidden)]
 pub struct RemoteEntry {
     /// The function's path (computed, since `type_name` is not `const`).
     pub name: fn() -> &'static str,
     /// Decode the arguments, call the function, encode its outcome.
-    pub invoke: fn(&[u8]) -> Result<Vec<u8>, CallError>,
+    pub invoke: Invoke,
 }
 
 /// The link-time table of every function marked with [`remote!`](crate::remote).
@@ -38,8 +42,8 @@ pub fn name_of<F>(_: F) -> &'static str {
 }
 
 /// Look up a registered function by its path.
-pub(crate) fn lookup(path: &str) -> Option<fn(&[u8]) -> Result<Vec<u8>, CallError>> {
-    static TABLE: OnceLock<HashMap<&'static str, fn(&[u8]) -> Result<Vec<u8>, CallError>>> = OnceLock::new();
+pub(crate) fn lookup(path: &str) -> Option<Invoke> {
+    static TABLE: OnceLock<HashMap<&'static str, Invoke>> = OnceLock::new();
     TABLE.get_or_init(|| REMOTE_FUNCTIONS.iter().map(|e| ((e.name)(), e.invoke)).collect()).get(path).copied()
 }
 

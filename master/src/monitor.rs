@@ -193,18 +193,20 @@ impl Drop for ProcessMonitor {
     }
 }
 
-/// Marks the monitor dead when its thread ends, however it ends.
-struct AliveGuard<'a>(&'a AtomicBool);
+/// When the thread ends, however it ends: marks the monitor dead and drops registrations it never
+/// picked up, so no callback outlives the thread.
+struct ExitGuard<'a>(&'a Shared);
 
-impl Drop for AliveGuard<'_> {
+impl Drop for ExitGuard<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.alive.store(false, Ordering::Release);
+        drop(std::mem::take(&mut *self.0.incoming.lock().unwrap_or_else(PoisonError::into_inner)));
     }
 }
 
 /// The monitor thread.
 fn run(shared: &Shared) {
-    let _alive = AliveGuard(&shared.alive);
+    let _exit = ExitGuard(shared);
     let mut watches: Vec<Watch> = Vec::new();
     let mut unreapable: Vec<Watch> = Vec::new();
     let mut pfds: Vec<libc::pollfd> = Vec::new();

@@ -51,8 +51,13 @@ pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Res
     let (err_r, err_w) = sys::pipe().map_err(|e| Error::stream(format!("pipe: {e}")))?;
     let placeholder = format!("fork.{context_id}");
     let mut config = fork.options.config(router, context_id, &placeholder)?;
+    let hello = crate::local::hello_receiver(router, context_id)?;
+    config.handshake_handle = hello.handle();
     match sys::fork().map_err(|e| Error::stream(format!("fork: {e}")))? {
         Forked::Child => {
+            // The parent's receiver is the parent's business: forget it without touching the
+            // router (whose locks another thread may have held at the fork).
+            std::mem::forget(hello);
             drop(ours);
             drop(err_r);
             // stderr goes to the parent's pipe until the child redirects it.
@@ -87,7 +92,8 @@ pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Res
             drop(err_w);
             let proc = Arc::new(ChildProcess::adopt(pid, vec![format!("fork of {}", std::process::id())])?);
             config.name = fork.options.name.clone().unwrap_or_else(|| format!("fork.{pid}"));
-            crate::local::handshake(router, proc, ours, err_r, config, fork.options.connect_timeout)
+            let stream = mitogen_core::Stream::message(router, config.name.clone(), ours)?;
+            crate::local::handshake(router, proc, stream, err_r, hello, &config, fork.options.connect_timeout)
         }
     }
 }

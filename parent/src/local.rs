@@ -111,50 +111,61 @@ pub fn connect_local(router: &Router, context_id: u32, options: &Options) -> Res
     let remote_name = options.remote_name()?;
     let (ours, theirs) = sys::socketpair().map_err(|e| Error::stream(format!("socketpair: {e}")))?;
     let (err_r, err_w) = sys::pipe().map_err(|e| Error::stream(format!("pipe: {e}")))?;
-    let exe = options.executable.clone().map(OsString::from).unwrap_or_else(|| "/proc/self/exe".into());
+    let exe = match (&options.executable, options.command_prefix.is_empty()) {
+        (Some(exe), _) => exe.clone().into_os_string(),
+        // /proc/self/exe still names this program after a rebuild replaced the file on disk...
+        (None, true) => "/proc/self/exe".into(),
+        // ...but behind a prefix command it would name that command.
+        (None, false) => std::env::current_exe()
+            .map_err(|e| Error::stream(format!("cannot find this program's executable: {e}")))?
+            .into_os_string(),
+    };
     let mut argv = options.command_prefix.clone();
     argv.push(exe);
     argv.push(CHILD_MARKER.into());
     let title = format!("mitogen:{remote_name}");
     let arg0 = options.command_prefix.is_empty().then_some(title.as_str());
+    let hello = hello_receiver(router, context_id)?;
     let proc = Arc::new(ChildProcess::spawn(&argv, arg0, theirs, err_w)?);
     let name = options.name.clone().unwrap_or_else(|| format!("local.{}", proc.pid()));
-    let config = options.config(router, context_id, &name)?;
-    handshake(router, proc, ours, err_r, config, options.connect_timeout)
+    let mut config = options.config(router, context_id, &name)?;
+    config.handshake_handle = hello.handle();
+    let stream = Stream::message(router, name, ours).inspect_err(|_| {
+        proc.kill(libc::SIGKILL);
+        proc.reap_blocking();
+    })?;
+    let mut first = Message::pickled(&config, 0)?;
+    (first.dst_id, first.src_id, first.auth_id) = (context_id, router.context_id(), router.context_id());
+    let _ = stream.send(first);
+    handshake(router, proc, stream, err_r, hello, &config, options.connect_timeout)
+}
+
+/// The receiver a new child's [`Hello`] arrives on: it dies if the child's route is lost.
+pub(crate) fn hello_receiver(router: &Router, context_id: u32) -> Result<Receiver> {
+    Receiver::with_options(router, None, false, Some(router.context_by_id(context_id)))
 }
 
 /// Everything after the child process exists: stream, stderr, config, handshake, reaping.
 pub(crate) fn handshake(
     router: &Router,
     proc: Arc<ChildProcess>,
-    ours: OwnedFd,
+    stream: Stream,
     stderr: OwnedFd,
-    mut config: ChildConfig,
+    hello: Receiver,
+    config: &ChildConfig,
     connect_timeout: Duration,
 ) -> Result<Context> {
     let deadline = Instant::now() + connect_timeout;
     ensure_log_handler(router);
     let broker = router.broker();
     let name = config.name.clone();
+    stream.set_name(name.clone());
     let ctx = mitogen_core::Context::new(router, config.context_id, Some(name.clone()));
     let stderr_done = Arc::new(Latch::new());
     let d = stderr_done.clone();
     let err_stream = watch_stderr(broker, &name, stderr, proc.clone(), move || {
         let _ = d.put(());
     });
-    let stream = match Stream::message(router, name.clone(), ours) {
-        Ok(s) => s,
-        Err(e) => {
-            proc.kill(libc::SIGKILL);
-            proc.reap_blocking();
-            return Err(e);
-        }
-    };
-    let hello = Receiver::with_options(router, None, false, Some(ctx.clone()))?;
-    config.handshake_handle = hello.handle();
-    let mut first = Message::pickled(&config, 0)?;
-    (first.dst_id, first.src_id, first.auth_id) = (config.context_id, router.context_id(), router.context_id());
-    let _ = stream.send(first);
     // A graceful shutdown asks the child to exit, then waits for its stream to close.
     let (id, my_id) = (config.context_id, router.context_id());
     stream.set_on_shutdown(move |s, _| {

@@ -54,3 +54,141 @@ fn errors_and_panics_become_call_errors_and_the_child_keeps_serving() {
         router.shutdown_and_join();
     });
 }
+
+fn print_lines(lines: Vec<String>) {
+    for l in lines {
+        println!("{l}");
+    }
+    eprintln!("and one on stderr");
+    log::warn!("a log record from the child");
+}
+
+fn env_var(name: String) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn econtext_name() -> Option<String> {
+    mitogen::core::ExternalContext::current().map(|ec| ec.config().name.clone())
+}
+
+fn process_title() -> String {
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap();
+    String::from_utf8_lossy(cmdline.split(|&b| b == 0).next().unwrap()).into_owned()
+}
+
+mitogen::remote!(print_lines, env_var, econtext_name, process_title);
+
+#[test]
+fn child_stdout_stderr_and_logs_become_records_of_that_context_at_the_master() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let opts = Options { name: Some("printer".into()), ..Options::default() };
+        let child = router.local(opts).unwrap();
+        child.call(print_lines, (vec!["first line".to_string(), "second line".to_string()],)).unwrap();
+        // Records arrive asynchronously: the shutdown drains the child's stream first.
+        child.shutdown(true).unwrap();
+        router.shutdown_and_join();
+        let got: Vec<String> = mitogen_tests::logged("mitogen::ctx::printer").into_iter().map(|(_, _, m)| m).collect();
+        for want in ["stdout: first line", "stdout: second line", "stderr: and one on stderr"] {
+            assert!(got.iter().any(|m| m == want), "missing {want:?} in {got:?}");
+        }
+        assert!(got.iter().any(|m| m.ends_with(": a log record from the child")), "{got:?}");
+    });
+}
+
+#[test]
+fn an_unknown_function_path_is_a_call_error_naming_it() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let child = router.local(Options::default()).unwrap();
+        let data = mitogen::core::encode_call_by_path("no::such::function", &(), None).unwrap();
+        let msg = mitogen::core::Message::raw(mitogen::core::CALL_FUNCTION, data);
+        let err = child.send_await::<()>(msg, Some(mitogen_tests::WAIT)).unwrap_err();
+        assert!(err.is_call() && err.to_string().contains("\"no::such::function\""), "{err}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_function_can_ask_for_its_external_context() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let child = router.local(Options { name: Some("named".into()), ..Options::default() }).unwrap();
+        assert_eq!(child.call(econtext_name, ()).unwrap().as_deref(), Some("named"));
+        assert_eq!(econtext_name(), None, "the master has no ExternalContext");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn remote_name_sets_the_process_title_and_may_not_contain_a_slash() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let child = router.local(Options { remote_name: Some("titled".into()), ..Options::default() }).unwrap();
+        assert_eq!(child.call(process_title, ()).unwrap(), "mitogen:titled");
+        let default = router.local(Options::default()).unwrap();
+        let title = default.call(process_title, ()).unwrap();
+        assert!(title.ends_with(&format!(":{}", std::process::id())) && title.contains('@'), "{title}");
+        let err = router.local(Options { remote_name: Some("a/b".into()), ..Options::default() }).unwrap_err();
+        assert!(err.to_string().contains("may not contain '/'"), "{err}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_command_prefix_wraps_the_child() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let prefix = vec!["env".into(), "MITOGEN_TEST_VAR=wrapped".into()];
+        let child = router.local(Options { command_prefix: prefix, ..Options::default() }).unwrap();
+        assert_eq!(child.call(env_var, ("MITOGEN_TEST_VAR".to_string(),)).unwrap().as_deref(), Some("wrapped"));
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_child_that_dies_before_the_handshake_is_a_stream_error_with_its_output() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let prefix = vec!["sh".into(), "-c".into(), "echo 'bootstrap went wrong' >&2; exit 3".into(), "--".into()];
+        let err = router.local(Options { command_prefix: prefix, ..Options::default() }).unwrap_err();
+        let text = err.to_string();
+        assert!(err.is_stream(), "{text}");
+        assert!(text.contains("exited with status 3") && text.contains("bootstrap went wrong"), "{text}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn no_handshake_within_connect_timeout_is_a_timeout_error_and_the_child_is_reaped() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let prefix = vec!["sh".into(), "-c".into(), "sleep 60".into(), "--".into()];
+        let opts =
+            Options { command_prefix: prefix, connect_timeout: Duration::from_millis(300), ..Options::default() };
+        let err = router.local(opts).unwrap_err();
+        assert!(err.is_timeout() && err.to_string().contains("no handshake"), "{err}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_broker_shutdown_during_connect_cancels_it() {
+    run(|| {
+        let broker = mitogen::core::Broker::with_options(mitogen::core::BrokerOptions {
+            shutdown_timeout: Duration::from_millis(200),
+            ..Default::default()
+        })
+        .unwrap();
+        let router = Router::new(Some(&broker)).unwrap();
+        let prefix = vec!["sh".into(), "-c".into(), "sleep 60".into(), "--".into()];
+        let r = router.clone();
+        let connecting = std::thread::spawn(move || r.local(Options { command_prefix: prefix, ..Options::default() }));
+        mitogen_tests::wait_until("the child to be spawned", mitogen_tests::WAIT, || {
+            !mitogen_tests::Snapshot::take().children().is_empty()
+        });
+        router.shutdown_and_join();
+        let err = connecting.join().unwrap().unwrap_err();
+        assert!(err.to_string().contains("cancelled"), "{err}");
+    });
+}
