@@ -116,8 +116,9 @@ impl ProcessMonitor {
     /// `add(pid, callback)`).
     ///
     /// The monitor owns the reaping: nothing else may wait for `pid` (do not call
-    /// [`std::process::Child::wait`] on it). A child that has already exited but is not yet
-    /// reaped is reported at once.
+    /// [`std::process::Child::wait`] on it), and registering the same pid twice calls only one of
+    /// the callbacks (the other reaper finds nothing left to wait for; that is logged). A child
+    /// that has already exited but is not yet reaped is reported at once.
     ///
     /// # Errors
     /// A [`GeneralError`](mitogen_core::GeneralError) saying why, when `pid` is not a process id,
