@@ -21,7 +21,8 @@ fn main() -> Result<(), mitogen::Error> {
     mitogen::init();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args: Vec<String> = std::env::args().collect();
-    let n: usize = args.iter().position(|a| a == "-n").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(4);
+    let n: usize =
+        args.iter().position(|a| a == "-n").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(4);
 
     mitogen::main(|router| {
         let t0 = Instant::now();
@@ -35,7 +36,11 @@ fn main() -> Result<(), mitogen::Error> {
             let (id, pid, host) = msg?.unpickle::<(u32, u32, String)>()?;
             println!("context {id:>3}: pid {pid} on {host}");
         }
-        println!("{n} calls answered in {:.1} ms (master pid {})", t1.elapsed().as_secs_f64() * 1e3, std::process::id());
+        println!(
+            "{n} calls answered in {:.1} ms (master pid {})",
+            t1.elapsed().as_secs_f64() * 1e3,
+            std::process::id()
+        );
 
         for child in &children {
             child.shutdown(false)?;

@@ -30,3 +30,5 @@ mod router;
 mod select;
 #[path = "suite/streams.rs"]
 mod streams;
+#[path = "suite/tree.rs"]
+mod tree;

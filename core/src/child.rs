@@ -78,6 +78,7 @@ struct Inner {
     chain_errors: Mutex<HashMap<String, CallError>>,
     forwarder: LogForwarder,
     busy: AtomicBool,
+    detached: Arc<AtomicBool>,
 }
 
 /// The child's own view of itself: its broker, router, parent, and the channel its calls arrive
@@ -128,10 +129,11 @@ impl ExternalContext {
         let stream = Stream::message_pair(&router, format!("{}: parent {parent_id}", config.name), rfd, wfd)?;
         stream.set_privileged(true);
         let parent = router.context_by_id(parent_id);
-        // A child exits when its parent goes away.
-        let (b, ps) = (broker.clone(), stream.clone());
-        router.on_stream_disconnect_hook(move |_, s| {
-            if *s == ps {
+        // A child exits when its parent goes away, unless it detached.
+        let detached = Arc::new(AtomicBool::new(false));
+        let (b, ps, d) = (broker.clone(), stream.clone(), detached.clone());
+        router.on_stream_disconnect_hook(move |_, s, _| {
+            if *s == ps && !d.load(Ordering::Acquire) {
                 b.shutdown();
             }
         });
@@ -160,6 +162,7 @@ impl ExternalContext {
                 chain_errors: Mutex::new(HashMap::new()),
                 forwarder,
                 busy: AtomicBool::new(false),
+                detached,
             }),
         };
         ec.publish();
@@ -281,6 +284,19 @@ impl ExternalContext {
             self.inner.chain_errors.lock().insert(chain.clone(), e.clone());
         }
         outcome
+    }
+
+    /// Tell the parent this context is detaching, and stop exiting when the parent goes away
+    /// (Mitogen `ExternalContext.detach()`): the parent neither asks it to shut down nor kills
+    /// it, so it may outlive the master. What it does next, and when it exits, is up to it.
+    pub fn detach(&self) {
+        self.inner.detached.store(true, Ordering::Release);
+        self.inner.parent.send(Message::raw(crate::message::DETACHING, Vec::new()));
+    }
+
+    /// Whether [`detach`](ExternalContext::detach) was called.
+    pub fn is_detached(&self) -> bool {
+        self.inner.detached.load(Ordering::Acquire)
     }
 
     /// Shut the broker down, wait for it, and end the process with status 0.

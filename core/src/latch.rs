@@ -257,10 +257,7 @@ impl<T> Latch<T> {
             let expired = deadline.is_some_and(|d| Instant::now() >= d);
             if expired {
                 s.sleeping.retain(|(i, _)| *i != id);
-                return Err(Error::TimeoutError(TimeoutError::new(format!(
-                    "latch: no object within {:?}",
-                    deadline.map(|d| d.saturating_duration_since(Instant::now()))
-                ))));
+                return Err(Error::TimeoutError(TimeoutError::new("nothing arrived before the deadline")));
             }
             // Not ours: nothing else writes to this thread's socket while it waits here, so a
             // readable socket without a wake is impossible; treat it as spurious all the same.

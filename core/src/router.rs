@@ -64,7 +64,7 @@ struct Handlers {
     broker_exited: bool,
 }
 
-type DisconnectHook = Arc<dyn Fn(&Router, &Stream) + Send + Sync>;
+type DisconnectHook = Arc<dyn Fn(&Router, &Stream, &[u32]) + Send + Sync>;
 
 struct Inner {
     broker: Broker,
@@ -264,9 +264,10 @@ impl Router {
         self.inner.broker.start_receive(stream);
     }
 
-    /// Call `hook(router, stream)` on the broker thread whenever a registered stream disconnects,
-    /// after its routes are gone (used by child contexts to exit when their parent goes away).
-    pub fn on_stream_disconnect_hook(&self, hook: impl Fn(&Router, &Stream) + Send + Sync + 'static) {
+    /// Call `hook(router, stream, lost_ids)` on the broker thread whenever a registered stream
+    /// disconnects, after the routes to `lost_ids` through it are gone (a child exits when its
+    /// parent goes away; a parent announces the lost routes with `DEL_ROUTE`).
+    pub fn on_stream_disconnect_hook(&self, hook: impl Fn(&Router, &Stream, &[u32]) + Send + Sync + 'static) {
         self.inner.disconnect_hooks.lock().push(Arc::new(hook));
     }
 
@@ -290,6 +291,57 @@ impl Router {
         if self.inner.routes.write().remove(&target_id).is_some() {
             self.on_contexts_lost(&[target_id]);
         }
+    }
+
+    /// Disconnect a directly connected context's stream and wait until it is gone (Mitogen
+    /// `disconnect`). Routes through it are deleted and callers waiting on it wake with
+    /// [`ChannelError`](crate::ChannelError). Does nothing for a context that is not directly
+    /// connected.
+    ///
+    /// # Errors
+    /// [`TimeoutError`](crate::TimeoutError) if the broker did not get to it within 30 s.
+    pub fn disconnect(&self, context: &Context) -> Result<()> {
+        let id = context.context_id();
+        let Some(stream) = self.inner.routes.read().get(&id).filter(|s| s.remote_id() == Some(id)).cloned() else {
+            return Ok(());
+        };
+        let done = Arc::new(crate::latch::Latch::new());
+        let d = done.clone();
+        stream.on_disconnect_listener(move |_| {
+            let _ = d.put(());
+        });
+        stream.on_disconnect(&self.inner.broker);
+        if self.inner.broker.on_broker_thread() {
+            return Ok(());
+        }
+        done.get_timeout(std::time::Duration::from_secs(30))
+    }
+
+    /// [`disconnect`](Router::disconnect) every directly connected context (Mitogen
+    /// `disconnect_all`).
+    ///
+    /// # Errors
+    /// As [`disconnect`](Router::disconnect).
+    pub fn disconnect_all(&self) -> Result<()> {
+        for s in self.direct_streams() {
+            if let Some(id) = s.remote_id() {
+                self.disconnect(&self.context_by_id(id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every stream a route goes through, with the id of the context at its other end: the
+    /// directly connected contexts.
+    pub fn direct_streams(&self) -> Vec<Stream> {
+        let routes = self.inner.routes.read();
+        let mut out: Vec<Stream> = Vec::new();
+        for s in routes.values() {
+            if !out.contains(s) {
+                out.push(s.clone());
+            }
+        }
+        out
     }
 
     /// The stream leading to `dst_id`, or the parent's stream when no specific route is known
@@ -454,7 +506,7 @@ impl Router {
         self.on_contexts_lost(&lost);
         let hooks = self.inner.disconnect_hooks.lock().clone();
         for h in hooks {
-            h(self, stream);
+            h(self, stream, &lost);
         }
     }
 

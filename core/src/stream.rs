@@ -137,6 +137,8 @@ struct Inner {
     disconnected: AtomicBool,
     /// Set by a graceful shutdown with bytes still queued: disconnect once they are written.
     close_when_drained: AtomicBool,
+    /// The peer announced `DETACHING`: it will outlive us, so shutdown neither asks nor kills.
+    detached: AtomicBool,
     listeners: Mutex<Vec<Listener>>,
     on_shutdown: Mutex<Option<ShutdownHook>>,
 }
@@ -182,6 +184,7 @@ impl Stream {
                 egress_ids: Mutex::new(HashSet::new()),
                 disconnected: AtomicBool::new(false),
                 close_when_drained: AtomicBool::new(false),
+                detached: AtomicBool::new(false),
                 listeners: Mutex::new(Vec::new()),
                 on_shutdown: Mutex::new(None),
             }),
@@ -310,6 +313,17 @@ impl Stream {
         self.inner.egress_ids.lock().clone()
     }
 
+    /// Mark the peer as detached (it sent `DETACHING`): a graceful shutdown just disconnects
+    /// the stream, without running the hook set with [`set_on_shutdown`](Stream::set_on_shutdown).
+    pub fn set_detached(&self) {
+        self.inner.detached.store(true, Ordering::Release);
+    }
+
+    /// Whether [`set_detached`](Stream::set_detached) was called.
+    pub fn is_detached(&self) -> bool {
+        self.inner.detached.load(Ordering::Acquire)
+    }
+
     /// Whether [`on_disconnect`](Stream::on_disconnect) has run.
     pub fn is_disconnected(&self) -> bool {
         self.inner.disconnected.load(Ordering::Acquire)
@@ -397,6 +411,24 @@ impl Stream {
         let me = self.clone();
         let broker = self.inner.broker.clone();
         let _ = broker.defer(move || me.on_disconnect(&me.inner.broker.clone()));
+    }
+
+    /// Write `bytes` to the transmit side as they are, bypassing framing: for fault-injection
+    /// tests that must send what a broken or hostile peer would.
+    #[doc(hidden)]
+    pub fn write_raw(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let tx = self.inner.tx.lock();
+        let side = tx.side.as_ref().ok_or_else(|| std::io::Error::from(io::ErrorKind::NotConnected))?;
+        let mut off = 0;
+        while off < bytes.len() {
+            match side.write(&bytes[off..]) {
+                Ok(Some(n)) => off += n,
+                Ok(None) => return Err(io::ErrorKind::BrokenPipe.into()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Called by the broker when the receive side is readable: read until it would block, decode,
@@ -544,7 +576,7 @@ impl Stream {
     /// [`set_on_shutdown`](Stream::set_on_shutdown), or disconnects once every queued byte is
     /// written (within the broker's grace period).
     pub fn on_shutdown(&self, broker: &Broker) {
-        let hook = self.inner.on_shutdown.lock().take();
+        let hook = if self.is_detached() { None } else { self.inner.on_shutdown.lock().take() };
         match hook {
             Some(mut f) => {
                 f(self, broker);

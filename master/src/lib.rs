@@ -64,7 +64,9 @@ impl Router {
             None => Broker::new()?.0,
         };
         let core = mitogen_core::Router::with_identity(&broker, Identity::master());
-        Ok(Router { core, next_id: Arc::new(AtomicU32::new(1)) })
+        let next_id = Arc::new(AtomicU32::new(1));
+        mitogen_parent::serve_allocate_id(&core, next_id.clone())?;
+        Ok(Router { core, next_id })
     }
 
     /// Allocate a context id unique within this master (Mitogen `allocate_id`).
@@ -94,10 +96,10 @@ impl Router {
     /// [`TimeoutError`](mitogen_core::TimeoutError) if it does not answer within
     /// `connect_timeout`; [`GeneralError`](mitogen_core::GeneralError) for an invalid option.
     pub fn local(&self, options: Options) -> Result<Context> {
-        if options.via.is_some() {
-            return Err(mitogen_core::Error::general("local(via=...) is not supported yet"));
+        match &options.via {
+            Some(via) => mitogen_parent::connect_via(&self.core, via, &options, false),
+            None => mitogen_parent::connect_local(&self.core, self.allocate_id(), &options),
         }
-        mitogen_parent::connect_local(&self.core, self.allocate_id(), &options)
     }
 
     /// Fork this process into a new child context (Mitogen `fork()`); see
@@ -106,10 +108,13 @@ impl Router {
     /// # Errors
     /// As [`local`](Router::local).
     pub fn fork(&self, options: ForkOptions) -> Result<Context> {
-        if options.options.via.is_some() {
-            return Err(mitogen_core::Error::general("fork(via=...) is not supported yet"));
+        match &options.options.via {
+            Some(_) if options.on_fork.is_some() || options.on_start.is_some() => Err(mitogen_core::Error::general(
+                "fork(via=...) cannot carry on_fork/on_start closures to the via context",
+            )),
+            Some(via) => mitogen_parent::connect_via(&self.core, via, &options.options, true),
+            None => mitogen_parent::connect_fork(&self.core, self.allocate_id(), &options),
         }
-        mitogen_parent::connect_fork(&self.core, self.allocate_id(), &options)
     }
 
     /// The core router.

@@ -69,7 +69,10 @@ pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Res
             if let Some(f) = &fork.on_fork {
                 f();
             }
-            config.name = fork.options.name.clone().unwrap_or_else(|| format!("fork.{}", std::process::id()));
+            config.name = crate::local::chain_name(
+                router,
+                fork.options.name.clone().unwrap_or_else(|| format!("fork.{}", std::process::id())),
+            );
             let rfd = match theirs.try_clone() {
                 Ok(fd) => fd,
                 Err(_) => sys::exit_now(1),
@@ -91,7 +94,8 @@ pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Res
             drop(theirs);
             drop(err_w);
             let proc = Arc::new(ChildProcess::adopt(pid, vec![format!("fork of {}", std::process::id())])?);
-            config.name = fork.options.name.clone().unwrap_or_else(|| format!("fork.{pid}"));
+            config.name =
+                crate::local::chain_name(router, fork.options.name.clone().unwrap_or_else(|| format!("fork.{pid}")));
             let stream = mitogen_core::Stream::message(router, config.name.clone(), ours)?;
             crate::local::handshake(router, proc, stream, err_r, hello, &config, fork.options.connect_timeout)
         }

@@ -12,8 +12,12 @@ mod fork;
 mod local;
 mod process;
 mod sys;
+mod via;
 
 pub use context::{CallChain, Context};
 pub use fork::{connect_fork, ForkOptions, OnFork, OnStart};
 pub use local::{connect_local, default_remote_name, Options};
 pub use process::{shell_join, ChildProcess};
+pub use via::{
+    allocate_child_id, connect_via, is_immediate_child, serve_allocate_id, via_connect, ViaRequest, ID_BLOCK,
+};

@@ -127,7 +127,7 @@ pub fn connect_local(router: &Router, context_id: u32, options: &Options) -> Res
     let arg0 = options.command_prefix.is_empty().then_some(title.as_str());
     let hello = hello_receiver(router, context_id)?;
     let proc = Arc::new(ChildProcess::spawn(&argv, arg0, theirs, err_w)?);
-    let name = options.name.clone().unwrap_or_else(|| format!("local.{}", proc.pid()));
+    let name = chain_name(router, options.name.clone().unwrap_or_else(|| format!("local.{}", proc.pid())));
     let mut config = options.config(router, context_id, &name)?;
     config.handshake_handle = hello.handle();
     let stream = Stream::message(router, name, ours).inspect_err(|_| {
@@ -138,6 +138,15 @@ pub fn connect_local(router: &Router, context_id: u32, options: &Options) -> Res
     (first.dst_id, first.src_id, first.auth_id) = (context_id, router.context_id(), router.context_id());
     let _ = stream.send(first);
     handshake(router, proc, stream, err_r, hello, &config, options.connect_timeout)
+}
+
+/// A child's name: `<via name>.<name>` when created by a child context (names chain down the
+/// tree), else `name`.
+pub(crate) fn chain_name(router: &Router, name: String) -> String {
+    match mitogen_core::ExternalContext::current() {
+        Some(ec) if ec.config().context_id == router.context_id() => format!("{}.{name}", ec.config().name),
+        _ => name,
+    }
 }
 
 /// The receiver a new child's [`Hello`] arrives on: it dies if the child's route is lost.
@@ -173,7 +182,10 @@ pub(crate) fn handshake(
         let _ = s.send(msg);
     });
     let (b, p) = (broker.clone(), proc.clone());
-    stream.on_disconnect_listener(move |_| reap_when_disconnected(&b, p));
+    stream.on_disconnect_listener(move |s| reap_when_disconnected(&b, p, s.is_detached()));
+    crate::via::ensure_route_monitor(router);
+    // Up the tree first: the route must reach every ancestor before anything the child sends.
+    crate::via::announce_route(router, config.context_id, &name);
     router.register(&ctx, &stream);
     let outcome = hello.get_deadline(deadline).and_then(|m| m.unpickle::<Hello>());
     match outcome {

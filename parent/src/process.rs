@@ -181,30 +181,23 @@ impl ChildProcess {
 /// Reap `proc` once its stream is gone, without blocking the broker: wait for the pidfd, send
 /// SIGTERM after [`TERM_AFTER`] and SIGKILL after [`KILL_AFTER`] more. If the broker exits first,
 /// reap synchronously on its way out, so `Broker::join` leaves no zombie.
-pub(crate) fn reap_when_disconnected(broker: &Broker, proc: Arc<ChildProcess>) {
+///
+/// A `detached` child (it sent `DETACHING`) is never signalled: it is reaped if it exits while
+/// the broker runs, and otherwise left to outlive us.
+pub(crate) fn reap_when_disconnected(broker: &Broker, proc: Arc<ChildProcess>, detached: bool) {
     if proc.try_reap() {
+        return;
+    }
+    if detached {
+        watch_exit(broker, proc);
         return;
     }
     // A reaped child has closed its pidfd, so holding it here until the broker exits costs no
     // descriptor.
     let p = proc.clone();
     broker.on_exit(move || p.reap_blocking());
-    let pidfd = match lock(&proc.pidfd).as_ref().map(|f| f.try_clone()) {
-        Some(Ok(fd)) => fd,
-        Some(Err(e)) => return log::error!("cannot watch child {}: {e}", proc.pid),
-        None => return,
-    };
-    let p = proc.clone();
-    let watcher = Stream::readiness(broker, format!("pidfd {}", proc.pid), pidfd, false, move |s| {
-        if p.try_reap() {
-            s.on_disconnect(s.broker());
-        }
-    });
-    let watcher = match watcher {
-        Ok(w) => w,
-        Err(e) => return log::error!("cannot watch child {}: {e}", proc.pid),
-    };
-    broker.start_receive(&watcher);
+    let watcher = watch_exit(broker, proc.clone());
+    let Some(watcher) = watcher else { return };
     let (p, w) = (proc.clone(), watcher.clone());
     broker.timer(TERM_AFTER, move || {
         if !p.try_reap() {
@@ -220,6 +213,33 @@ pub(crate) fn reap_when_disconnected(broker: &Broker, proc: Arc<ChildProcess>) {
             });
         }
     });
+}
+
+/// Reap `proc` as soon as its pidfd says it exited, while the broker runs.
+fn watch_exit(broker: &Broker, proc: Arc<ChildProcess>) -> Option<Stream> {
+    let pidfd = match lock(&proc.pidfd).as_ref().map(|f| f.try_clone()) {
+        Some(Ok(fd)) => fd,
+        Some(Err(e)) => {
+            log::error!("cannot watch child {}: {e}", proc.pid);
+            return None;
+        }
+        None => return None,
+    };
+    let p = proc.clone();
+    let watcher = Stream::readiness(broker, format!("pidfd {}", proc.pid), pidfd, false, move |s| {
+        if p.try_reap() {
+            s.on_disconnect(s.broker());
+        }
+    });
+    let watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!("cannot watch child {}: {e}", proc.pid);
+            return None;
+        }
+    };
+    broker.start_receive(&watcher);
+    Some(watcher)
 }
 
 /// Start a stream reading `stderr` of a child: each line is logged at debug level and kept in

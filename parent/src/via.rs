@@ -1,0 +1,233 @@
+//! Trees of contexts: the route monitor (`ADD_ROUTE` / `DEL_ROUTE`), context ids for children
+//! that become parents (`ALLOCATE_ID`), and creating a context through another (`via=`).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mitogen_core::{
+    ExternalContext, HandlerOptions, Message, Policy, Result, Router, Stream, ADD_ROUTE, ALLOCATE_ID, DEL_ROUTE,
+    DETACHING,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::fork::{connect_fork, ForkOptions};
+use crate::local::{connect_local, Options};
+
+/// How many context ids the master hands a child per `ALLOCATE_ID` request.
+pub const ID_BLOCK: u32 = 1000;
+
+/// Policy: the message came straight from the context at the other end of the stream it
+/// arrived on, not relayed from further away (Mitogen `is_immediate_child`).
+pub fn is_immediate_child(msg: &Message, stream: Option<&Stream>) -> bool {
+    stream.is_some_and(|s| s.remote_id() == Some(msg.src_id))
+}
+
+fn route_message(handle: u32, dst_id: u32, router: &Router, target_id: u32) -> Message {
+    let mut msg = Message::pickled(&target_id, handle).expect("a u32 always encodes");
+    (msg.dst_id, msg.src_id, msg.auth_id) = (dst_id, router.context_id(), router.context_id());
+    msg
+}
+
+/// Send `DEL_ROUTE(target)` to the parent (when `up`), and down every direct stream, except
+/// `from`, whose context ever sent a message to `target`, so callers there wake too.
+fn propagate_del_route(router: &Router, target: u32, from: Option<&Stream>, up: bool) {
+    let parent = router.identity().parent_id();
+    if let (true, Some(p)) = (up, parent) {
+        router.route(route_message(DEL_ROUTE, p, router, target));
+    }
+    for s in router.direct_streams() {
+        let Some(peer) = s.remote_id() else { continue };
+        if Some(&s) == from || Some(peer) == parent || !s.egress_ids().contains(&target) {
+            continue;
+        }
+        let _ = s.send(route_message(DEL_ROUTE, peer, router, target));
+    }
+}
+
+/// Make `router` a parent (Mitogen's router upgrade): handle `ADD_ROUTE` and `DEL_ROUTE` from
+/// directly connected contexts, relaying them up the tree, and announce lost subtrees when a
+/// child's stream disconnects. Idempotent.
+pub(crate) fn ensure_route_monitor(router: &Router) {
+    if router.has_handler(ADD_ROUTE) {
+        return;
+    }
+    let policy: Policy = std::sync::Arc::new(is_immediate_child);
+    let r = router.clone();
+    let add = move |msg: Message| {
+        let Ok((target, name)) = msg.unpickle::<(u32, String)>() else {
+            return log::error!("{r:?}: bad ADD_ROUTE from {}", msg.src_id);
+        };
+        log::debug!("{r:?}: route to {target} ({name}) via {}", msg.src_id);
+        if let Err(e) = r.add_route(target, msg.src_id) {
+            return log::error!("{r:?}: {e}");
+        }
+        if let Some(p) = r.identity().parent_id() {
+            let mut up = Message::pickled(&(target, name), ADD_ROUTE).expect("encodes");
+            (up.dst_id, up.src_id, up.auth_id) = (p, r.context_id(), r.context_id());
+            r.route(up);
+        }
+    };
+    let options = HandlerOptions { handle: Some(ADD_ROUTE), policy: Some(policy.clone()), ..Default::default() };
+    if router.add_handler(add, options).is_err() {
+        return; // another thread won the race
+    }
+    let r = router.clone();
+    let del = move |msg: Message| {
+        let Ok(target) = msg.unpickle::<u32>() else {
+            return log::error!("{r:?}: bad DEL_ROUTE from {}", msg.src_id);
+        };
+        log::debug!("{r:?}: route to {target} lost (told by {})", msg.src_id);
+        r.del_route(target);
+        let from_parent = r.identity().parent_id() == Some(msg.src_id);
+        let from = r.stream_by_id(msg.src_id);
+        propagate_del_route(&r, target, from.as_ref(), !from_parent);
+    };
+    let options = HandlerOptions { handle: Some(DEL_ROUTE), policy: Some(policy.clone()), ..Default::default() };
+    let _ = router.add_handler(del, options);
+    let r = router.clone();
+    let detaching = move |msg: Message| {
+        if let Some(s) = r.stream_by_id(msg.src_id).filter(|s| s.remote_id() == Some(msg.src_id)) {
+            log::debug!("{r:?}: context {} is detaching", msg.src_id);
+            s.set_detached();
+        }
+    };
+    let options = HandlerOptions { handle: Some(DETACHING), policy: Some(policy), ..Default::default() };
+    let _ = router.add_handler(detaching, options);
+    router.on_stream_disconnect_hook(|router, stream, lost| {
+        if stream.remote_id().is_some() && stream.remote_id() == router.identity().parent_id() {
+            return;
+        }
+        for &target in lost {
+            propagate_del_route(router, target, Some(stream), true);
+        }
+    });
+}
+
+/// Tell the parent (and through it every ancestor) that `context_id` is reached through this
+/// context. Sent before the new child's stream is read, so it arrives before anything the child
+/// sends.
+pub(crate) fn announce_route(router: &Router, context_id: u32, name: &str) {
+    if let Some(p) = router.identity().parent_id() {
+        let mut msg = Message::pickled(&(context_id, name), ADD_ROUTE).expect("encodes");
+        (msg.dst_id, msg.src_id, msg.auth_id) = (p, router.context_id(), router.context_id());
+        router.route(msg);
+    }
+}
+
+/// In the master: answer `ALLOCATE_ID` with a block `(first, end)` of fresh ids from `next`.
+pub fn serve_allocate_id(router: &Router, next: std::sync::Arc<std::sync::atomic::AtomicU32>) -> Result<()> {
+    let r = router.clone();
+    let serve = move |msg: Message| {
+        let first = next.fetch_add(ID_BLOCK, std::sync::atomic::Ordering::Relaxed);
+        log::debug!("{r:?}: ids {first}..{} for context {}", first + ID_BLOCK, msg.src_id);
+        let _ = msg.reply(&(first, first + ID_BLOCK), Some(&r));
+    };
+    router.add_handler(serve, HandlerOptions { handle: Some(ALLOCATE_ID), ..Default::default() }).map(|_| ())
+}
+
+/// A child's next context id for a context of its own, from blocks the master hands out.
+///
+/// # Errors
+/// What asking the master fails with.
+pub fn allocate_child_id(router: &Router) -> Result<u32> {
+    static BLOCK: Mutex<(u32, u32)> = Mutex::new((0, 0));
+    let mut block = BLOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if block.0 == block.1 {
+        let master = router.context_by_id(0);
+        *block = master.send_await(Message::raw(ALLOCATE_ID, Vec::new()), Some(Duration::from_secs(30)))?;
+    }
+    let id = block.0;
+    block.0 += 1;
+    Ok(id)
+}
+
+/// How to create a context through another, as sent to the via context.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ViaRequest {
+    /// `fork()` instead of `local()`.
+    pub fork: bool,
+    /// See [`Options::name`].
+    pub name: Option<String>,
+    /// See [`Options::remote_name`].
+    pub remote_name: Option<String>,
+    /// See [`Options::debug`].
+    pub debug: bool,
+    /// See [`Options::profiling`].
+    pub profiling: bool,
+    /// See [`Options::connect_timeout`], in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// See [`Options::unidirectional`].
+    pub unidirectional: Option<bool>,
+    /// See [`Options::command_prefix`].
+    pub command_prefix: Vec<String>,
+    /// See [`Options::executable`], a path in the via context.
+    pub executable: Option<String>,
+}
+
+impl ViaRequest {
+    /// The request for creating a context with `options` (`fork` for `fork()`).
+    pub fn new(options: &Options, fork: bool) -> ViaRequest {
+        ViaRequest {
+            fork,
+            name: options.name.clone(),
+            remote_name: options.remote_name.clone(),
+            debug: options.debug,
+            profiling: options.profiling,
+            connect_timeout_ms: options.connect_timeout.as_millis() as u64,
+            unidirectional: options.unidirectional,
+            command_prefix: options.command_prefix.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+            executable: options.executable.as_ref().map(|p| p.display().to_string()),
+        }
+    }
+
+    fn options(&self) -> Options {
+        Options {
+            name: self.name.clone(),
+            remote_name: self.remote_name.clone(),
+            debug: self.debug,
+            profiling: self.profiling,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            unidirectional: self.unidirectional,
+            command_prefix: self.command_prefix.iter().map(Into::into).collect(),
+            executable: self.executable.as_ref().map(Into::into),
+            via: None,
+        }
+    }
+}
+
+/// Runs in the via context: create the requested child from this context's own executable, and
+/// return its id and name (Mitogen `_proxy_connect`).
+///
+/// # Errors
+/// What creating the child fails with, as text for the caller's `CallError`.
+pub fn via_connect(request: ViaRequest) -> std::result::Result<(u32, String), mitogen_core::Error> {
+    let ec = ExternalContext::current()
+        .ok_or_else(|| mitogen_core::Error::general("via_connect runs only in a child context"))?;
+    let router = ec.router();
+    let id = allocate_child_id(router)?;
+    let options = request.options();
+    let ctx = if request.fork {
+        connect_fork(router, id, &ForkOptions { options, on_fork: None, on_start: None })?
+    } else {
+        connect_local(router, id, &options)?
+    };
+    Ok((id, ctx.name().unwrap_or_default().to_owned()))
+}
+mitogen_core::remote!(via_connect);
+
+/// Create a context through `via` (Mitogen's `via=` parameter): `via` starts it with
+/// [`via_connect`], announcing the route up the tree first.
+///
+/// # Errors
+/// [`CallError`](mitogen_core::CallError) with what failed in the via context;
+/// [`ChannelError`](mitogen_core::ChannelError) if the via context is lost meanwhile.
+pub fn connect_via(
+    router: &Router,
+    via: &mitogen_core::Context,
+    options: &Options,
+    fork: bool,
+) -> Result<crate::Context> {
+    let via = crate::Context::from(via.clone());
+    let (id, name) = via.call(via_connect, (ViaRequest::new(options, fork),))?;
+    Ok(crate::Context::from(mitogen_core::Context::new(router, id, Some(name))))
+}
