@@ -60,7 +60,7 @@ pub use receiver::{Channel, Iter, Notify, Receiver, Sender};
 pub use remote::{encode_call, encode_call_by_path, RemoteFn, Returns};
 pub use router::{has_parent_authority, HandlerOptions, Policy, Router};
 pub use side::{io_op, Side};
-pub use stream::{Stream, CHUNK_SIZE};
+pub use stream::{decode_frames, Stream, CHUNK_SIZE};
 
 /// Create a connected pair of close-on-exec, non-blocking `AF_UNIX` stream sockets, as used to
 /// join two routers (or a parent and a local child).

@@ -89,6 +89,18 @@ impl FrameDecoder {
     }
 }
 
+/// Decode `data` as a sequence of frames with `max_message_size`, as a stream would: the
+/// complete messages, or the error that would disconnect the stream. For fuzz tests.
+///
+/// # Errors
+/// [`StreamError`](crate::StreamError) on a bad magic or an oversized frame.
+#[doc(hidden)]
+pub fn decode_frames(data: &[u8], max_message_size: usize) -> Result<Vec<Message>> {
+    let mut out = Vec::new();
+    FrameDecoder::new(max_message_size).feed(data, &mut out)?;
+    Ok(out)
+}
+
 /// One queued outgoing frame: header and data kept apart so data is never copied.
 struct Chunk {
     header: [u8; HEADER_LEN],

@@ -54,6 +54,9 @@ pub(crate) fn ensure_route_monitor(router: &Router) {
     let policy: Policy = std::sync::Arc::new(is_immediate_child);
     let r = router.clone();
     let add = move |msg: Message| {
+        if msg.is_dead() {
+            return;
+        }
         let Ok((target, name)) = msg.unpickle::<(u32, String)>() else {
             return log::error!("{r:?}: bad ADD_ROUTE from {}", msg.src_id);
         };
@@ -73,6 +76,9 @@ pub(crate) fn ensure_route_monitor(router: &Router) {
     }
     let r = router.clone();
     let del = move |msg: Message| {
+        if msg.is_dead() {
+            return;
+        }
         let Ok(target) = msg.unpickle::<u32>() else {
             return log::error!("{r:?}: bad DEL_ROUTE from {}", msg.src_id);
         };
@@ -86,6 +92,9 @@ pub(crate) fn ensure_route_monitor(router: &Router) {
     let _ = router.add_handler(del, options);
     let r = router.clone();
     let detaching = move |msg: Message| {
+        if msg.is_dead() {
+            return;
+        }
         if let Some(s) = r.stream_by_id(msg.src_id).filter(|s| s.remote_id() == Some(msg.src_id)) {
             log::debug!("{r:?}: context {} is detaching", msg.src_id);
             s.set_detached();
@@ -118,6 +127,9 @@ pub(crate) fn announce_route(router: &Router, context_id: u32, name: &str) {
 pub fn serve_allocate_id(router: &Router, next: std::sync::Arc<std::sync::atomic::AtomicU32>) -> Result<()> {
     let r = router.clone();
     let serve = move |msg: Message| {
+        if msg.is_dead() {
+            return;
+        }
         let first = next.fetch_add(ID_BLOCK, std::sync::atomic::Ordering::Relaxed);
         log::debug!("{r:?}: ids {first}..{} for context {}", first + ID_BLOCK, msg.src_id);
         let _ = msg.reply(&(first, first + ID_BLOCK), Some(&r));

@@ -172,3 +172,16 @@ fn send_await_returns_the_reply_or_times_out() {
         assert_eq!(recv.get_data_timeout::<u32>(WAIT).unwrap(), 2);
     });
 }
+
+#[test]
+fn a_message_to_a_closed_receiver_gets_a_dead_reply() {
+    run(|| {
+        let pair = Pair::new();
+        let recv = Receiver::new(&pair.child.router).unwrap();
+        let handle = recv.handle();
+        recv.close();
+        let child = pair.master.router.context_by_id(1);
+        let err = child.send_await::<u32>(Message::raw(handle, vec![]), Some(WAIT)).unwrap_err();
+        assert!(err.is_channel() && err.to_string().contains("invalid handle"), "{err}");
+    });
+}

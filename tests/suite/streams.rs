@@ -45,10 +45,11 @@ fn two_routers_exchange_100000_messages_each_way_in_order() {
 fn raw_peer(pair: &Pair, id: u32) -> (UnixStream, Arc<Latch<()>>) {
     let (ours, theirs) = socketpair().unwrap();
     let stream = Stream::message(&pair.master.router, format!("raw-{id}"), theirs).unwrap();
+    pair.master.router.register(&pair.master.router.context_by_id(id), &stream);
+    // After register: listeners run in order, so the router has dropped the route when this fires.
     let gone = Arc::new(Latch::new());
     let g = gone.clone();
     stream.on_disconnect_listener(move |_| g.put(()).unwrap());
-    pair.master.router.register(&pair.master.router.context_by_id(id), &stream);
     let ours = UnixStream::from(ours);
     ours.set_nonblocking(false).unwrap();
     (ours, gone)
