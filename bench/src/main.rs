@@ -1,0 +1,343 @@
+//! The Rust half of `bench/run`: the same scenarios as `bench/python_bench.py`, printed as one
+//! JSON object per measure on stdout, plus the floors measured on this machine in the same run.
+//!
+//! `mitogen-bench [SCENARIO ...]`; with no argument every scenario runs.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use mitogen::core::Blob;
+use mitogen::master::{Context, Options};
+use mitogen::select::Select;
+
+fn noop() {}
+
+fn getpid() -> u32 {
+    std::process::id()
+}
+
+fn bulk_return(n: u64) -> Blob {
+    static CACHE: OnceLock<Mutex<HashMap<u64, Blob>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    cache.lock().unwrap().entry(n).or_insert_with(|| Blob(vec![b'x'; n as usize])).clone()
+}
+
+fn bulk_arg(b: Blob) -> u64 {
+    b.0.len() as u64
+}
+
+fn fails() -> Result<(), std::io::Error> {
+    Err(std::io::Error::other("boom"))
+}
+
+mitogen::remote!(noop, getpid, bulk_return, bulk_arg, fails);
+
+/// Print one measure: median, min and max of `samples`.
+fn emit(measure: &str, samples: &mut [f64], unit: &str) {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = samples.len();
+    let median = if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 };
+    println!(
+        "{{\"impl\": \"rust\", \"measure\": \"{measure}\", \"median\": {median:e}, \"min\": {:e}, \"max\": {:e}, \"unit\": \"{unit}\", \"samples\": {n}}}",
+        samples[0],
+        samples[n - 1]
+    );
+    std::io::stdout().flush().unwrap();
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (f64, T) {
+    let t0 = Instant::now();
+    let out = f();
+    (t0.elapsed().as_secs_f64(), out)
+}
+
+/// `(VmRSS, Pss)` of `pid` in MiB.
+fn memory(pid: u32) -> (f64, f64) {
+    let field = |path: String, key: &str| -> f64 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+            / 1024.0
+    };
+    (field(format!("/proc/{pid}/status"), "VmRSS:"), field(format!("/proc/{pid}/smaps_rollup"), "Pss:"))
+}
+
+type R = Result<(), mitogen::Error>;
+
+fn bootstrap() -> R {
+    mitogen::utils::run_with_router(|router| {
+        let mut samples = Vec::new();
+        for _ in 0..20 {
+            let (t, ctx) = timed(|| -> Result<Context, mitogen::Error> {
+                let ctx = router.local(Options::default())?;
+                ctx.call(noop, ())?;
+                Ok(ctx)
+            });
+            samples.push(t);
+            ctx?.shutdown(true)?;
+        }
+        emit("bootstrap_s", &mut samples, "s");
+        Ok(())
+    })
+}
+
+fn roundtrip(name: &str) -> R {
+    mitogen::utils::run_with_router(|router| {
+        let ctx = router.local(Options::default())?;
+        for _ in 0..100 {
+            ctx.call(noop, ())?;
+        }
+        let mut samples = Vec::with_capacity(5000);
+        for _ in 0..5000 {
+            let (t, r) = timed(|| ctx.call(noop, ()));
+            r?;
+            samples.push(t);
+        }
+        emit(name, &mut samples, "s");
+        Ok(())
+    })
+}
+
+fn pipelined() -> R {
+    mitogen::utils::run_with_router(|router| {
+        let ctx = router.local(Options::default())?;
+        for _ in 0..100 {
+            ctx.call(noop, ())?;
+        }
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            let (t, r) = timed(|| -> R {
+                let recvs = (0..10_000).map(|_| ctx.call_async(noop, ())).collect::<Result<Vec<_>, _>>()?;
+                for r in recvs {
+                    r.get()?.unpickle::<()>()?;
+                }
+                Ok(())
+            });
+            r?;
+            rates.push(10_000.0 / t);
+        }
+        emit("pipelined_calls_per_s", &mut rates, "calls/s");
+        Ok(())
+    })
+}
+
+fn bulk() -> R {
+    mitogen::utils::run_with_router(|router| {
+        let ctx = router.local(Options::default())?;
+        const MIB: u64 = 1 << 20;
+        ctx.call(bulk_return, (MIB,))?;
+        ctx.call(bulk_return, (64 * MIB,))?;
+        let one = Blob(vec![b'y'; MIB as usize]);
+        let big = Blob(vec![b'z'; 64 * MIB as usize]);
+        let mut rates: [Vec<f64>; 4] = Default::default();
+        for _ in 0..3 {
+            let (t, r) = timed(|| (0..64).try_for_each(|_| ctx.call(bulk_return, (MIB,)).map(drop)));
+            r?;
+            rates[0].push(64.0 * MIB as f64 / t / 1e6);
+            let (t, r) = timed(|| (0..64).try_for_each(|_| ctx.call(bulk_arg, (one.clone(),)).map(drop)));
+            r?;
+            rates[1].push(64.0 * MIB as f64 / t / 1e6);
+            let (t, r) = timed(|| ctx.call(bulk_return, (64 * MIB,)));
+            r?;
+            rates[2].push(64.0 * MIB as f64 / t / 1e6);
+            let (t, r) = timed(|| ctx.call(bulk_arg, (big.clone(),)));
+            r?;
+            rates[3].push(64.0 * MIB as f64 / t / 1e6);
+        }
+        let names =
+            ["bulk_return_1mib_x64_MBps", "bulk_arg_1mib_x64_MBps", "bulk_return_64mib_MBps", "bulk_arg_64mib_MBps"];
+        for (name, r) in names.iter().zip(rates.iter_mut()) {
+            emit(name, r, "MB/s");
+        }
+        Ok(())
+    })
+}
+
+fn fanout(n: usize) -> R {
+    mitogen::utils::run_with_router(|router| {
+        let (t, children) = timed(|| -> Result<Vec<Context>, mitogen::Error> {
+            let children = (0..n).map(|_| router.local(Options::default())).collect::<Result<Vec<_>, _>>()?;
+            let recvs = children.iter().map(|c| c.call_async(noop, ())).collect::<Result<Vec<_>, _>>()?;
+            Select::all::<_, _, ()>(recvs)?;
+            Ok(children)
+        });
+        let children = children?;
+        emit(&format!("fanout_{n}_s"), &mut [t], "s");
+        let master_rss = memory(std::process::id()).0;
+        let mut pss = 0.0;
+        for c in &children {
+            pss += memory(c.call(getpid, ())?).1;
+        }
+        emit(&format!("fanout_{n}_master_rss_mib"), &mut [master_rss], "MiB");
+        emit(&format!("fanout_{n}_children_pss_mib"), &mut [pss], "MiB");
+        Ok(())
+    })
+}
+
+fn via() -> R {
+    for depth in [1, 3, 5] {
+        mitogen::utils::run_with_router(|router| {
+            let (t, chain) = timed(|| -> Result<Vec<Context>, mitogen::Error> {
+                let mut chain: Vec<Context> = Vec::new();
+                for _ in 0..depth {
+                    let via = chain.last().map(|c| c.core().clone());
+                    chain.push(router.local(Options { via, ..Options::default() })?);
+                }
+                Ok(chain)
+            });
+            let chain = chain?;
+            emit(&format!("via_depth{depth}_build_s"), &mut [t], "s");
+            let bottom = chain.last().expect("depth >= 1");
+            for _ in 0..20 {
+                bottom.call(noop, ())?;
+            }
+            let mut samples = Vec::new();
+            for _ in 0..200 {
+                let (t, r) = timed(|| bottom.call(noop, ()));
+                r?;
+                samples.push(t);
+            }
+            emit(&format!("via_depth{depth}_roundtrip_s"), &mut samples, "s");
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+fn idle() -> R {
+    mitogen::utils::run_with_router(|router| {
+        let ctx = router.local(Options::default())?;
+        let pid = ctx.call(getpid, ())?;
+        let (rss, pss) = memory(pid);
+        emit("idle_child_rss_mib", &mut [rss], "MiB");
+        emit("idle_child_pss_mib", &mut [pss], "MiB");
+        Ok(())
+    })
+}
+
+fn call_error() -> R {
+    mitogen::utils::run_with_router(|router| {
+        let ctx = router.local(Options::default())?;
+        let mut samples = Vec::new();
+        for _ in 0..1000 {
+            let (t, r) = timed(|| ctx.call(fails, ()));
+            assert!(r.unwrap_err().is_call());
+            samples.push(t);
+        }
+        emit("call_error_s", &mut samples, "s");
+        Ok(())
+    })
+}
+
+/// Floor: a 64-byte round trip between two processes over a socketpair, no library involved.
+fn floor_pingpong() -> R {
+    let (mut a, b) = UnixStream::pair().expect("socketpair");
+    let echo = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .arg("--echo-fd")
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(b.try_clone().expect("dup"))))
+        .spawn()
+        .expect("spawn echo");
+    drop(b);
+    let mut buf = [0u8; 64];
+    let mut samples = Vec::with_capacity(5000);
+    for i in 0..5100 {
+        let t0 = Instant::now();
+        a.write_all(&buf).unwrap();
+        a.read_exact(&mut buf).unwrap();
+        if i >= 100 {
+            samples.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    drop(a);
+    let mut echo = echo;
+    echo.wait().unwrap();
+    emit("floor_socketpair_pingpong_s", &mut samples, "s");
+    Ok(())
+}
+
+/// Floor: fork, exec and wait for this very binary, which exits at once.
+fn floor_spawn() -> R {
+    let exe = std::env::current_exe().expect("exe");
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        let (t, status) = timed(|| std::process::Command::new(&exe).arg("--exit-now").status());
+        assert!(status.expect("spawn").success());
+        samples.push(t);
+    }
+    emit("floor_fork_exec_wait_s", &mut samples, "s");
+    Ok(())
+}
+
+fn main() {
+    mitogen::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("--exit-now") => return,
+        Some("--echo-fd") => {
+            let mut s = UnixStream::from(std::os::fd::OwnedFd::from(std::io::stdin().as_fd_owned()));
+            let mut buf = [0u8; 64];
+            while s.read_exact(&mut buf).is_ok() {
+                s.write_all(&buf).unwrap();
+            }
+            return;
+        }
+        _ => {}
+    }
+    raise_nofile_limit();
+    let all =
+        ["floors", "bootstrap", "roundtrip", "pipelined", "bulk", "fanout", "fanout1000", "via", "idle", "call_error"];
+    let chosen: Vec<&str> = if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
+    let mut failed = false;
+    for s in chosen {
+        let r = match s {
+            "floors" => floor_pingpong().and_then(|_| floor_spawn()),
+            "bootstrap" => bootstrap(),
+            "roundtrip" => roundtrip("roundtrip_s"),
+            "roundtrip_pinned" => roundtrip("roundtrip_pinned_s"),
+            "pipelined" => pipelined(),
+            "bulk" => bulk(),
+            "fanout" => fanout(10).and_then(|_| fanout(100)),
+            "fanout1000" => fanout(1000),
+            "via" => via(),
+            "idle" => idle(),
+            "call_error" => call_error(),
+            other => Err(mitogen::Error::general(format!("unknown scenario {other:?}"))),
+        };
+        if let Err(e) = r {
+            eprintln!("scenario {s} failed: {e}");
+            failed = true;
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+/// 1000 children need a few thousand descriptors; lift the soft limit to the hard one.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+trait AsFdOwned {
+    fn as_fd_owned(&self) -> std::os::fd::OwnedFd;
+}
+
+impl AsFdOwned for std::io::Stdin {
+    fn as_fd_owned(&self) -> std::os::fd::OwnedFd {
+        use std::os::fd::AsFd;
+        self.as_fd().try_clone_to_owned().expect("dup stdin")
+    }
+}
