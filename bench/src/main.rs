@@ -280,7 +280,8 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("--exit-now") => return,
         Some("--echo-fd") => {
-            let mut s = UnixStream::from(std::os::fd::OwnedFd::from(std::io::stdin().as_fd_owned()));
+            let fd = std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned().expect("dup stdin");
+            let mut s = UnixStream::from(fd);
             let mut buf = [0u8; 64];
             while s.read_exact(&mut buf).is_ok() {
                 s.write_all(&buf).unwrap();
@@ -328,16 +329,5 @@ fn raise_nofile_limit() {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
-    }
-}
-
-trait AsFdOwned {
-    fn as_fd_owned(&self) -> std::os::fd::OwnedFd;
-}
-
-impl AsFdOwned for std::io::Stdin {
-    fn as_fd_owned(&self) -> std::os::fd::OwnedFd {
-        use std::os::fd::AsFd;
-        self.as_fd().try_clone_to_owned().expect("dup stdin")
     }
 }
