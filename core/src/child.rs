@@ -248,23 +248,23 @@ impl ExternalContext {
     }
 
     fn dispatch_one(&self, msg: &Message) {
-        let outcome = match msg.unpickle::<CallRequest>() {
+        let outcome = match CallRequest::decode(&msg.data) {
             Ok(req) => self.run_call(&req),
             Err(e) => Err(CallError::new("mitogen::StreamError", format!("bad CALL_FUNCTION request: {e}"))),
         };
-        match (&outcome, msg.reply_to) {
+        match (outcome, msg.reply_to) {
             (Ok(data), r) if r != 0 => {
-                let _ = msg.reply_message(Message::raw(0, data.clone()), Some(&self.inner.router));
+                let _ = msg.reply_message(Message::raw(0, data), Some(&self.inner.router));
             }
             (Err(e), r) if r != 0 => {
-                let _ = msg.reply_message(Message::call_error(e, 0), Some(&self.inner.router));
+                let _ = msg.reply_message(Message::call_error(&e, 0), Some(&self.inner.router));
             }
             (Err(e), _) => log::error!("call_no_reply failed: {e}"),
             _ => {}
         }
     }
 
-    fn run_call(&self, req: &CallRequest) -> std::result::Result<Vec<u8>, CallError> {
+    fn run_call(&self, req: &CallRequest<'_>) -> std::result::Result<Vec<u8>, CallError> {
         if let Some(chain) = &req.chain_id {
             if let Some(err) = self.inner.chain_errors.lock().get(chain) {
                 return Err(err.clone());
@@ -278,7 +278,7 @@ impl ExternalContext {
                     req.path
                 ),
             )),
-            Some(f) => run_guarded(f, &req.args),
+            Some(f) => run_guarded(f, req.args),
         };
         if let (Err(e), Some(chain)) = (&outcome, &req.chain_id) {
             self.inner.chain_errors.lock().insert(chain.clone(), e.clone());

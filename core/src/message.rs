@@ -237,7 +237,28 @@ impl Message {
 /// # Errors
 /// [`StreamError`](crate::StreamError) if `obj` cannot be serialized.
 pub fn encode<T: Serialize + ?Sized>(obj: &T) -> Result<Vec<u8>> {
-    rmp_serde::to_vec_named(obj).map_err(|e| Error::stream(format!("cannot encode message data: {e}")))
+    let fail = |e: rmp_serde::encode::Error| Error::stream(format!("cannot encode message data: {e}"));
+    // Measure first (cheap: bulk bytes are only counted), so the buffer is allocated once at
+    // its final size instead of being copied on every doubling.
+    let mut counter = Counter(0);
+    rmp_serde::encode::write_named(&mut counter, obj).map_err(fail)?;
+    let mut out = crate::sys::alloc_bytes(counter.0);
+    rmp_serde::encode::write_named(&mut out, obj).map_err(fail)?;
+    Ok(out)
+}
+
+/// A writer that only counts.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T> {

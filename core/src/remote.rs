@@ -207,35 +207,46 @@ macro_rules! remote {
     )+};
 }
 
-/// A `CALL_FUNCTION` request: which function, its encoded arguments, and its call chain.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct CallRequest {
+/// A decoded `CALL_FUNCTION` request. On the wire it is the MessagePack pair
+/// `(chain_id, path)` immediately followed by the MessagePack argument tuple, so bulk arguments
+/// are encoded once and decoded straight from the message, never copied into a nested buffer.
+#[derive(Debug)]
+pub(crate) struct CallRequest<'a> {
     /// Pipelined chain this call belongs to; a failure in the chain is sticky for it.
     pub(crate) chain_id: Option<String>,
     /// The function's path.
     pub(crate) path: String,
-    /// The MessagePack-encoded argument tuple.
-    #[serde(with = "serde_bytes")]
-    pub(crate) args: Vec<u8>,
+    /// The encoded argument tuple.
+    pub(crate) args: &'a [u8],
+}
+
+impl<'a> CallRequest<'a> {
+    /// Split a `CALL_FUNCTION` message's data.
+    pub(crate) fn decode(data: &'a [u8]) -> crate::Result<CallRequest<'a>> {
+        let mut de = rmp_serde::Deserializer::new(data);
+        let (chain_id, path): (Option<String>, String) = Deserialize::deserialize(&mut de)
+            .map_err(|e| crate::Error::stream(format!("bad CALL_FUNCTION request: {e}")))?;
+        Ok(CallRequest { chain_id, path, args: de.into_inner() })
+    }
 }
 
 /// Build the data of a `CALL_FUNCTION` message calling `f` with `args` in chain `chain_id`.
 ///
 /// # Errors
 /// [`StreamError`](crate::StreamError) if the arguments cannot be encoded.
-pub fn encode_call<F: RemoteFn<Args>, Args: Serialize>(
-    f: F,
-    args: &Args,
-    chain_id: Option<&str>,
-) -> crate::Result<Vec<u8>> {
-    let req = CallRequest { chain_id: chain_id.map(str::to_owned), path: name_of(f).to_owned(), args: encode(args)? };
-    encode(&req)
+pub fn encode_call<F: RemoteFn<Args>, Args: Serialize>(f: F, args: &Args, chain_id: Option<&str>) -> crate::Result<Vec<u8>> {
+    encode_call_by_path(name_of(f), args, chain_id)
 }
 
-/// Build a `CALL_FUNCTION` request for a function known only by path (used to call the
-/// library's own remote functions, and by tests of unknown paths).
+/// Build a `CALL_FUNCTION` request for a function known only by path (used by tests of unknown
+/// paths).
+///
+/// # Errors
+/// [`StreamError`](crate::StreamError) if the arguments cannot be encoded.
 #[doc(hidden)]
 pub fn encode_call_by_path<Args: Serialize>(path: &str, args: &Args, chain_id: Option<&str>) -> crate::Result<Vec<u8>> {
-    let req = CallRequest { chain_id: chain_id.map(str::to_owned), path: path.to_owned(), args: encode(args)? };
-    encode(&req)
+    let mut out = encode(&(chain_id, path))?;
+    rmp_serde::encode::write_named(&mut out, args)
+        .map_err(|e| crate::Error::stream(format!("cannot encode arguments of {path}: {e}")))?;
+    Ok(out)
 }

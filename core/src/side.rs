@@ -87,6 +87,16 @@ impl Side {
         io_op(|| sys::read(fd.as_fd(), buf)).map(|(n, _)| n)
     }
 
+    /// Read up to `max` bytes into the spare capacity of `vec` (appending, without zeroing it
+    /// first); same results as [`read`](Side::read).
+    ///
+    /// # Errors
+    /// As [`read`](Side::read).
+    pub fn read_into_spare(&self, vec: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+        let Some(fd) = &self.fd else { return Ok(0) };
+        io_op(|| sys::read_into_spare(fd.as_fd(), vec, max)).map(|(n, _)| n)
+    }
+
     /// Write as much of `buf` as the descriptor takes: `Ok(None)` means the other end is gone
     /// (or the side was closed).
     ///

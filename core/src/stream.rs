@@ -49,6 +49,25 @@ impl FrameDecoder {
         FrameDecoder { header: Vec::with_capacity(HEADER_LEN), current: None, max_message_size }
     }
 
+    /// The buffer of a frame still missing at least `min` bytes, for reading straight into it
+    /// (skipping a copy through the scratch buffer for bulk data).
+    pub(crate) fn large_frame_buffer(&mut self, min: usize) -> Option<(&mut Vec<u8>, usize)> {
+        match &mut self.current {
+            Some((msg, len)) if *len - msg.data.len() >= min => {
+                let left = *len - msg.data.len();
+                Some((&mut msg.data, left))
+            }
+            _ => None,
+        }
+    }
+
+    /// Move a frame completed by a direct read to `out`.
+    pub(crate) fn finish_direct(&mut self, out: &mut Vec<Message>) {
+        if self.current.as_ref().is_some_and(|(m, len)| m.data.len() == *len) {
+            out.push(self.current.take().expect("current frame").0);
+        }
+    }
+
     /// Consume `data`, pushing every completed message to `out`.
     ///
     /// # Errors
@@ -70,7 +89,8 @@ impl FrameDecoder {
                                 self.max_message_size
                             )));
                         }
-                        msg.data = Vec::with_capacity(len.min(16 << 20));
+                        // Reserved, not touched: pages are only committed as the data arrives.
+                        msg.data = crate::sys::alloc_bytes(len);
                         self.header.clear();
                         self.current = Some((msg, len));
                     }
@@ -500,6 +520,20 @@ impl Stream {
                 return Ok(false);
             };
             loop {
+                if let Protocol::Message { decoder, .. } = &mut rx.protocol {
+                    if let Some((vec, left)) = decoder.large_frame_buffer(CHUNK_SIZE) {
+                        let n = match side.read_into_spare(vec, left) {
+                            Ok(n) => n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                            Err(e) => return Err(Error::stream(format!("read failed on fd {}: {e}", side.raw_fd()))),
+                        };
+                        if n == 0 {
+                            return Ok(false);
+                        }
+                        decoder.finish_direct(msgs);
+                        continue;
+                    }
+                }
                 let n = match side.read(&mut buf[..]) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),

@@ -178,6 +178,37 @@ pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     cvt_size(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
+/// `read(2)` of up to `max` bytes appended to `vec`'s spare capacity (reserving it if needed),
+/// without initialising the memory first.
+pub(crate) fn read_into_spare(fd: BorrowedFd<'_>, vec: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    vec.reserve(max);
+    let spare = vec.spare_capacity_mut();
+    let want = spare.len().min(max);
+    // SAFETY: `spare` is valid for writes of `want` bytes; read(2) writes at most that many.
+    let n = cvt_size(unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), want) })?;
+    // SAFETY: read(2) initialised the first `n` bytes of the spare capacity.
+    unsafe { vec.set_len(vec.len() + n) };
+    Ok(n)
+}
+
+/// A `Vec` with room for `cap` bytes. Large ones are marked `MADV_HUGEPAGE`, so filling them
+/// costs one page fault per 2 MiB instead of one per 4 KiB (bulk messages are many MiB, and
+/// glibc returns such blocks to the kernel on every free, so each one faults afresh).
+pub(crate) fn alloc_bytes(cap: usize) -> Vec<u8> {
+    const HUGE: usize = 2 << 20;
+    let v: Vec<u8> = Vec::with_capacity(cap);
+    if cap >= 2 * HUGE {
+        let start = (v.as_ptr() as usize).next_multiple_of(HUGE);
+        let end = (v.as_ptr() as usize + cap) & !(HUGE - 1);
+        if end > start {
+            // SAFETY: [start, end) lies inside the allocation we own; madvise only changes how
+            // the kernel backs those pages, never their contents or validity.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v
+}
+
 /// `write(2)` from `buf`.
 pub(crate) fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
