@@ -261,6 +261,32 @@ fn floor_pingpong() -> R {
     Ok(())
 }
 
+/// Floor: bytes per second through a socketpair between two processes, with no encoding and
+/// no allocation: the most any library can move on this machine.
+fn floor_bulk() -> R {
+    let (mut a, b) = UnixStream::pair().expect("socketpair");
+    let mut sink = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .arg("--sink-fd")
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(b)))
+        .spawn()
+        .expect("spawn sink");
+    let chunk = vec![b'x'; 1 << 20];
+    let mut ack = [0u8; 1];
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        for _ in 0..64 {
+            a.write_all(&chunk).unwrap();
+        }
+        a.read_exact(&mut ack).unwrap();
+        rates.push(64.0 * (1 << 20) as f64 / t0.elapsed().as_secs_f64() / 1e6);
+    }
+    drop(a);
+    sink.wait().unwrap();
+    emit("floor_socketpair_MBps", &mut rates, "MB/s");
+    Ok(())
+}
+
 /// Floor: fork, exec and wait for this very binary, which exits at once.
 fn floor_spawn() -> R {
     let exe = std::env::current_exe().expect("exe");
@@ -279,6 +305,22 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("--exit-now") => return,
+        Some("--sink-fd") => {
+            let fd = std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned().expect("dup stdin");
+            let mut s = UnixStream::from(fd);
+            let mut buf = vec![0u8; 1 << 20];
+            let mut got = 0usize;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
+                }
+                if got >= 64 << 20 {
+                    got -= 64 << 20;
+                    s.write_all(b"k").unwrap();
+                }
+            }
+        }
         Some("--echo-fd") => {
             let fd = std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned().expect("dup stdin");
             let mut s = UnixStream::from(fd);
@@ -297,7 +339,7 @@ fn main() {
     let mut failed = false;
     for s in chosen {
         let r = match s {
-            "floors" => floor_pingpong().and_then(|_| floor_spawn()),
+            "floors" => floor_pingpong().and_then(|_| floor_spawn()).and_then(|_| floor_bulk()),
             "bootstrap" => bootstrap(),
             "roundtrip" => roundtrip("roundtrip_s"),
             "roundtrip_pinned" => roundtrip("roundtrip_pinned_s"),

@@ -118,6 +118,7 @@ impl ExternalContext {
     /// [`StreamError`](crate::StreamError) or [`GeneralError`](crate::GeneralError) if the
     /// broker, stream or handlers cannot be set up.
     pub fn start(config: ChildConfig, rfd: OwnedFd, wfd: OwnedFd) -> Result<ExternalContext> {
+        sys::tune_malloc_for_bulk();
         let identity = Identity { context_id: config.context_id, parent_ids: config.parent_ids.clone() };
         let parent_id = identity.parent_id().ok_or_else(|| Error::general("child config names no parent"))?;
         globals::set_identity(identity.clone());

@@ -234,7 +234,11 @@ impl<'a> CallRequest<'a> {
 ///
 /// # Errors
 /// [`StreamError`](crate::StreamError) if the arguments cannot be encoded.
-pub fn encode_call<F: RemoteFn<Args>, Args: Serialize>(f: F, args: &Args, chain_id: Option<&str>) -> crate::Result<Vec<u8>> {
+pub fn encode_call<F: RemoteFn<Args>, Args: Serialize>(
+    f: F,
+    args: &Args,
+    chain_id: Option<&str>,
+) -> crate::Result<Vec<u8>> {
     encode_call_by_path(name_of(f), args, chain_id)
 }
 
