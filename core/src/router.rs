@@ -262,6 +262,10 @@ impl Router {
             }
         });
         self.inner.broker.start_receive(stream);
+        if self.inner.broker.exited() {
+            // Too late to be read: close it now, which also drops the route just added.
+            stream.on_disconnect(&self.inner.broker);
+        }
     }
 
     /// Call `hook(router, stream, lost_ids)` on the broker thread whenever a registered stream

@@ -442,7 +442,10 @@ impl Stream {
     fn disconnect_later(&self) {
         let me = self.clone();
         let broker = self.inner.broker.clone();
-        let _ = broker.defer(move || me.on_disconnect(&me.inner.broker.clone()));
+        if broker.defer(move || me.on_disconnect(&me.inner.broker.clone())).is_err() {
+            // No broker thread any more: nothing to race with, so disconnect here.
+            self.disconnect_now(&broker);
+        }
     }
 
     /// Write `bytes` to the transmit side as they are, bypassing framing: for fault-injection
@@ -650,6 +653,10 @@ impl Stream {
         if !broker.on_broker_thread() {
             return self.disconnect_later();
         }
+        self.disconnect_now(broker);
+    }
+
+    fn disconnect_now(&self, broker: &Broker) {
         if self.inner.disconnected.swap(true, Ordering::AcqRel) {
             return;
         }

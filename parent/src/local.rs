@@ -209,6 +209,7 @@ pub(crate) fn handshake(
         Err(e) => {
             if broker.exited() || e.to_string().contains("broker exited") {
                 proc.kill(libc::SIGKILL);
+                stream.on_disconnect(broker);
                 proc.reap_blocking();
                 return Err(Error::stream(format!("{name}: connection cancelled: the broker shut down ({e})")));
             }
