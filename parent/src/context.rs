@@ -1,5 +1,6 @@
 //! The parent's [`Context`] and [`CallChain`]: calling functions in a child.
 
+use std::borrow::Borrow;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -56,12 +57,13 @@ impl CallChain {
     }
 
     /// Start `f(args...)` and return the [`Receiver`] its result will arrive on (Mitogen
-    /// `call_async`). If the context is lost first, the receiver gets a dead message.
+    /// `call_async`). `args` is the argument tuple, by value or by reference (`&(blob,)`
+    /// sends a large argument without cloning it). If the context is lost first, the receiver gets a dead message.
     ///
     /// # Errors
     /// [`StreamError`](mitogen_core::StreamError) if the arguments cannot be encoded.
-    pub fn call_async<F: RemoteFn<A>, A: Serialize>(&self, f: F, args: A) -> Result<Receiver> {
-        self.context.send_async(self.request(f, &args)?, false)
+    pub fn call_async<F: RemoteFn<A>, A: Serialize>(&self, f: F, args: impl Borrow<A>) -> Result<Receiver> {
+        self.context.send_async(self.request(f, args.borrow())?, false)
     }
 
     /// Call `f(args...)` in the context and wait for its result (Mitogen `call`).
@@ -69,7 +71,7 @@ impl CallChain {
     /// # Errors
     /// [`CallError`](mitogen_core::CallError) if the function returned an error or panicked (or
     /// is unknown there); [`ChannelError`](mitogen_core::ChannelError) if the context was lost.
-    pub fn call<F: RemoteFn<A>, A: Serialize>(&self, f: F, args: A) -> Result<<F::Output as Returns>::Ok> {
+    pub fn call<F: RemoteFn<A>, A: Serialize>(&self, f: F, args: impl Borrow<A>) -> Result<<F::Output as Returns>::Ok> {
         self.call_async(f, args)?.get()?.unpickle()
     }
 
@@ -78,8 +80,8 @@ impl CallChain {
     ///
     /// # Errors
     /// [`StreamError`](mitogen_core::StreamError) if the arguments cannot be encoded.
-    pub fn call_no_reply<F: RemoteFn<A>, A: Serialize>(&self, f: F, args: A) -> Result<()> {
-        self.context.send(self.request(f, &args)?);
+    pub fn call_no_reply<F: RemoteFn<A>, A: Serialize>(&self, f: F, args: impl Borrow<A>) -> Result<()> {
+        self.context.send(self.request(f, args.borrow())?);
         Ok(())
     }
 
@@ -139,7 +141,7 @@ impl Context {
     ///
     /// # Errors
     /// As [`CallChain::call`].
-    pub fn call<F: RemoteFn<A>, A: Serialize>(&self, f: F, args: A) -> Result<<F::Output as Returns>::Ok> {
+    pub fn call<F: RemoteFn<A>, A: Serialize>(&self, f: F, args: impl Borrow<A>) -> Result<<F::Output as Returns>::Ok> {
         self.chain.call(f, args)
     }
 
@@ -147,7 +149,7 @@ impl Context {
     ///
     /// # Errors
     /// As [`CallChain::call_async`].
-    pub fn call_async<F: RemoteFn<A>, A: Serialize>(&self, f: F, args: A) -> Result<Receiver> {
+    pub fn call_async<F: RemoteFn<A>, A: Serialize>(&self, f: F, args: impl Borrow<A>) -> Result<Receiver> {
         self.chain.call_async(f, args)
     }
 
@@ -155,7 +157,7 @@ impl Context {
     ///
     /// # Errors
     /// As [`CallChain::call_no_reply`].
-    pub fn call_no_reply<F: RemoteFn<A>, A: Serialize>(&self, f: F, args: A) -> Result<()> {
+    pub fn call_no_reply<F: RemoteFn<A>, A: Serialize>(&self, f: F, args: impl Borrow<A>) -> Result<()> {
         self.chain.call_no_reply(f, args)
     }
 
