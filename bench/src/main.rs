@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use mitogen::core::Blob;
@@ -19,10 +19,11 @@ fn getpid() -> u32 {
     std::process::id()
 }
 
-fn bulk_return(n: u64) -> Blob {
-    static CACHE: OnceLock<Mutex<HashMap<u64, Blob>>> = OnceLock::new();
+/// Returns shared, cached bytes without copying them, as Python returns its cached object.
+fn bulk_return(n: u64) -> Arc<Blob> {
+    static CACHE: OnceLock<Mutex<HashMap<u64, Arc<Blob>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    cache.lock().unwrap().entry(n).or_insert_with(|| Blob(vec![b'x'; n as usize])).clone()
+    cache.lock().unwrap().entry(n).or_insert_with(|| Arc::new(Blob(vec![b'x'; n as usize]))).clone()
 }
 
 fn bulk_arg(b: Blob) -> u64 {

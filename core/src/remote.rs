@@ -94,6 +94,14 @@ impl<T: Serialize + DeserializeOwned> Returns for Vec<T> {
     }
 }
 
+/// Shared data is sent without copying it first: return `Arc<Blob>` from a cache.
+impl<T: Serialize + DeserializeOwned> Returns for std::sync::Arc<T> {
+    type Ok = std::sync::Arc<T>;
+    fn into_outcome(self) -> Result<std::sync::Arc<T>, CallError> {
+        Ok(self)
+    }
+}
+
 impl<T: Serialize + DeserializeOwned> Returns for Option<T> {
     type Ok = Option<T>;
     fn into_outcome(self) -> Result<Option<T>, CallError> {
