@@ -1,11 +1,10 @@
 //! [`Router`]: delivers messages to local handlers or forwards them along streams.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::sync::{Mutex, RwLock};
+use crate::sync::{IdMap, Mutex, RwLock};
 
 use crate::broker::{guarded, Broker};
 use crate::context::Context;
@@ -60,7 +59,7 @@ struct Handler {
 
 #[derive(Default)]
 struct Handlers {
-    map: HashMap<u32, Handler>,
+    map: IdMap<u32, Handler>,
     broker_exited: bool,
 }
 
@@ -71,7 +70,7 @@ struct Inner {
     identity: Identity,
     handlers: Mutex<Handlers>,
     next_handle: AtomicU32,
-    routes: RwLock<HashMap<u32, Stream>>,
+    routes: RwLock<IdMap<u32, Stream>>,
     unidirectional: AtomicBool,
     max_message_size: AtomicUsize,
     disconnect_hooks: Mutex<Vec<DisconnectHook>>,
@@ -133,7 +132,7 @@ impl Router {
                 identity,
                 handlers: Mutex::new(Handlers::default()),
                 next_handle: AtomicU32::new(FIRST_DYNAMIC_HANDLE),
-                routes: RwLock::new(HashMap::new()),
+                routes: RwLock::new(IdMap::default()),
                 unidirectional: AtomicBool::new(false),
                 max_message_size: AtomicUsize::new(DEFAULT_MAX_MESSAGE_SIZE),
                 disconnect_hooks: Mutex::new(Vec::new()),

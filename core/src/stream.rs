@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::sync::Mutex;
+use crate::sync::{IdSet, Mutex};
 
 use crate::broker::Broker;
 use crate::error::{Error, Result};
@@ -165,7 +165,7 @@ struct Inner {
     remote_id: AtomicU32,
     auth_id: AtomicU32,
     is_privileged: AtomicBool,
-    egress_ids: Mutex<HashSet<u32>>,
+    egress_ids: Mutex<IdSet<u32>>,
     disconnected: AtomicBool,
     /// Set by a graceful shutdown with bytes still queued: disconnect once they are written.
     close_when_drained: AtomicBool,
@@ -213,7 +213,7 @@ impl Stream {
                 remote_id: AtomicU32::new(NO_ID),
                 auth_id: AtomicU32::new(NO_ID),
                 is_privileged: AtomicBool::new(false),
-                egress_ids: Mutex::new(HashSet::new()),
+                egress_ids: Mutex::new(IdSet::default()),
                 disconnected: AtomicBool::new(false),
                 close_when_drained: AtomicBool::new(false),
                 detached: AtomicBool::new(false),
@@ -342,7 +342,7 @@ impl Stream {
 
     /// Every context id the peer ever sent a message to.
     pub fn egress_ids(&self) -> HashSet<u32> {
-        self.inner.egress_ids.lock().clone()
+        self.inner.egress_ids.lock().iter().copied().collect()
     }
 
     /// Mark the peer as detached (it sent `DETACHING`): a graceful shutdown just disconnects
