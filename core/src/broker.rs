@@ -176,7 +176,7 @@ impl Broker {
     /// [`GeneralError`](crate::GeneralError) if the broker has exited; `f` is dropped unrun.
     pub fn defer(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
         if self.on_broker_thread() {
-            guarded("deferred call", f);
+            guarded(format_args!("deferred call"), f);
             return Ok(());
         }
         let mut d = self.inner.deferred.lock();
@@ -237,7 +237,7 @@ impl Broker {
             due
         };
         for t in due {
-            guarded("timer", t.job);
+            guarded(format_args!("timer"), t.job);
         }
     }
 
@@ -377,9 +377,9 @@ impl Broker {
             // A stream unregistered earlier in this batch has no entry: its event is stale.
             if let Some(s) = stream {
                 if receive {
-                    guarded("on_receive", || s.on_receive(self));
+                    guarded(format_args!("on_receive"), || s.on_receive(self));
                 } else {
-                    guarded("on_transmit", || s.on_transmit(self));
+                    guarded(format_args!("on_transmit"), || s.on_transmit(self));
                 }
             }
         }
@@ -388,7 +388,7 @@ impl Broker {
     fn run_deferred(&self) {
         let jobs = std::mem::take(&mut self.inner.deferred.lock().queue);
         for job in jobs {
-            guarded("deferred call", job);
+            guarded(format_args!("deferred call"), job);
         }
     }
 
@@ -403,7 +403,7 @@ impl Broker {
     fn broker_shutdown(&self, poll: &mut Poll, events: &mut Events) {
         self.run_deferred();
         for s in self.all_streams() {
-            guarded("on_shutdown", || s.on_shutdown(self));
+            guarded(format_args!("on_shutdown"), || s.on_shutdown(self));
         }
         let deadline = Instant::now() + self.inner.shutdown_timeout;
         while self.keep_alive() {
@@ -426,13 +426,13 @@ impl Broker {
             std::mem::take(&mut d.queue)
         };
         for job in leftover {
-            guarded("deferred call", job);
+            guarded(format_args!("deferred call"), job);
         }
         self.force_disconnect();
         self.inner.registered.lock().timers.clear();
         let on_exit = std::mem::take(&mut self.inner.registered.lock().on_exit);
         for f in on_exit {
-            guarded("exit callback", f);
+            guarded(format_args!("exit callback"), f);
         }
         log::debug!("{}: exited", self.inner.name);
     }
@@ -440,13 +440,13 @@ impl Broker {
     fn force_disconnect(&self) {
         for s in self.all_streams() {
             log::debug!("{}: force disconnecting {s:?}", self.inner.name);
-            guarded("on_disconnect", || s.on_disconnect(self));
+            guarded(format_args!("on_disconnect"), || s.on_disconnect(self));
         }
     }
 }
 
 /// Run `f`, logging instead of unwinding if it panics, so the broker thread lives on.
-pub(crate) fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
+pub(crate) fn guarded<R>(what: std::fmt::Arguments<'_>, f: impl FnOnce() -> R) -> Option<R> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => Some(r),
         Err(p) => {

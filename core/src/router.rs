@@ -461,38 +461,42 @@ impl Router {
     /// Deliver `msg` to its local handler (Mitogen `_invoke`).
     fn invoke(&self, mut msg: Message, stream: Option<&Stream>) {
         msg.router = Some(self.clone());
-        let (func, persist, respondent, policy) = {
-            let hs = self.inner.handlers.lock();
-            match hs.map.get(&msg.handle) {
-                Some(h) => (h.func.clone(), h.persist, h.respondent, h.policy.clone()),
-                None => {
+        // One critical section for the common case (no policy): look up, check the respondent,
+        // and take a one-shot handler out, all under one lock the caller's thread also wants.
+        let (func, policy) = {
+            let mut hs = self.inner.handlers.lock();
+            let Some(h) = hs.map.get(&msg.handle) else {
+                drop(hs);
+                log::debug!("{self:?}: invalid handle {}: {msg:?}", msg.handle);
+                let reason = format!("{INVALID_HANDLE} {} in context {}", msg.handle, self.context_id());
+                return self.maybe_send_dead(&msg, &reason);
+            };
+            if let Some(r) = h.respondent {
+                if !msg.is_dead() && msg.src_id != r {
                     drop(hs);
-                    log::debug!("{self:?}: invalid handle {}: {msg:?}", msg.handle);
-                    return self.maybe_send_dead(
-                        &msg,
-                        &format!("{INVALID_HANDLE} {} in context {}", msg.handle, self.context_id()),
-                    );
+                    log::error!("{self:?}: reply from unexpected context {} (expected {r}): {msg:?}", msg.src_id);
+                    return;
                 }
             }
-        };
-        if let Some(r) = respondent {
-            if !msg.is_dead() && msg.src_id != r {
-                log::error!("{self:?}: reply from unexpected context {} (expected {r}): {msg:?}", msg.src_id);
-                return;
+            match (&h.policy, h.persist) {
+                (None, false) => (hs.map.remove(&msg.handle).expect("present").func, None),
+                (None, true) => (h.func.clone(), None),
+                (Some(p), persist) => (h.func.clone(), Some((p.clone(), persist))),
             }
-        }
-        if let Some(policy) = policy {
+        };
+        if let Some((policy, persist)) = policy {
+            // User code: called without the lock held.
             if !policy(&msg, stream) {
                 log::error!("{self:?}: policy refused message: {msg:?}");
                 let reason = format!("refused by policy of handle {} in context {}", msg.handle, self.context_id());
                 return self.maybe_send_dead(&msg, &reason);
             }
-        }
-        if !persist {
-            self.inner.handlers.lock().map.remove(&msg.handle);
+            if !persist {
+                self.inner.handlers.lock().map.remove(&msg.handle);
+            }
         }
         let handle = msg.handle;
-        guarded(&format!("handler for handle {handle}"), || func(msg));
+        guarded(format_args!("handler for handle {handle}"), || func(msg));
     }
 
     /// A registered stream disconnected: drop every route through it, tell waiting handlers.
@@ -529,7 +533,7 @@ impl Router {
             let mut dead = Message::dead(&format!("lost connection to context {lost:?}"));
             dead.handle = handle;
             dead.router = Some(self.clone());
-            guarded("respondent-disconnect handler", || func(dead));
+            guarded(format_args!("respondent-disconnect handler"), || func(dead));
         }
     }
 
@@ -544,7 +548,7 @@ impl Router {
         for (handle, h) in handlers {
             let mut dead = Message::dead(BROKER_EXIT);
             dead.handle = handle;
-            guarded("broker-exit handler", || (h.func)(dead));
+            guarded(format_args!("broker-exit handler"), || (h.func)(dead));
         }
         self.inner.routes.write().clear();
         self.inner.disconnect_hooks.lock().clear();
