@@ -98,7 +98,7 @@ fn shutdown_waits_for_the_child_and_later_calls_fail_with_channel_error() {
         let router = Router::new(None).unwrap();
         let a = router.local(Options::default()).unwrap();
         let b = router.local(Options::default()).unwrap();
-        a.shutdown(true).unwrap();
+        a.shutdown(true).unwrap(); // wait=true is what this test is about; nextest bounds it
         let err = a.call(pushed, ()).unwrap_err();
         assert!(err.is_channel(), "{err}");
         let latch = b.shutdown(false).unwrap();

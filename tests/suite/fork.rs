@@ -72,7 +72,7 @@ fn forking_200_children_while_other_threads_stream_messages_does_not_deadlock() 
         for i in 0..200 {
             let child = router.fork(ForkOptions::default()).unwrap();
             assert_eq!(child.call(super::local_whoami, ()).unwrap().0, child.context_id(), "fork {i}");
-            child.shutdown(true).unwrap();
+            child.shutdown(false).unwrap().get_timeout(WAIT).unwrap();
         }
         stop.store(true, Ordering::SeqCst);
         for t in streams {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use mitogen::master::{Options, Router};
-use mitogen_tests::run;
+use mitogen_tests::{run, WAIT};
 
 fn whoami() -> (u32, u32, Vec<u32>) {
     (mitogen::context_id(), std::process::id(), mitogen::parent_ids())
@@ -86,7 +86,7 @@ fn child_stdout_stderr_and_logs_become_records_of_that_context_at_the_master() {
         let child = router.local(opts).unwrap();
         child.call(print_lines, (vec!["first line".to_string(), "second line".to_string()],)).unwrap();
         // Records arrive asynchronously: the shutdown drains the child's stream first.
-        child.shutdown(true).unwrap();
+        child.shutdown(false).unwrap().get_timeout(WAIT).unwrap();
         router.shutdown_and_join();
         let got: Vec<String> = mitogen_tests::logged("mitogen::ctx::printer").into_iter().map(|(_, _, m)| m).collect();
         for want in ["stdout: first line", "stdout: second line", "stderr: and one on stderr"] {
