@@ -406,7 +406,7 @@ impl log::Log for LogForwarder {
 }
 
 /// Log a forwarded record at this context, under `mitogen::ctx::<name>` (the master's side of
-/// [`LogForwarder`]); in an intermediate child it travels on up.
+/// the child's log forwarder); in an intermediate child it travels on up.
 pub fn log_forwarded(msg: &Message) {
     if msg.is_dead() {
         return;

@@ -65,7 +65,7 @@ pub fn default_remote_name() -> String {
 }
 
 impl Options {
-    pub(crate) fn remote_name(&self) -> Result<String> {
+    pub(crate) fn checked_remote_name(&self) -> Result<String> {
         let name = self.remote_name.clone().unwrap_or_else(default_remote_name);
         if name.contains('/') {
             return Err(Error::general(format!("remote_name {name:?} may not contain '/'")));
@@ -81,7 +81,7 @@ impl Options {
             context_id,
             parent_ids,
             name: name.to_owned(),
-            remote_name: self.remote_name()?,
+            remote_name: self.checked_remote_name()?,
             log_level: level as usize,
             debug: self.debug,
             profiling: self.profiling,
@@ -108,7 +108,7 @@ pub(crate) fn ensure_log_handler(router: &Router) {
 /// (with its last output); [`TimeoutError`](mitogen_core::TimeoutError) if no handshake comes
 /// within `connect_timeout`; [`GeneralError`](mitogen_core::GeneralError) for a bad option.
 pub fn connect_local(router: &Router, context_id: u32, options: &Options) -> Result<Context> {
-    let remote_name = options.remote_name()?;
+    let remote_name = options.checked_remote_name()?;
     let (ours, theirs) = sys::socketpair().map_err(|e| Error::stream(format!("socketpair: {e}")))?;
     let (err_r, err_w) = sys::pipe().map_err(|e| Error::stream(format!("pipe: {e}")))?;
     let exe = match (&options.executable, options.command_prefix.is_empty()) {

@@ -376,7 +376,7 @@ impl Select {
     }
 
     /// Iterate over messages until no members remain (Mitogen `__iter__`); an error is yielded
-    /// once, and iteration stops after a closed select's [`LatchError`].
+    /// once, and iteration stops after a closed select's [`LatchError`](mitogen_core::LatchError).
     pub fn iter(&self) -> Iter<'_> {
         Iter { select: self, done: false }
     }
