@@ -162,6 +162,9 @@ impl<T> Latch<T> {
         match s.sleeping.pop_front() {
             Some((id, wsock)) => {
                 s.woken.insert(id, Wake::Item(obj));
+                // Wake only after unlocking: the sleeper's first act is to take this lock, and
+                // on a busy CPU it may run the instant the byte lands.
+                drop(s);
                 wake(&wsock);
             }
             None => s.queue.push_back(obj),
@@ -247,7 +250,8 @@ impl<T> Latch<T> {
             };
             let mut s = self.state.lock();
             if let Some(wake) = s.woken.remove(&id) {
-                // The waker wrote its byte while holding the lock, so it is there to consume.
+                // The waker writes its byte after recording the wake; if it has not landed yet
+                // it is drained by a later wait on this thread, which treats it as spurious.
                 drain(sock);
                 return match wake {
                     Wake::Item(obj) => Ok(obj),
@@ -259,8 +263,7 @@ impl<T> Latch<T> {
                 s.sleeping.retain(|(i, _)| *i != id);
                 return Err(Error::TimeoutError(TimeoutError::new("nothing arrived before the deadline")));
             }
-            // Not ours: nothing else writes to this thread's socket while it waits here, so a
-            // readable socket without a wake is impossible; treat it as spurious all the same.
+            // A byte without a wake is a late byte from an earlier wait on this thread: drop it.
             if readable {
                 drain(sock);
             }
