@@ -253,6 +253,9 @@ impl ExternalContext {
             Ok(req) => self.run_call(&req),
             Err(e) => Err(CallError::new("mitogen::StreamError", format!("bad CALL_FUNCTION request: {e}"))),
         };
+        // With more calls already waiting, let the broker write this reply together with the
+        // next ones (one writev for a burst); the last reply of a burst is written at once.
+        crate::stream::set_write_behind(!self.inner.channel.empty());
         match (outcome, msg.reply_to) {
             (Ok(data), r) if r != 0 => {
                 let _ = msg.reply_message(Message::raw(0, data), Some(&self.inner.router));
@@ -263,6 +266,7 @@ impl ExternalContext {
             (Err(e), _) => log::error!("call_no_reply failed: {e}"),
             _ => {}
         }
+        crate::stream::set_write_behind(false);
     }
 
     fn run_call(&self, req: &CallRequest<'_>) -> std::result::Result<Vec<u8>, CallError> {

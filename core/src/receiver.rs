@@ -30,7 +30,8 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if !self.closed.load(Ordering::Acquire) {
-            let _ = self.router.del_handler(self.handle);
+            // Usually gone already: a one-shot handler is removed when its message arrives.
+            self.router.forget_handler(self.handle);
         }
     }
 }
@@ -173,7 +174,7 @@ impl Receiver {
     /// [`ChannelError`](crate::ChannelError) (Mitogen `close`).
     pub fn close(&self) {
         if !self.inner.closed.swap(true, Ordering::AcqRel) {
-            let _ = self.inner.router.del_handler(self.inner.handle);
+            self.inner.router.forget_handler(self.inner.handle);
         }
         self.inner.latch.close();
     }

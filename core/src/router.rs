@@ -243,6 +243,11 @@ impl Router {
         }
     }
 
+    /// Remove the handler for `handle` if there is one; whether there was.
+    pub(crate) fn forget_handler(&self, handle: u32) -> bool {
+        self.inner.handlers.lock().map.remove(&handle).is_some()
+    }
+
     /// Whether a handler is registered for `handle`.
     pub fn has_handler(&self, handle: u32) -> bool {
         self.inner.handlers.lock().map.contains_key(&handle)

@@ -1,11 +1,13 @@
 //! [`Stream`]: a connection the broker reads and writes, and the frame decoder of message streams.
 
+use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::sync::{IdSet, Mutex};
 
@@ -15,6 +17,11 @@ use crate::message::{Message, HEADER_LEN};
 use crate::router::Router;
 use crate::side::Side;
 use crate::sys;
+
+/// Two frames sent on one stream within this interval are a burst: the second and later ones
+/// are queued for the broker, which writes them together, instead of one `writev` each. An
+/// isolated message (a round trip takes several times longer) is still written at once.
+const BURST_WINDOW: Duration = Duration::from_micros(10);
 
 /// Bytes read from a receive side per `read(2)` (Mitogen `CHUNK_SIZE`).
 pub const CHUNK_SIZE: usize = 128 * 1024;
@@ -145,6 +152,9 @@ impl Chunk {
 
 struct Tx {
     side: Option<Side>,
+    /// When a frame was last written straight from `send`: a frame following within
+    /// [`BURST_WINDOW`] is part of a burst and is left to the broker to write in bulk.
+    last_direct: Option<Instant>,
     queue: VecDeque<Chunk>,
     pending: usize,
     /// Whether the transmit side is registered with the broker for writability.
@@ -209,7 +219,13 @@ impl Stream {
                 name: Mutex::new(name),
                 broker: broker.clone(),
                 rx: Mutex::new(Rx { side: Some(rx), protocol }),
-                tx: Mutex::new(Tx { side: tx, queue: VecDeque::new(), pending: 0, transmitting: false }),
+                tx: Mutex::new(Tx {
+                    side: tx,
+                    last_direct: None,
+                    queue: VecDeque::new(),
+                    pending: 0,
+                    transmitting: false,
+                }),
                 remote_id: AtomicU32::new(NO_ID),
                 auth_id: AtomicU32::new(NO_ID),
                 is_privileged: AtomicBool::new(false),
@@ -404,22 +420,26 @@ impl Stream {
     /// [`StreamError`](crate::StreamError) if the stream is disconnected; the message is dropped.
     pub fn send(&self, msg: Message) -> Result<()> {
         let mut chunk = Chunk { header: msg.header(), data: msg.data, written: 0 };
-        let mut tx = self.inner.tx.lock();
+        let mut guard = self.inner.tx.lock();
+        let tx = &mut *guard;
         let Some(side) = tx.side.as_ref() else {
             return Err(Error::stream(format!("{}: stream is disconnected", self.name())));
         };
-        if tx.queue.is_empty() {
+        let now = Instant::now();
+        let in_burst = tx.last_direct.is_some_and(|t| now.duration_since(t) < BURST_WINDOW);
+        if tx.queue.is_empty() && !in_burst && !WRITE_BEHIND.with(Cell::get) {
+            tx.last_direct = Some(now);
             let [a, b] = chunk.remaining();
             match side.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)]) {
                 Ok(Some(n)) => chunk.written = n,
                 Ok(None) => {
-                    drop(tx);
+                    drop(guard);
                     self.disconnect_later();
                     return Err(Error::stream(format!("{}: peer disconnected", self.name())));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
-                    drop(tx);
+                    drop(guard);
                     log::error!("{}: write failed: {e}", self.name());
                     self.disconnect_later();
                     return Err(Error::stream(format!("{}: write failed: {e}", self.name())));
@@ -433,7 +453,7 @@ impl Stream {
         tx.queue.push_back(chunk);
         if !tx.transmitting {
             tx.transmitting = true;
-            drop(tx);
+            drop(guard);
             self.inner.broker.start_transmit(self);
         }
         Ok(())
@@ -680,6 +700,18 @@ impl Stream {
         // Drop the protocol (and its router reference) so stream <-> router cycles end here.
         self.inner.rx.lock().protocol = Protocol::Bytes(Box::new(|_, _| {}));
     }
+}
+
+thread_local! {
+    /// Set while this thread has more messages to send right behind this one.
+    static WRITE_BEHIND: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While `on`, [`Stream::send`] on this thread queues frames for the broker to write instead of
+/// writing them at once, so a burst leaves in a few large writes instead of one `writev` per
+/// message. A child sets it while replying with more calls already waiting.
+pub(crate) fn set_write_behind(on: bool) {
+    WRITE_BEHIND.with(|w| w.set(on));
 }
 
 thread_local! {
