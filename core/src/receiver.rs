@@ -88,31 +88,46 @@ impl Receiver {
     ///
     /// # Errors
     /// [`GeneralError`](crate::GeneralError) if the handle is already registered.
-    pub fn with_handler_options(router: &Router, options: HandlerOptions) -> Result<Receiver> {
-        let slot: Arc<Mutex<Weak<Inner>>> = Arc::new(Mutex::new(Weak::new()));
-        let s = slot.clone();
-        let respondent = options.respondent.clone();
-        let handle = router.add_handler(move |msg| Receiver::deliver(&s, msg), options)?;
-        let inner = Arc::new(Inner {
-            router: router.clone(),
-            handle,
-            respondent,
-            latch: Latch::new(),
-            notify: Mutex::new(None),
-            closed: AtomicBool::new(false),
-        });
-        *slot.lock() = Arc::downgrade(&inner);
-        let recv = Receiver { inner };
-        // After the broker exited, add_handler ran the handler with a dead message before the
-        // slot was filled; make sure the receiver holds one.
-        if router.broker().exited() && recv.inner.latch.empty() {
-            let _ = recv.inner.latch.put(Message::dead("broker exited; no more messages will be delivered"));
+    pub fn with_handler_options(router: &Router, mut options: HandlerOptions) -> Result<Receiver> {
+        let explicit = options.handle;
+        loop {
+            let handle = explicit.unwrap_or_else(|| router.reserve_handle());
+            let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+                let w = weak.clone();
+                let handler = move |msg| Receiver::deliver(&w, msg);
+                options.handle = Some(handle);
+                let registered = router.add_handler(handler, options.clone()).is_ok();
+                Inner {
+                    router: router.clone(),
+                    handle,
+                    respondent: options.respondent.clone(),
+                    latch: Latch::new(),
+                    notify: Mutex::new(None),
+                    // Not registered: dropping it must not remove whoever owns the handle.
+                    closed: AtomicBool::new(!registered),
+                }
+            });
+            if inner.closed.load(Ordering::Acquire) {
+                if explicit.is_some() {
+                    return Err(Error::general(format!(
+                        "handle {handle} is already registered in context {}",
+                        router.context_id()
+                    )));
+                }
+                continue; // an explicit registration took the reserved handle first: retry
+            }
+            let recv = Receiver { inner };
+            // After the broker exited, add_handler ran the handler with a dead message while the
+            // receiver was being built; make sure the receiver holds one.
+            if router.broker().exited() && recv.inner.latch.empty() {
+                let _ = recv.inner.latch.put(Message::dead("broker exited; no more messages will be delivered"));
+            }
+            return Ok(recv);
         }
-        Ok(recv)
     }
 
-    fn deliver(slot: &Mutex<Weak<Inner>>, msg: Message) {
-        let Some(inner) = slot.lock().upgrade() else {
+    fn deliver(weak: &Weak<Inner>, msg: Message) {
+        let Some(inner) = weak.upgrade() else {
             return;
         };
         if inner.latch.put(msg).is_ok() {

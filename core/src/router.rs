@@ -243,6 +243,11 @@ impl Router {
         }
     }
 
+    /// A fresh handle number for a handler about to be registered with it.
+    pub(crate) fn reserve_handle(&self) -> u32 {
+        self.inner.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Remove the handler for `handle` if there is one; whether there was.
     pub(crate) fn forget_handler(&self, handle: u32) -> bool {
         self.inner.handlers.lock().map.remove(&handle).is_some()
