@@ -77,6 +77,8 @@ struct Inner {
     channel: Receiver,
     chain_errors: Mutex<HashMap<String, CallError>>,
     forwarder: LogForwarder,
+    /// The process this context runs in (a forked copy must not use it).
+    pid: u32,
     busy: AtomicBool,
     detached: Arc<AtomicBool>,
 }
@@ -162,6 +164,7 @@ impl ExternalContext {
                 channel,
                 chain_errors: Mutex::new(HashMap::new()),
                 forwarder,
+                pid: std::process::id(),
                 busy: AtomicBool::new(false),
                 detached,
             }),
@@ -367,9 +370,9 @@ fn io_log_lines(fwd: &LogForwarder, target: &str, partial: &mut Vec<u8>, data: &
 /// A `FORWARD_LOG` record: `(context name, original target, level, message)`.
 pub type LogRecord = (String, String, u8, String);
 
-/// Sends log records to the parent's `FORWARD_LOG` handle (Mitogen `LogForwarder`). Installed as
-/// the `log` logger of a started child, so `log::info!` in a remote function shows at the master
-/// under the target `mitogen::ctx::<name>`.
+/// Sends log records to the parent's `FORWARD_LOG` handle (Mitogen `LogForwarder`), for the
+/// child's stdio and, through [`ChildLogger`], its `log` records, so `log::info!` in a remote
+/// function shows at the master under the target `mitogen::ctx::<name>`.
 #[derive(Clone)]
 struct LogForwarder {
     router: Router,
@@ -388,36 +391,57 @@ impl LogForwarder {
             return;
         }
         let record: LogRecord = (self.name.clone(), target.to_owned(), level as u8, line.to_owned());
-        if let Ok(msg) = Message::pickled(&record, FORWARD_LOG) {
+        self.send(&record);
+        FORWARDING.with(|f| f.set(false));
+    }
+
+    fn send(&self, record: &LogRecord) {
+        if let Ok(msg) = Message::pickled(record, FORWARD_LOG) {
             self.router.context_by_id(self.parent_id).send(msg);
         }
-        FORWARDING.with(|f| f.set(false));
     }
 }
 
-impl log::Log for LogForwarder {
+/// The `log` logger of a child: forwards each record through the running
+/// [`ExternalContext`]. It looks the context up per record, and only in the process that
+/// installed it, so a forked child (which inherits the installed logger but not its parent's
+/// router, whose threads do not exist there) forwards through its own context, or drops records
+/// until it has one.
+struct ChildLogger;
+
+impl log::Log for ChildLogger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
         metadata.level() <= log::max_level()
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            self.forward(record.target(), record.level(), &record.args().to_string());
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let Some(ec) = ExternalContext::current() else { return };
+        if ec.inner.pid == std::process::id() {
+            ec.inner.forwarder.forward(record.target(), record.level(), &record.args().to_string());
         }
     }
 
     fn flush(&self) {}
 }
 
-/// Log a forwarded record at this context, under `mitogen::ctx::<name>` (the master's side of
-/// the child's log forwarder); in an intermediate child it travels on up.
+/// Log a forwarded record under `mitogen::ctx::<name>` (the master's side of a child's log
+/// forwarder); an intermediate child passes it on up unchanged.
 pub fn log_forwarded(msg: &Message) {
     if msg.is_dead() {
         return;
     }
-    let Ok((name, target, level, line)) = msg.unpickle::<LogRecord>() else {
+    let Ok(record) = msg.unpickle::<LogRecord>() else {
         return log::error!("bad FORWARD_LOG record from context {}", msg.src_id);
     };
+    // An intermediate passes records on unchanged, so the master names the context they came
+    // from, not the one that relayed them.
+    if let Some(ec) = ExternalContext::current().filter(|ec| ec.inner.pid == std::process::id()) {
+        return ec.inner.forwarder.send(&record);
+    }
+    let (name, target, level, line) = record;
     let level = match level {
         1 => log::Level::Error,
         2 => log::Level::Warn,
@@ -512,7 +536,7 @@ fn exec_child_start() -> Result<ExternalContext> {
     let config = read_config(rfd.as_fd())?;
     let level = log::LevelFilter::iter().nth(config.log_level).unwrap_or(log::LevelFilter::Info);
     let ec = ExternalContext::start(config, rfd, wfd)?;
-    if log::set_boxed_logger(Box::new(ec.inner.forwarder.clone())).is_ok() {
+    if log::set_boxed_logger(Box::new(ChildLogger)).is_ok() {
         log::set_max_level(level);
     }
     Ok(ec)

@@ -142,14 +142,19 @@ pub fn serve_allocate_id(router: &Router, next: std::sync::Arc<std::sync::atomic
 /// # Errors
 /// What asking the master fails with.
 pub fn allocate_child_id(router: &Router) -> Result<u32> {
-    static BLOCK: Mutex<(u32, u32)> = Mutex::new((0, 0));
+    /// `(pid, next, end)`: a block belongs to the process that asked for it, so a forked copy
+    /// (which inherits this memory) asks for its own instead of handing out the same ids.
+    static BLOCK: Mutex<(u32, u32, u32)> = Mutex::new((0, 0, 0));
     let mut block = BLOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if block.0 == block.1 {
+    let pid = std::process::id();
+    if block.0 != pid || block.1 == block.2 {
         let master = router.context_by_id(0);
-        *block = master.send_await(Message::raw(ALLOCATE_ID, Vec::new()), Some(Duration::from_secs(30)))?;
+        let (first, end): (u32, u32) =
+            master.send_await(Message::raw(ALLOCATE_ID, Vec::new()), Some(Duration::from_secs(30)))?;
+        *block = (pid, first, end);
     }
-    let id = block.0;
-    block.0 += 1;
+    let id = block.1;
+    block.1 += 1;
     Ok(id)
 }
 

@@ -238,3 +238,34 @@ fn a_child_announcing_an_oversized_frame_is_disconnected() {
         assert_disconnected_for(header.to_vec(), "oversized frame")
     });
 }
+
+fn log_a_warning(text: String) {
+    log::warn!("{text}");
+}
+
+mitogen::remote!(log_a_warning);
+
+#[test]
+fn a_fork_of_an_intermediate_gets_its_own_ids_and_logs_through_its_own_context() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
+        let options = Options { name: Some("f".into()), via: Some(a.core().clone()), ..Options::default() };
+        let f = router.fork(ForkOptions { options, ..ForkOptions::default() }).unwrap();
+        // a already holds a block of ids; its fork must not hand out the same ones.
+        let from_a = router.local(Options { via: Some(a.core().clone()), ..Options::default() }).unwrap();
+        let from_f = router.local(Options { via: Some(f.core().clone()), ..Options::default() }).unwrap();
+        let ids = [a.context_id(), f.context_id(), from_a.context_id(), from_f.context_id()];
+        let mut unique = ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 4, "ids {ids:?}");
+        assert_eq!(from_f.call(local_whoami, ()).unwrap().0, from_f.context_id());
+        // The fork inherited a's logger; its records still arrive, under its own name.
+        f.call(log_a_warning, ("from the fork".to_string(),)).unwrap();
+        f.shutdown(false).unwrap().get_timeout(WAIT).unwrap();
+        let got = mitogen_tests::logged("mitogen::ctx::a.f");
+        assert!(got.iter().any(|(_, _, m)| m.ends_with("from the fork")), "{got:?}");
+        router.shutdown_and_join();
+    });
+}
