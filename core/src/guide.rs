@@ -34,3 +34,30 @@
 //!   `auth_id`, `handle`, `reply_to`, `length`) and `length` bytes of data, MessagePack-encoded
 //!   by [`Message::pickled`](crate::Message::pickled). A bad magic or an oversized frame
 //!   disconnects that stream alone, with a logged error.
+//!
+//! # Children and trees
+//!
+//! ```text
+//!   master (context 0)                 child (context 1)              grandchild (context 1000)
+//!   Router::local() ── socketpair ──▶  same executable, argv[1] =     started *by the child*
+//!     config frame  ───────────────▶   --mitogen-child: a loader      from its own executable
+//!     ◀─────────────── Hello           constructor runs the child     (via=), ids from the
+//!     ◀── ADD_ROUTE(1000) ──────────── main before `main`             master in blocks
+//!     CALL_FUNCTION ───────────────▶   main thread: dispatch_calls    ◀── CALL_FUNCTION routed
+//!     ◀─────────────── reply / CallError                                   through context 1
+//! ```
+//!
+//! * A child is started over a socketpair (or `fork`ed), reads its
+//!   [`ChildConfig`](crate::ChildConfig) from the first frame, starts its own broker and router,
+//!   and answers with a [`Hello`](crate::Hello). Its stdout and stderr become log records of
+//!   that context at the master; `log` records are forwarded too.
+//! * Calls arrive on `CALL_FUNCTION`, are accepted only with a parent's authority, and run one at
+//!   a time on the child's main thread ([`ExternalContext::dispatch_calls`](crate::ExternalContext::dispatch_calls)).
+//!   A function is named on the wire by its path and found in a table built at link time by
+//!   [`remote!`](crate::remote); bytes from the wire never become a code pointer.
+//! * A child that creates children of its own gets context ids from the master in blocks
+//!   (`ALLOCATE_ID`), announces each new route up the tree (`ADD_ROUTE`) before the new child's
+//!   stream is read, and announces lost subtrees (`DEL_ROUTE`), so every caller waiting on a lost
+//!   context wakes with a dead message.
+//! * A child exits when its parent's stream closes; a parent reaps every child it started,
+//!   escalating to `SIGTERM` and `SIGKILL` for one that does not exit.
