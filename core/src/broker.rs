@@ -159,6 +159,12 @@ impl Broker {
         self.inner.thread.get() == Some(&std::thread::current().id())
     }
 
+    /// Whether [`shutdown`](Broker::shutdown) has been asked for (the broker may still be
+    /// disconnecting streams).
+    pub fn shutting_down(&self) -> bool {
+        !self.inner.alive.load(Ordering::Acquire)
+    }
+
     /// Whether the broker thread has finished its shutdown.
     pub fn exited(&self) -> bool {
         self.inner.deferred.lock().exited

@@ -207,7 +207,9 @@ pub(crate) fn handshake(
             Err(Error::timeout(format!("{name}: no handshake from {} within {connect_timeout:?}", proc.command())))
         }
         Err(e) => {
-            if broker.exited() || e.to_string().contains("broker exited") {
+            // A shutdown force-disconnects the stream first (a dead "lost connection" reply)
+            // and only then exits: either way it is the shutdown that ended the connection.
+            if broker.shutting_down() || e.to_string().contains("broker exited") {
                 proc.kill(libc::SIGKILL);
                 stream.on_disconnect(broker);
                 proc.reap_blocking();
