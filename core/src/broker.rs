@@ -45,6 +45,8 @@ struct Registered {
     readers: HashMap<usize, Stream>,
     writers: HashMap<usize, Stream>,
     on_exit: Vec<Job>,
+    /// Runs after every `on_exit` callback: a child's last act, ending its process.
+    exit_action: Option<Job>,
     timers: Vec<Timer>,
     next_timer: u64,
 }
@@ -147,6 +149,9 @@ impl Broker {
         let b = broker.clone();
         let handle = std::thread::Builder::new()
             .name(options.name)
+            // With an explicit size std does not read RUST_MIN_STACK, which takes the
+            // environment lock: a forked child must not (another thread may have held it).
+            .stack_size(2 << 20)
             .spawn(move || b.broker_main(poll))
             .map_err(|e| fail("thread", e))?;
         let _ = broker.inner.thread.set(handle.thread().id());
@@ -211,6 +216,12 @@ impl Broker {
             return f();
         }
         self.inner.registered.lock().on_exit.push(Box::new(f));
+    }
+
+    /// Run `f` as the broker thread's very last act, after every [`on_exit`](Broker::on_exit)
+    /// callback (a child ends its process here). Replaces an earlier action.
+    pub(crate) fn set_exit_action(&self, f: impl FnOnce() + Send + 'static) {
+        self.inner.registered.lock().exit_action = Some(Box::new(f));
     }
 
     /// Run `f` on the broker thread once `delay` has passed (Mitogen `Broker.timers`). Timers
@@ -441,6 +452,10 @@ impl Broker {
             guarded(format_args!("exit callback"), f);
         }
         log::debug!("{}: exited", self.inner.name);
+        let last = self.inner.registered.lock().exit_action.take();
+        if let Some(f) = last {
+            f();
+        }
     }
 
     fn force_disconnect(&self) {

@@ -16,7 +16,7 @@ use crate::broker::{panic_message, Broker, BrokerOptions};
 use crate::context::Context;
 use crate::error::{CallError, Error, Result};
 use crate::globals::{self, Identity};
-use crate::message::{Message, CALL_FUNCTION, FORWARD_LOG, HEADER_LEN, SHUTDOWN};
+use crate::message::{with_decode_router, Message, CALL_FUNCTION, FORWARD_LOG, HEADER_LEN, SHUTDOWN};
 use crate::receiver::Receiver;
 use crate::remote::{lookup, CallRequest};
 use crate::router::{has_parent_authority, HandlerOptions, Policy, Router};
@@ -79,7 +79,6 @@ struct Inner {
     forwarder: LogForwarder,
     /// The process this context runs in (a forked copy must not use it).
     pid: u32,
-    busy: AtomicBool,
     detached: Arc<AtomicBool>,
 }
 
@@ -165,20 +164,16 @@ impl ExternalContext {
                 chain_errors: Mutex::new(HashMap::new()),
                 forwarder,
                 pid: std::process::id(),
-                busy: AtomicBool::new(false),
                 detached,
             }),
         };
         ec.publish();
         install_panic_hook();
-        // If the broker exits while a call still runs (the parent vanished), nothing can reply:
-        // end the process, as Mitogen's child does with SIGTERM.
-        let me = ec.clone();
-        ec.inner.broker.on_exit(move || {
-            if me.inner.busy.load(Ordering::Acquire) {
-                sys::exit_now(0);
-            }
-        });
+        // Whenever the broker exits, nothing can reach this context any more: a call running
+        // or still queued could only keep an orphan alive. The broker's very last act ends the
+        // process, after every exit callback (reaping this context's own children) has run, as
+        // Mitogen's child does with SIGTERM to itself.
+        ec.inner.broker.set_exit_action(|| sys::exit_now(0));
         let hello = Hello {
             protocol_version: crate::child::PROTOCOL_VERSION,
             pid: std::process::id(),
@@ -245,9 +240,7 @@ impl ExternalContext {
     /// dies (Mitogen `_dispatch_calls`).
     pub fn dispatch_calls(&self) {
         for msg in self.inner.channel.iter() {
-            self.inner.busy.store(true, Ordering::Release);
             self.dispatch_one(&msg);
-            self.inner.busy.store(false, Ordering::Release);
         }
     }
 
@@ -286,7 +279,8 @@ impl ExternalContext {
                     req.path
                 ),
             )),
-            Some(f) => run_guarded(f, req.args),
+            // Context and Sender arguments bind to this router, as values in replies do.
+            Some(f) => with_decode_router(Some(&self.inner.router), || run_guarded(f, req.args)),
         };
         if let (Err(e), Some(chain)) = (&outcome, &req.chain_id) {
             self.inner.chain_errors.lock().insert(chain.clone(), e.clone());
@@ -294,12 +288,44 @@ impl ExternalContext {
         outcome
     }
 
-    /// Tell the parent this context is detaching, and stop exiting when the parent goes away
-    /// (Mitogen `ExternalContext.detach()`): the parent neither asks it to shut down nor kills
-    /// it, so it may outlive the master. What it does next, and when it exits, is up to it.
-    pub fn detach(&self) {
+    /// Detach from the parent, to outlive it (Mitogen `ExternalContext.detach()`): leave the
+    /// parent's session (`setsid`), tell the parent with `DETACHING` and wait for its answer
+    /// (from then on it neither asks this context to shut down nor kills it), let output queued
+    /// for the parent drain for up to a second, then disconnect the parent's stream and clear
+    /// [`parent_ids`](crate::globals::parent_ids). The context keeps running with its own
+    /// subtree; what it does next, and when it exits, is up to it. A call that is running
+    /// `detach` gets no reply to its caller (the caller sees the connection lost), so callers
+    /// learn that work started through a [`Sender`](crate::Sender) instead. A second call does
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`TimeoutError`](crate::TimeoutError) or [`ChannelError`](crate::ChannelError) if the
+    /// parent did not answer `DETACHING` within 30 s or was lost; the context then stays attached.
+    pub fn detach(&self) -> Result<()> {
+        let parent_id = self.inner.parent.context_id();
+        let Some(stream) = self.inner.router.stream_by_id(parent_id).filter(|_| !self.is_detached()) else {
+            return Ok(());
+        };
+        // Fails only for a process group leader (a forked child of one); harmless then.
+        let _ = sys::setsid();
+        let msg = Message::raw(crate::message::DETACHING, Vec::new());
+        self.inner.parent.send_await::<()>(msg, Some(Duration::from_secs(30)))?;
         self.inner.detached.store(true, Ordering::Release);
-        self.inner.parent.send(Message::raw(crate::message::DETACHING, Vec::new()));
+        log::info!("detaching from {stream:?}; parent is context {parent_id}");
+        // Mitogen polls the output queue 20 times, 50 ms apart.
+        for _ in 0..20 {
+            if stream.pending_bytes() == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if stream.pending_bytes() > 0 {
+            log::error!("{stream:?} still had {} bytes queued after 1000 ms", stream.pending_bytes());
+        }
+        let b = self.inner.broker.clone();
+        self.inner.broker.defer(move || stream.on_disconnect(&b))?;
+        globals::set_identity(Identity { context_id: self.inner.config.context_id, parent_ids: Vec::new() });
+        Ok(())
     }
 
     /// Whether [`detach`](ExternalContext::detach) was called.
@@ -328,16 +354,33 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
 }
 
-fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let msg = match info.location() {
-            Some(l) => format!("{} at {}:{}", panic_message(info.payload()), l.file(), l.line()),
-            None => panic_message(info.payload()),
-        };
-        let bt = Backtrace::force_capture().to_string();
-        log::debug!("panic: {msg}");
-        LAST_PANIC.with(|p| *p.borrow_mut() = Some((msg, bt)));
-    }));
+/// Install, once per process, the panic hook that records a panic in a context for the
+/// [`CallError`] of the call it ended; in a process that runs no context (a master, or a child
+/// before its context starts) it defers to the hook that was installed before. Called before a
+/// `fork` by the forking thread, never in the forked child (std's hook lock may be held there).
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_context = ExternalContext::current().is_some_and(|ec| ec.inner.pid == std::process::id());
+            if !in_context {
+                return previous(info);
+            }
+            let msg = match info.location() {
+                Some(l) => format!("{} at {}:{}", panic_message(info.payload()), l.file(), l.line()),
+                None => panic_message(info.payload()),
+            };
+            // std's backtrace lock may have been held by a thread of the parent at the fork.
+            let bt = if crate::atfork::is_forked() {
+                "(no backtrace: a forked child does not take std's backtrace lock)".to_owned()
+            } else {
+                Backtrace::force_capture().to_string()
+            };
+            log::debug!("panic: {msg}");
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some((msg, bt)));
+        }));
+    });
 }
 
 /// Run one registered function; a panic becomes a [`CallError`] with its message and backtrace.
@@ -407,7 +450,18 @@ impl LogForwarder {
 /// installed it, so a forked child (which inherits the installed logger but not its parent's
 /// router, whose threads do not exist there) forwards through its own context, or drops records
 /// until it has one.
-struct ChildLogger;
+struct ChildLogger {
+    /// Not zero-sized, so its address tells it apart from any other logger.
+    _tag: u8,
+}
+
+static CHILD_LOGGER: ChildLogger = ChildLogger { _tag: 0 };
+
+/// Whether the installed `log` logger is the core's [`ChildLogger`], which a forked child may
+/// use (it forwards through the child's own context); any other belongs to the parent program.
+pub(crate) fn logger_is_ours() -> bool {
+    std::ptr::addr_eq(log::logger(), &CHILD_LOGGER)
+}
 
 impl log::Log for ChildLogger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
@@ -536,7 +590,7 @@ fn exec_child_start() -> Result<ExternalContext> {
     let config = read_config(rfd.as_fd())?;
     let level = log::LevelFilter::iter().nth(config.log_level).unwrap_or(log::LevelFilter::Info);
     let ec = ExternalContext::start(config, rfd, wfd)?;
-    if log::set_boxed_logger(Box::new(ChildLogger)).is_ok() {
+    if log::set_logger(&CHILD_LOGGER).is_ok() {
         log::set_max_level(level);
     }
     Ok(ec)

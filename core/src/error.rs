@@ -51,7 +51,7 @@ impl std::error::Error for CallError {}
 macro_rules! reason_error {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq)]
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
         pub struct $name {
             reason: String,
         }
@@ -114,8 +114,9 @@ reason_error!(
     "error"
 );
 
-/// Any error of this crate (Mitogen's `Error` and its subclasses).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Any error of this crate (Mitogen's `Error` and its subclasses). It crosses the wire intact,
+/// so an error raised in another context (a connect through `via=`) keeps its kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Error {
     /// See [`CallError`].
     CallError(CallError),
@@ -150,6 +151,20 @@ impl Error {
     /// A [`TimeoutError`] saying `reason`.
     pub fn timeout(reason: impl Into<String>) -> Error {
         Error::TimeoutError(TimeoutError::new(reason))
+    }
+
+    /// The same error with `prefix: ` before its reason (before a [`CallError`]'s message),
+    /// saying where it happened, as Mitogen's "error occurred on host ...".
+    pub fn prefixed(self, prefix: &str) -> Error {
+        let p = |reason: &str| format!("{prefix}: {reason}");
+        match self {
+            Error::CallError(e) => Error::CallError(CallError { message: p(&e.message), ..e }),
+            Error::ChannelError(e) => Error::ChannelError(ChannelError::new(p(e.reason()))),
+            Error::LatchError(e) => Error::LatchError(LatchError::new(p(e.reason()))),
+            Error::StreamError(e) => Error::StreamError(StreamError::new(p(e.reason()))),
+            Error::TimeoutError(e) => Error::TimeoutError(TimeoutError::new(p(e.reason()))),
+            Error::GeneralError(e) => Error::GeneralError(GeneralError::new(p(e.reason()))),
+        }
     }
 
     /// Whether this is a [`CallError`].

@@ -5,7 +5,7 @@
 //! bootstraps, before any user code runs, and records it here with [`set_identity`]. Routers
 //! created without an explicit [`Identity`] take this one.
 
-use crate::sync::RwLock;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// A context's identity: its id and the ids of its parents, nearest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,34 +33,47 @@ impl Identity {
     }
 }
 
-static IDENTITY: RwLock<Identity> = RwLock::new(Identity { context_id: 0, parent_ids: Vec::new() });
+/// This process's identity, published once by the child bootstrap (twice in a forked child,
+/// and again when a context detaches).
+///
+/// Lock-free on purpose: every `Message` construction reads it, from any thread, and a forked
+/// child must be able to replace it even if another thread of the parent was reading it at the
+/// instant of the `fork` (a lock held then would stay held for ever in the child). A writer
+/// leaks the identity it replaces, since a reader may still be cloning it; a process publishes
+/// a handful in its life.
+static IDENTITY: AtomicPtr<Identity> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Record this process's identity; called once by the child bootstrap.
+fn current() -> Option<&'static Identity> {
+    // SAFETY: a non-null pointer came from Box::leak in `set_identity` and is never freed.
+    unsafe { IDENTITY.load(Ordering::Acquire).as_ref() }
+}
+
+/// Record this process's identity; called by the child bootstrap.
 pub fn set_identity(identity: Identity) {
-    *IDENTITY.write() = identity;
+    IDENTITY.store(Box::leak(Box::new(identity)), Ordering::Release);
 }
 
 /// This process's identity.
 pub fn identity() -> Identity {
-    IDENTITY.read().clone()
+    current().cloned().unwrap_or_default()
 }
 
 /// Whether this process is the master (Mitogen `mitogen.is_master`).
 pub fn is_master() -> bool {
-    IDENTITY.read().is_master()
+    current().map_or(true, Identity::is_master)
 }
 
 /// This process's context id (Mitogen `mitogen.context_id`).
 pub fn context_id() -> u32 {
-    IDENTITY.read().context_id
+    current().map_or(0, |i| i.context_id)
 }
 
 /// This process's parent's id, `None` in the master (Mitogen `mitogen.parent_id`).
 pub fn parent_id() -> Option<u32> {
-    IDENTITY.read().parent_id()
+    current().and_then(Identity::parent_id)
 }
 
 /// Ids of every parent, nearest first (Mitogen `mitogen.parent_ids`).
 pub fn parent_ids() -> Vec<u32> {
-    IDENTITY.read().parent_ids.clone()
+    current().map(|i| i.parent_ids.clone()).unwrap_or_default()
 }

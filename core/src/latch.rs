@@ -42,7 +42,7 @@ fn thread_socket() -> Rc<WakeSocket> {
 /// In a forked child, after the parent's descriptors were closed: forget (without closing) the
 /// calling thread's wake-up socket, which the parent's thread still uses, so the next wait makes
 /// a fresh one (Mitogen `Latch._on_fork`).
-pub fn forget_thread_socket_after_fork() {
+pub(crate) fn forget_thread_socket_after_fork() {
     if let Ok(Some(old)) = WAKE_SOCKET.try_with(|s| s.borrow_mut().take()) {
         std::mem::forget(old);
     }
@@ -63,7 +63,13 @@ struct State<T> {
     sleeping: VecDeque<(u64, Arc<OwnedFd>)>,
     /// Sleepers that were woken, with what woke them; each owes one byte on its socket.
     woken: HashMap<u64, Wake<T>>,
+    /// Called after every `put` (Mitogen `Latch.notify`), as a `Select` holding it asks.
+    notify: Option<LatchNotify>,
 }
+
+/// A function called, outside the latch's lock, after every [`Latch::put`] (Mitogen
+/// `Latch.notify`); a `Select` holding the latch sets one.
+pub type LatchNotify = Arc<dyn Fn() + Send + Sync>;
 
 /// A queue supporting mutation and waiting from many threads (Mitogen `mitogen.core.Latch`).
 ///
@@ -119,6 +125,7 @@ impl<T> Latch<T> {
                 closed: false,
                 sleeping: VecDeque::new(),
                 woken: HashMap::new(),
+                notify: None,
             }),
         }
     }
@@ -159,6 +166,7 @@ impl<T> Latch<T> {
         if s.closed {
             return Err(closed_error());
         }
+        let notify = s.notify.clone();
         match s.sleeping.pop_front() {
             Some((id, wsock)) => {
                 s.woken.insert(id, Wake::Item(obj));
@@ -167,9 +175,26 @@ impl<T> Latch<T> {
                 drop(s);
                 wake(&wsock);
             }
-            None => s.queue.push_back(obj),
+            None => {
+                s.queue.push_back(obj);
+                drop(s);
+            }
+        }
+        if let Some(n) = notify {
+            n();
         }
         Ok(())
+    }
+
+    /// Set or clear the function called after every [`put`](Latch::put) (Mitogen
+    /// `Latch.notify`).
+    pub fn set_notify(&self, notify: Option<LatchNotify>) {
+        self.state.lock().notify = notify;
+    }
+
+    /// Whether a notify function is set (the latch belongs to a `Select`).
+    pub fn has_notify(&self) -> bool {
+        self.state.lock().notify.is_some()
     }
 
     /// Mark the latch closed and wake every sleeping thread with [`LatchError`].

@@ -24,6 +24,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod atfork;
 mod blob;
 mod broker;
 mod child;
@@ -41,6 +42,7 @@ mod stream;
 mod sync;
 mod sys;
 
+pub use atfork::{prepare_fork, ForkGuard};
 pub use blob::{Blob, Secret};
 pub use broker::{panic_message, Broker, BrokerOptions, TimerHandle};
 pub use child::{
@@ -50,7 +52,7 @@ pub use child::{
 pub use context::Context;
 pub use error::{CallError, ChannelError, Error, GeneralError, LatchError, Result, StreamError, TimeoutError};
 pub use globals::Identity;
-pub use latch::{forget_thread_socket_after_fork, Latch};
+pub use latch::{Latch, LatchNotify};
 pub use message::{
     encode, Message, Payload, ADD_ROUTE, ALLOCATE_ID, CALL_FUNCTION, CALL_SERVICE, DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE,
     DETACHING, FIRST_DYNAMIC_HANDLE, FORWARD_LOG, FORWARD_MODULE, GET_MODULE, HEADER_LEN, IS_DEAD, LOAD_MODULE, MAGIC,

@@ -80,7 +80,10 @@ impl Receiver {
         persist: bool,
         respondent: Option<Context>,
     ) -> Result<Receiver> {
-        Receiver::with_handler_options(router, HandlerOptions { handle, persist, respondent, policy: None })
+        Receiver::with_handler_options(
+            router,
+            HandlerOptions { handle, persist, respondent, policy: None, overwrite: false },
+        )
     }
 
     /// A receiver registered with every [`HandlerOptions`], including a policy (as the child's

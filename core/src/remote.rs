@@ -41,10 +41,21 @@ pub fn name_of<F>(_: F) -> &'static str {
     std::any::type_name::<F>()
 }
 
+/// The table of registered functions by path, built on first use.
+fn table() -> &'static HashMap<&'static str, Invoke> {
+    static TABLE: OnceLock<HashMap<&'static str, Invoke>> = OnceLock::new();
+    TABLE.get_or_init(|| REMOTE_FUNCTIONS.iter().map(|e| ((e.name)(), e.invoke)).collect())
+}
+
+/// Build the table now (before a `fork`, so no other thread is half way through building it
+/// at that instant: a `OnceLock` left mid-initialisation would block the child for ever).
+pub(crate) fn build_table() {
+    table();
+}
+
 /// Look up a registered function by its path.
 pub(crate) fn lookup(path: &str) -> Option<Invoke> {
-    static TABLE: OnceLock<HashMap<&'static str, Invoke>> = OnceLock::new();
-    TABLE.get_or_init(|| REMOTE_FUNCTIONS.iter().map(|e| ((e.name)(), e.invoke)).collect()).get(path).copied()
+    table().get(path).copied()
 }
 
 /// What a remote function may return: a plain value, or a `Result` whose `Err` becomes a

@@ -10,7 +10,7 @@ use crate::broker::{guarded, Broker};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::globals::{self, Identity};
-use crate::message::{Message, DEFAULT_MAX_MESSAGE_SIZE, FIRST_DYNAMIC_HANDLE};
+use crate::message::{Message, DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE, FIRST_DYNAMIC_HANDLE};
 use crate::stream::Stream;
 
 /// A handler's admission check, called as `policy(msg, stream)` with the stream the message
@@ -31,11 +31,15 @@ pub struct HandlerOptions {
     pub respondent: Option<Context>,
     /// Admission check; a refused message is logged and answered with a dead reply.
     pub policy: Option<Policy>,
+    /// Replace a handler already registered for `handle` instead of failing (Mitogen
+    /// `overwrite`), as a parent's route monitor replaces every context's stub `DEL_ROUTE`
+    /// handler.
+    pub overwrite: bool,
 }
 
 impl Default for HandlerOptions {
     fn default() -> Self {
-        HandlerOptions { handle: None, persist: true, respondent: None, policy: None }
+        HandlerOptions { handle: None, persist: true, respondent: None, policy: None, overwrite: false }
     }
 }
 
@@ -46,6 +50,7 @@ impl fmt::Debug for HandlerOptions {
             .field("persist", &self.persist)
             .field("respondent", &self.respondent.as_ref().map(Context::context_id))
             .field("policy", &self.policy.is_some())
+            .field("overwrite", &self.overwrite)
             .finish()
     }
 }
@@ -144,7 +149,33 @@ impl Router {
                 Router { inner }.on_broker_exit();
             }
         });
+        router.add_del_route_stub();
         router
+    }
+
+    /// Every context acts on `DEL_ROUTE` (Mitogen core's `Router._on_del_route`): a parent
+    /// tells its child that a context the child sent messages to is gone, and callers waiting
+    /// on that context wake with a dead message. A parent's route monitor replaces this with a
+    /// handler that also relays the news.
+    fn add_del_route_stub(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let stub = move |msg: Message| {
+            let Some(inner) = weak.upgrade() else { return };
+            let router = Router { inner };
+            if msg.is_dead() {
+                return;
+            }
+            match msg.unpickle::<u32>() {
+                Ok(target) => {
+                    log::debug!("{router:?}: route to {target} lost (told by {})", msg.src_id);
+                    router.del_route(target);
+                }
+                Err(e) => log::error!("{router:?}: bad DEL_ROUTE from {}: {e}", msg.src_id),
+            }
+        };
+        let policy: Policy = Arc::new(has_parent_authority);
+        let options = HandlerOptions { handle: Some(DEL_ROUTE), policy: Some(policy), ..Default::default() };
+        self.add_handler(stub, options).expect("a new router has no DEL_ROUTE handler");
     }
 
     /// The broker this router's streams and handlers run on.
@@ -203,7 +234,7 @@ impl Router {
     pub fn add_handler(&self, func: impl Fn(Message) + Send + Sync + 'static, options: HandlerOptions) -> Result<u32> {
         let mut hs = self.inner.handlers.lock();
         let handle = match options.handle {
-            Some(h) if hs.map.contains_key(&h) => {
+            Some(h) if hs.map.contains_key(&h) && !options.overwrite => {
                 return Err(Error::general(format!(
                     "handle {h} is already registered in context {}",
                     self.context_id()
@@ -298,12 +329,13 @@ impl Router {
         Ok(())
     }
 
-    /// Forget the route to `target_id`; handlers expecting replies from it receive dead messages
-    /// (Mitogen `del_route`).
+    /// Forget the route to `target_id`, if there is one, and deliver a dead message to every
+    /// handler expecting replies from it (Mitogen `del_route` and the context's `disconnect`
+    /// signal). A leaf has no route of its own to a sibling (its messages take the default
+    /// route to the parent), so the handlers are told either way.
     pub fn del_route(&self, target_id: u32) {
-        if self.inner.routes.write().remove(&target_id).is_some() {
-            self.on_contexts_lost(&[target_id]);
-        }
+        self.inner.routes.write().remove(&target_id);
+        self.on_contexts_lost(&[target_id]);
     }
 
     /// Disconnect a directly connected context's stream and wait until it is gone (Mitogen
@@ -395,14 +427,25 @@ impl Router {
 
     fn send_dead_to(&self, reply_to: u32, src_id: u32, reason: &str) {
         let stub = Message { reply_to, src_id, ..Message::default() };
-        self.maybe_send_dead(&stub, reason);
+        self.maybe_send_dead(true, &stub, reason);
     }
 
-    /// Answer `msg` with a dead message saying `reason`, if it asked for a reply and is not
-    /// itself dead.
-    fn maybe_send_dead(&self, msg: &Message, reason: &str) {
-        if msg.reply_to != 0 && !msg.is_dead() {
+    /// Tell whoever waits on `msg` that it died of `reason` (Mitogen `_maybe_send_dead`): a
+    /// message that asked for a reply is answered with a dead message. One that did not (a
+    /// reply itself, or a `Sender`'s data) but whose destination is still `reachable` (it was
+    /// too large, say) is replaced by a dead message to the same destination and handle, so
+    /// the caller waiting for that reply wakes with the reason instead of waiting for ever.
+    fn maybe_send_dead(&self, unreachable: bool, msg: &Message, reason: &str) {
+        if msg.is_dead() {
+            return;
+        }
+        if msg.reply_to != 0 {
             let _ = msg.reply_message(Message::dead(reason), Some(self));
+        } else if !unreachable {
+            let mut dead = Message::dead(reason);
+            (dead.dst_id, dead.handle) = (msg.dst_id, msg.handle);
+            (dead.src_id, dead.auth_id) = (self.context_id(), self.context_id());
+            self.route(dead);
         }
     }
 
@@ -411,8 +454,13 @@ impl Router {
     pub fn async_route(&self, mut msg: Message, in_stream: Option<&Stream>) {
         if msg.data.len() > self.max_message_size() {
             log::error!("{self:?}: dropping {msg:?}: larger than max_message_size {}", self.max_message_size());
-            let reason = format!("message too large (max {} bytes)", self.max_message_size());
-            return self.maybe_send_dead(&msg, &reason);
+            let reason = format!(
+                "message of {} bytes is too large (max_message_size is {} bytes in context {})",
+                msg.data.len(),
+                self.max_message_size(),
+                self.context_id()
+            );
+            return self.maybe_send_dead(false, &msg, &reason);
         }
         if let Some(stream) = in_stream {
             if !self.verify_source(&mut msg, stream) {
@@ -425,7 +473,7 @@ impl Router {
         let Some(out) = self.stream_by_id(msg.dst_id) else {
             let reason = format!("no route to context {} from context {}", msg.dst_id, self.context_id());
             log::debug!("{self:?}: {reason}: {msg:?}");
-            return self.maybe_send_dead(&msg, &reason);
+            return self.maybe_send_dead(true, &msg, &reason);
         };
         if let Some(in_s) = in_stream {
             if self.unidirectional() && !(in_s.is_privileged() || out.is_privileged()) {
@@ -436,7 +484,7 @@ impl Router {
                     self.context_id()
                 );
                 log::error!("{self:?}: {reason}: {msg:?}");
-                return self.maybe_send_dead(&msg, &reason);
+                return self.maybe_send_dead(true, &msg, &reason);
             }
         }
         let (reply_to, src, dst) = (msg.reply_to, msg.src_id, msg.dst_id);
@@ -479,7 +527,7 @@ impl Router {
                 drop(hs);
                 log::debug!("{self:?}: invalid handle {}: {msg:?}", msg.handle);
                 let reason = format!("{INVALID_HANDLE} {} in context {}", msg.handle, self.context_id());
-                return self.maybe_send_dead(&msg, &reason);
+                return self.maybe_send_dead(true, &msg, &reason);
             };
             if let Some(r) = h.respondent {
                 if !msg.is_dead() && msg.src_id != r {
@@ -499,7 +547,7 @@ impl Router {
             if !policy(&msg, stream) {
                 log::error!("{self:?}: policy refused message: {msg:?}");
                 let reason = format!("refused by policy of handle {} in context {}", msg.handle, self.context_id());
-                return self.maybe_send_dead(&msg, &reason);
+                return self.maybe_send_dead(true, &msg, &reason);
             }
             if !persist {
                 self.inner.handlers.lock().map.remove(&msg.handle);

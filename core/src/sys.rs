@@ -98,6 +98,12 @@ pub(crate) fn tune_malloc_for_bulk() {
     }
 }
 
+/// `setsid(2)`: leave the parent's session and process group.
+pub(crate) fn setsid() -> io::Result<()> {
+    // SAFETY: setsid has no memory-safety preconditions.
+    cvt(unsafe { libc::setsid() }).map(|_| ())
+}
+
 /// Ignore `SIGPIPE`, as Rust's runtime does before `main` (a child may start before it).
 pub(crate) fn ignore_sigpipe() {
     // SAFETY: setting a signal's disposition to SIG_IGN has no memory-safety preconditions.

@@ -1,6 +1,37 @@
 //! `Router.fork()`: a child that is a copy of this process.
+//!
+//! # What a forked child may touch before its broker runs
+//!
+//! After `fork(2)` only the forking thread exists in the child. A lock that another thread held
+//! at that instant is held for ever there, and state another thread was half way through
+//! changing stays half changed. So, on the child's path from `fork` to its new broker and
+//! router, every piece of process-wide state is one of:
+//!
+//! * **lock-free**: the process identity (`mitogen_core::globals`), the current
+//!   `ExternalContext`, handle, stream and waiter counters, this crate's block of context ids
+//!   (atomics, see [`allocate_child_id`](crate::allocate_child_id)), the built remote-function
+//!   table;
+//! * **re-created in the child**: the calling thread's latch socket (forgotten, a fresh one is
+//!   made on the next wait), the broker, its poller and thread, the router and every handler
+//!   table, the stream to the parent; descriptors inherited from the parent are replaced by
+//!   `/dev/null` (not closed: a number the parent's logger or any other code still writes to
+//!   must not come back as the child's protocol socket);
+//! * **prepared by the forking thread and held across the `fork`**
+//!   ([`prepare_fork`](mitogen_core::prepare_fork)): the panic hook (installed once before the
+//!   first fork, never set in a child), the remote-function table (built before, so no thread
+//!   is half way through), std's stdout and stderr locks (released by the child);
+//! * **never touched**: std's backtrace lock (a forked child's panics carry no backtrace), the
+//!   environment lock (the broker thread is spawned with an explicit stack size, so std does
+//!   not read `RUST_MIN_STACK`), and the program's logger when it is not the library's own
+//!   child logger: its locks and files belong to the parent, so the child sets the log level
+//!   to `Off` (records logged in a forked child of a master are dropped; a forked child of a
+//!   child forwards them through its own context). Nothing is printed with `eprintln!` before
+//!   the child's stdio is its own; a start failure is written to fd 2 with one `write(2)`.
+//!
+//! The parent's memory is otherwise the child's: what `on_fork` and the called functions do
+//! with locks of the program's own is the program's business, as in Mitogen.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use mitogen_core::{Error, ExternalContext, Result, Router};
@@ -39,10 +70,11 @@ impl std::fmt::Debug for ForkOptions {
 /// Fork the calling process into a new child context (Mitogen `fork()`).
 ///
 /// The child keeps a copy of this process's memory but none of its machinery: every descriptor
-/// above 2 except its own stream is closed (so no copy of another stream keeps a peer from seeing
-/// end of file), the calling thread's latch socket is replaced, and a fresh broker and router are
-/// built; the parent's broker, router and other threads do not exist there. It then runs
-/// `on_start` and serves calls like any child. `local()` is better for long-lived children.
+/// above 2 except its own stream is replaced by `/dev/null` (so no copy of another stream keeps
+/// a peer from seeing end of file), the calling thread's latch socket is replaced, and a fresh
+/// broker and router are built; the parent's broker, router and other threads do not exist
+/// there. It then runs `on_start` and serves calls like any child. See the module docs for what
+/// the child may touch; `local()` is better for long-lived children.
 ///
 /// # Errors
 /// As [`connect_local`](crate::connect_local).
@@ -53,51 +85,58 @@ pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Res
     let mut config = fork.options.config(router, context_id, &placeholder)?;
     let hello = crate::local::hello_receiver(router, context_id)?;
     config.handshake_handle = hello.handle();
-    match sys::fork().map_err(|e| Error::stream(format!("fork: {e}")))? {
-        Forked::Child => {
-            // The parent's receiver is the parent's business: forget it without touching the
-            // router (whose locks another thread may have held at the fork).
-            std::mem::forget(hello);
-            drop(ours);
-            drop(err_r);
-            // stderr goes to the parent's pipe until the child redirects it.
-            let _ = sys::dup2(err_w.as_fd(), 2);
-            drop(err_w);
-            let keep = theirs.as_raw_fd();
-            sys::close_fds_except(keep);
-            mitogen_core::forget_thread_socket_after_fork();
-            if let Some(f) = &fork.on_fork {
-                f();
+    let guard = mitogen_core::prepare_fork();
+    let forked = sys::fork();
+    let pid = match forked {
+        Ok(Forked::Child) => child_main(guard, router, fork, config, hello, theirs, (ours, err_r, err_w)),
+        Ok(Forked::Parent(pid)) => pid,
+        Err(e) => return Err(Error::stream(format!("fork: {e}"))),
+    };
+    drop(guard);
+    drop(theirs);
+    drop(err_w);
+    let proc = Arc::new(ChildProcess::adopt(pid, vec![format!("fork of {}", std::process::id())])?);
+    config.name = crate::local::chain_name(router, fork.options.name.clone().unwrap_or_else(|| format!("fork.{pid}")));
+    let stream = mitogen_core::Stream::message(router, config.name.clone(), ours)?;
+    crate::local::handshake(router, proc, stream, err_r, hello, &config, fork.options.connect_timeout)
+}
+
+/// The forked child's side: only what the module docs allow, then the child's own context.
+fn child_main(
+    guard: mitogen_core::ForkGuard,
+    router: &Router,
+    fork: &ForkOptions,
+    mut config: mitogen_core::ChildConfig,
+    hello: mitogen_core::Receiver,
+    theirs: OwnedFd,
+    (ours, err_r, err_w): (OwnedFd, OwnedFd, OwnedFd),
+) -> ! {
+    guard.in_child();
+    // The parent's receiver is the parent's business: forget it without touching the router
+    // (whose locks another thread may have held at the fork).
+    std::mem::forget(hello);
+    drop(ours);
+    drop(err_r);
+    // stderr goes to the parent's pipe until the child redirects it.
+    let _ = sys::dup2(err_w.as_fd(), 2);
+    drop(err_w);
+    sys::null_fds_except(theirs.as_raw_fd());
+    if let Some(f) = &fork.on_fork {
+        f();
+    }
+    let default_name = || format!("fork.{}", std::process::id());
+    config.name = crate::local::chain_name(router, fork.options.name.clone().unwrap_or_else(default_name));
+    let Ok(rfd) = theirs.try_clone() else { sys::exit_now(1) };
+    match ExternalContext::start(config, rfd, theirs) {
+        Ok(ec) => {
+            if let Some(f) = &fork.on_start {
+                f(&ec);
             }
-            config.name = crate::local::chain_name(
-                router,
-                fork.options.name.clone().unwrap_or_else(|| format!("fork.{}", std::process::id())),
-            );
-            let rfd = match theirs.try_clone() {
-                Ok(fd) => fd,
-                Err(_) => sys::exit_now(1),
-            };
-            match ExternalContext::start(config, rfd, theirs) {
-                Ok(ec) => {
-                    if let Some(f) = &fork.on_start {
-                        f(&ec);
-                    }
-                    mitogen_core::serve(&ec)
-                }
-                Err(e) => {
-                    eprintln!("mitogen fork child {}: {e}", std::process::id());
-                    sys::exit_now(1)
-                }
-            }
+            mitogen_core::serve(&ec)
         }
-        Forked::Parent(pid) => {
-            drop(theirs);
-            drop(err_w);
-            let proc = Arc::new(ChildProcess::adopt(pid, vec![format!("fork of {}", std::process::id())])?);
-            config.name =
-                crate::local::chain_name(router, fork.options.name.clone().unwrap_or_else(|| format!("fork.{pid}")));
-            let stream = mitogen_core::Stream::message(router, config.name.clone(), ours)?;
-            crate::local::handshake(router, proc, stream, err_r, hello, &config, fork.options.connect_timeout)
+        Err(e) => {
+            sys::write_stderr(&format!("mitogen fork child {}: {e}\n", std::process::id()));
+            sys::exit_now(1)
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -175,9 +176,16 @@ pub(crate) fn handshake(
     let err_stream = watch_stderr(broker, &name, stderr, proc.clone(), move || {
         let _ = d.put(());
     });
-    // A graceful shutdown asks the child to exit, then waits for its stream to close.
+    // A graceful shutdown asks a connected child to exit, then waits for its stream to close.
+    // A connect still in progress is cancelled at once (Mitogen's CancelledError): the child
+    // may be anywhere in its start and cannot be relied on to answer within the grace period.
     let (id, my_id) = (config.context_id, router.context_id());
-    stream.set_on_shutdown(move |s, _| {
+    let connected = Arc::new(AtomicBool::new(false));
+    let c = connected.clone();
+    stream.set_on_shutdown(move |s, broker| {
+        if !c.load(Ordering::Acquire) {
+            return s.on_disconnect(broker);
+        }
         let msg = Message { dst_id: id, src_id: my_id, auth_id: my_id, handle: SHUTDOWN, ..Message::default() };
         let _ = s.send(msg);
     });
@@ -190,6 +198,7 @@ pub(crate) fn handshake(
     let outcome = hello.get_deadline(deadline).and_then(|m| m.unpickle::<Hello>());
     match outcome {
         Ok(h) if h.protocol_version == PROTOCOL_VERSION => {
+            connected.store(true, Ordering::Release);
             log::debug!("{name}: connected (pid {})", h.pid);
             Ok(Context::from(ctx))
         }

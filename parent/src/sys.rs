@@ -123,9 +123,37 @@ pub(crate) fn fork() -> io::Result<Forked> {
     }
 }
 
-/// In a forked child: close every descriptor from 3 up except `keep`, so no copy of the
-/// parent's streams (sockets to other children, the poller) keeps a peer from seeing EOF.
-pub(crate) fn close_fds_except(keep: RawFd) {
+/// In a forked child: replace every descriptor from 3 up except `keep` with `/dev/null`, so no
+/// copy of the parent's streams (sockets to other children, the poller) keeps a peer from
+/// seeing EOF, while every number stays taken: code of the parent's (a logger writing to its
+/// file) that still writes to one writes to `/dev/null`, never to a socket the child opens
+/// later under the same number. Falls back to closing them when `/proc` is not mounted.
+pub(crate) fn null_fds_except(keep: RawFd) {
+    let open: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect(),
+        Err(_) => return close_fds_except(keep),
+    };
+    // SAFETY: a NUL-terminated path literal; open returns a new fd or -1.
+    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if null < 0 {
+        return close_fds_except(keep);
+    }
+    for fd in open.into_iter().filter(|&fd| fd > 2 && fd != keep && fd != null) {
+        // SAFETY: F_GETFD only asks whether `fd` is open (the listing's own fd is closed by now);
+        // dup3 atomically replaces an fd this freshly forked, one-thread child owns, and which
+        // every OwnedFd of the parent's that refers to it will only ever close.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) >= 0 {
+                libc::dup3(null, fd, libc::O_CLOEXEC);
+            }
+        }
+    }
+    // SAFETY: `null` was opened above and is owned by nobody else.
+    unsafe { libc::close(null) };
+}
+
+/// Close every descriptor from 3 up except `keep`.
+fn close_fds_except(keep: RawFd) {
     // SAFETY: close_range only closes descriptors; the caller owns the process's fd table (a
     // freshly forked child with one thread) and forgets every OwnedFd it cannot vouch for.
     unsafe {
@@ -134,6 +162,13 @@ pub(crate) fn close_fds_except(keep: RawFd) {
         }
         libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
     }
+}
+
+/// Write `text` to fd 2 with one `write(2)`, taking no lock (std's stderr lock may be held by
+/// a thread that does not exist in a forked child).
+pub(crate) fn write_stderr(text: &str) {
+    // SAFETY: `text` is valid for reads of its length.
+    unsafe { libc::write(2, text.as_ptr().cast(), text.len()) };
 }
 
 /// End a forked child at once, running nothing of the parent's.

@@ -1,11 +1,11 @@
 //! Trees of contexts: the route monitor (`ADD_ROUTE` / `DEL_ROUTE`), context ids for children
 //! that become parents (`ALLOCATE_ID`), and creating a context through another (`via=`).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use mitogen_core::{
-    ExternalContext, HandlerOptions, Message, Policy, Result, Router, Stream, ADD_ROUTE, ALLOCATE_ID, DEL_ROUTE,
+    Error, ExternalContext, HandlerOptions, Message, Policy, Result, Router, Stream, ADD_ROUTE, ALLOCATE_ID, DEL_ROUTE,
     DETACHING,
 };
 use serde::{Deserialize, Serialize};
@@ -88,7 +88,9 @@ pub(crate) fn ensure_route_monitor(router: &Router) {
         let from = r.stream_by_id(msg.src_id);
         propagate_del_route(&r, target, from.as_ref(), !from_parent);
     };
-    let options = HandlerOptions { handle: Some(DEL_ROUTE), policy: Some(policy.clone()), ..Default::default() };
+    // Replaces the stub every router starts with, which only wakes local callers.
+    let options =
+        HandlerOptions { handle: Some(DEL_ROUTE), policy: Some(policy.clone()), overwrite: true, ..Default::default() };
     let _ = router.add_handler(del, options);
     let r = router.clone();
     let detaching = move |msg: Message| {
@@ -98,6 +100,8 @@ pub(crate) fn ensure_route_monitor(router: &Router) {
         if let Some(s) = r.stream_by_id(msg.src_id).filter(|s| s.remote_id() == Some(msg.src_id)) {
             log::debug!("{r:?}: context {} is detaching", msg.src_id);
             s.set_detached();
+            // The child waits for this answer before it disconnects (Mitogen `send_await`).
+            let _ = msg.reply(&(), Some(&r));
         }
     };
     let options = HandlerOptions { handle: Some(DETACHING), policy: Some(policy), ..Default::default() };
@@ -137,25 +141,39 @@ pub fn serve_allocate_id(router: &Router, next: std::sync::Arc<std::sync::atomic
     router.add_handler(serve, HandlerOptions { handle: Some(ALLOCATE_ID), ..Default::default() }).map(|_| ())
 }
 
+/// The block of context ids this process hands its own children: `next << 32 | end`, and the
+/// pid that asked for it, so a forked copy (which inherits this memory) asks for its own block
+/// instead of handing out the same ids. Atomics, not a lock: a thread may be waiting for the
+/// master's answer at the instant another forks, and a forked child must never find a lock
+/// held by a thread it does not have.
+static ID_BLOCK_RANGE: AtomicU64 = AtomicU64::new(0);
+static ID_BLOCK_PID: AtomicU32 = AtomicU32::new(0);
+
 /// A child's next context id for a context of its own, from blocks the master hands out.
 ///
 /// # Errors
 /// What asking the master fails with.
 pub fn allocate_child_id(router: &Router) -> Result<u32> {
-    /// `(pid, next, end)`: a block belongs to the process that asked for it, so a forked copy
-    /// (which inherits this memory) asks for its own instead of handing out the same ids.
-    static BLOCK: Mutex<(u32, u32, u32)> = Mutex::new((0, 0, 0));
-    let mut block = BLOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let pid = std::process::id();
-    if block.0 != pid || block.1 == block.2 {
-        let master = router.context_by_id(0);
-        let (first, end): (u32, u32) =
-            master.send_await(Message::raw(ALLOCATE_ID, Vec::new()), Some(Duration::from_secs(30)))?;
-        *block = (pid, first, end);
+    loop {
+        let range = ID_BLOCK_RANGE.load(Ordering::Acquire);
+        let (next, end) = ((range >> 32) as u32, range as u32);
+        if ID_BLOCK_PID.load(Ordering::Acquire) != pid || next >= end {
+            break;
+        }
+        let taken = u64::from(next + 1) << 32 | u64::from(end);
+        if ID_BLOCK_RANGE.compare_exchange(range, taken, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            return Ok(next);
+        }
     }
-    let id = block.1;
-    block.1 += 1;
-    Ok(id)
+    // No usable block: ask for one (threads racing here each get their own; the loser's
+    // remainder is simply not used).
+    let master = router.context_by_id(0);
+    let (first, end): (u32, u32) =
+        master.send_await(Message::raw(ALLOCATE_ID, Vec::new()), Some(Duration::from_secs(30)))?;
+    ID_BLOCK_RANGE.store(u64::from(first + 1) << 32 | u64::from(end), Ordering::Release);
+    ID_BLOCK_PID.store(pid, Ordering::Release);
+    Ok(first)
 }
 
 /// How to create a context through another, as sent to the via context.
@@ -212,23 +230,36 @@ impl ViaRequest {
     }
 }
 
+/// What [`via_connect`] answers: the new context's id and name, or the error connecting failed
+/// with, of the same kind a direct connect gives (a `TimeoutError` stays one), plus the via
+/// context's host name for the message.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ViaOutcome {
+    /// The via context's host name (Mitogen "error occurred on host ...").
+    pub hostname: String,
+    /// `(id, name)` of the new context, or why it could not be made.
+    pub result: std::result::Result<(u32, String), Error>,
+}
+mitogen_core::returns!(ViaOutcome);
+
 /// Runs in the via context: create the requested child from this context's own executable, and
-/// return its id and name (Mitogen `_proxy_connect`).
-///
-/// # Errors
-/// What creating the child fails with, as text for the caller's `CallError`.
-pub fn via_connect(request: ViaRequest) -> std::result::Result<(u32, String), mitogen_core::Error> {
-    let ec = ExternalContext::current()
-        .ok_or_else(|| mitogen_core::Error::general("via_connect runs only in a child context"))?;
-    let router = ec.router();
-    let id = allocate_child_id(router)?;
-    let options = request.options();
-    let ctx = if request.fork {
-        connect_fork(router, id, &ForkOptions { options, on_fork: None, on_start: None })?
-    } else {
-        connect_local(router, id, &options)?
+/// return its id and name (Mitogen `_proxy_connect`); a failure is returned as it is, not as a
+/// `CallError`.
+pub fn via_connect(request: ViaRequest) -> ViaOutcome {
+    let connect = || {
+        let ec =
+            ExternalContext::current().ok_or_else(|| Error::general("via_connect runs only in a child context"))?;
+        let router = ec.router();
+        let id = allocate_child_id(router)?;
+        let options = request.options();
+        let ctx = if request.fork {
+            connect_fork(router, id, &ForkOptions { options, on_fork: None, on_start: None })?
+        } else {
+            connect_local(router, id, &options)?
+        };
+        Ok((id, ctx.name().unwrap_or_default().to_owned()))
     };
-    Ok((id, ctx.name().unwrap_or_default().to_owned()))
+    ViaOutcome { hostname: crate::sys::hostname(), result: connect() }
 }
 mitogen_core::remote!(via_connect);
 
@@ -236,7 +267,8 @@ mitogen_core::remote!(via_connect);
 /// [`via_connect`], announcing the route up the tree first.
 ///
 /// # Errors
-/// [`CallError`](mitogen_core::CallError) with what failed in the via context;
+/// The error connecting failed with in the via context, of the same kind a direct connect
+/// gives, its text starting "error occurred on host <host> in context <via>";
 /// [`ChannelError`](mitogen_core::ChannelError) if the via context is lost meanwhile.
 pub fn connect_via(
     router: &Router,
@@ -244,7 +276,11 @@ pub fn connect_via(
     options: &Options,
     fork: bool,
 ) -> Result<crate::Context> {
+    let via_name = format!("{via:?}");
     let via = crate::Context::from(via.clone());
-    let (id, name) = via.call(via_connect, (ViaRequest::new(options, fork),))?;
-    Ok(crate::Context::from(mitogen_core::Context::new(router, id, Some(name))))
+    let outcome = via.call(via_connect, (ViaRequest::new(options, fork),))?;
+    match outcome.result {
+        Ok((id, name)) => Ok(crate::Context::from(mitogen_core::Context::new(router, id, Some(name)))),
+        Err(e) => Err(e.prefixed(&format!("error occurred on host {} in {via_name}", outcome.hostname))),
+    }
 }

@@ -1,7 +1,7 @@
 //! Waiting on many receivers at once (Python's `mitogen.select`).
 //!
-//! A [`Select`] gathers [`Receiver`]s, [`Channel`]s and other `Select`s and returns the first
-//! message posted to any of them. With `oneshot` (the default) each receiver is removed once it
+//! A [`Select`] gathers [`Receiver`]s, [`Channel`]s, [`Latch`]es of messages and other
+//! `Select`s and returns the first message posted to any of them. With `oneshot` (the default) each receiver is removed once it
 //! yields a message, so iterating a `Select` over a batch of `call_async` receivers ends when all
 //! have answered, in the order the answers arrived.
 //!
@@ -53,11 +53,15 @@ impl<T> Mutex<T> {
     }
 }
 
-/// Something a [`Select`] can wait on: a receiver (or channel) or another select.
+/// Something a [`Select`] can wait on: a receiver (or channel), a latch, or another select.
 #[derive(Clone, Debug)]
 pub enum Selectable {
     /// A receiver; a [`Channel`] is added as its receiving half.
     Receiver(Receiver),
+    /// A latch of messages: [`Select::get`] returns what was [`put`](Latch::put) in it
+    /// (Mitogen's Select accepts any `Latch`; here its items are [`Message`]s, such as
+    /// `Message::pickled(&value, 0)`, so a select returns one type).
+    Latch(Arc<Latch<Message>>),
     /// A nested select.
     Select(Select),
 }
@@ -66,6 +70,7 @@ impl Selectable {
     fn same(&self, other: &Selectable) -> bool {
         match (self, other) {
             (Selectable::Receiver(a), Selectable::Receiver(b)) => a == b,
+            (Selectable::Latch(a), Selectable::Latch(b)) => Arc::ptr_eq(a, b),
             (Selectable::Select(a), Selectable::Select(b)) => Arc::ptr_eq(&a.inner, &b.inner),
             _ => false,
         }
@@ -74,6 +79,7 @@ impl Selectable {
     fn len(&self) -> usize {
         match self {
             Selectable::Receiver(r) => r.len(),
+            Selectable::Latch(l) => l.len(),
             Selectable::Select(s) => s.inner.latch.len(),
         }
     }
@@ -94,6 +100,18 @@ impl From<&Receiver> for Selectable {
 impl From<&Channel> for Selectable {
     fn from(c: &Channel) -> Selectable {
         Selectable::Receiver(c.receiver().clone())
+    }
+}
+
+impl From<Arc<Latch<Message>>> for Selectable {
+    fn from(l: Arc<Latch<Message>>) -> Selectable {
+        Selectable::Latch(l)
+    }
+}
+
+impl From<&Arc<Latch<Message>>> for Selectable {
+    fn from(l: &Arc<Latch<Message>>) -> Selectable {
+        Selectable::Latch(l.clone())
     }
 }
 
@@ -154,6 +172,7 @@ impl Drop for Inner {
 fn detach(member: &Selectable) {
     match member {
         Selectable::Receiver(r) => r.set_notify(None),
+        Selectable::Latch(l) => l.set_notify(None),
         Selectable::Select(s) => *s.inner.notify.lock() = None,
     }
 }
@@ -227,6 +246,17 @@ impl Select {
                     return Err(Error::general(format!("{r:?} already belongs to a Select")));
                 }
                 r.set_notify(Some(Arc::new(move |r: &Receiver| put(&weak, Selectable::Receiver(r.clone())))));
+            }
+            Selectable::Latch(l) => {
+                if l.has_notify() {
+                    return Err(Error::general(format!("{l:?} already belongs to a Select")));
+                }
+                let latch = Arc::downgrade(l);
+                l.set_notify(Some(Arc::new(move || {
+                    if let Some(l) = latch.upgrade() {
+                        put(&weak, Selectable::Latch(l));
+                    }
+                })));
             }
             Selectable::Select(s) => {
                 if s.contains(self) {
@@ -356,6 +386,7 @@ impl Select {
             }
             let got = match &member {
                 Selectable::Receiver(r) => r.try_get(),
+                Selectable::Latch(l) => l.try_get(),
                 Selectable::Select(s) => s.try_get(),
             };
             match got {

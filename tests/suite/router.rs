@@ -63,7 +63,7 @@ fn too_large_message_gets_a_dead_reply() {
         let pair = Pair::new();
         pair.child.router.set_max_message_size(100);
         let err = dead_reply_to(&pair.child.router, 0, Message::raw(1000, vec![0; 101]));
-        assert!(err.contains("message too large (max 100 bytes)"), "{err}");
+        assert!(err.contains("message of 101 bytes is too large (max_message_size is 100 bytes"), "{err}");
     });
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use mitogen::core::{ExternalContext, Message, HEADER_LEN};
+use mitogen::core::{ExternalContext, Message, Receiver, Sender, HEADER_LEN};
 use mitogen::master::{Context, ForkOptions, Options, Router};
 use mitogen_tests::{run, WAIT};
 
@@ -35,9 +35,12 @@ fn write_to_parent_soon(bytes: Vec<u8>) {
     });
 }
 
-/// In a child: detach, and exit by itself after `ms`, writing `path` first.
-fn detach_and_finish_later(path: String, ms: u64) {
-    ExternalContext::current().expect("runs in a child").detach();
+/// In a child: say so on `started`, detach, and exit by itself after `ms`, writing `path`
+/// first (Mitogen's async-task pattern: the caller learns of the start through a Sender).
+fn detach_and_finish_later(started: Sender, path: String, ms: u64) {
+    started.send(&std::process::id()).unwrap();
+    ExternalContext::current().expect("runs in a child").detach().unwrap();
+    assert!(mitogen::parent_ids().is_empty(), "a detached context has no parents");
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(ms));
         std::fs::write(&path, std::process::id().to_string()).unwrap();
@@ -184,7 +187,11 @@ fn a_detached_child_keeps_running_after_the_master_exits() {
         let router = Router::new(None).unwrap();
         let child = router.local(Options::default()).unwrap();
         let pid = child.call(local_whoami, ()).unwrap().1 as i32;
-        child.call(detach_and_finish_later, (dir.display().to_string(), 500)).unwrap();
+        let started = Receiver::new(&router).unwrap();
+        let call = child.call_async(detach_and_finish_later, (started.to_sender(), dir.display().to_string(), 500));
+        assert_eq!(started.get_data_timeout::<u32>(WAIT).unwrap(), pid as u32);
+        // The detaching call never answers: the child disconnected from its parent.
+        assert!(call.unwrap().get_timeout(WAIT).unwrap_err().is_channel());
         router.shutdown_and_join();
         assert!(!dir.exists(), "the child had not finished when the master exited");
         // The detached child outlived the master's broker and finishes its work on its own.
