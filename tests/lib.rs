@@ -9,7 +9,7 @@
 //! the same time, their resources are indistinguishable from a leak, so the check is skipped for
 //! overlapping tests and says so on stderr.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -31,7 +31,10 @@ pub fn init() {
     });
 }
 
-static CAPTURED: std::sync::Mutex<Vec<(log::Level, String, String)>> = std::sync::Mutex::new(Vec::new());
+/// Records kept for [`logged`]: the most recent ones, so a test that logs in a loop stays
+/// bounded in memory.
+static CAPTURED: std::sync::Mutex<VecDeque<(log::Level, String, String)>> = std::sync::Mutex::new(VecDeque::new());
+const CAPTURED_MAX: usize = 100_000;
 
 struct Capture {
     printer: env_logger::Logger,
@@ -45,7 +48,11 @@ impl log::Log for Capture {
     fn log(&self, record: &log::Record<'_>) {
         if record.level() <= log::Level::Info {
             let entry = (record.level(), record.target().to_owned(), record.args().to_string());
-            CAPTURED.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+            let mut captured = CAPTURED.lock().unwrap_or_else(|e| e.into_inner());
+            if captured.len() == CAPTURED_MAX {
+                captured.pop_front();
+            }
+            captured.push_back(entry);
         }
         self.printer.log(record);
     }

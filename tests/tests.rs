@@ -13,6 +13,8 @@ mitogen::remote!(local_whoami);
 mod calls;
 #[path = "suite/fork.rs"]
 mod fork;
+#[path = "suite/fork_safety.rs"]
+mod fork_safety;
 #[path = "suite/fuzz.rs"]
 mod fuzz;
 #[path = "suite/lifetime.rs"]

@@ -96,7 +96,7 @@ macro_rules! returns {
 }
 
 returns!((), bool, char, u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64, String);
-returns!(crate::Blob);
+returns!(crate::Blob, crate::Context, crate::Sender);
 
 impl<T: Serialize + DeserializeOwned> Returns for Vec<T> {
     type Ok = Vec<T>;

@@ -1,9 +1,11 @@
 //! Calls into local children: call_async, call_no_reply, pipelined call chains, shutdown.
 
+use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use mitogen::master::{CallChain, Options, Router};
+use mitogen::core::{Blob, Receiver, Sender};
+use mitogen::master::{CallChain, ForkOptions, Options, Router};
 use mitogen::select::Select;
 use mitogen_tests::{run, WAIT};
 
@@ -26,7 +28,23 @@ fn slow_echo(ms: u64, v: u32) -> u32 {
     v
 }
 
-mitogen::remote!(push, pushed, fail_with, slow_echo);
+/// Send `0..n` through `sender`, in order, then close it.
+fn stream_through(sender: Sender, n: u32) {
+    for i in 0..n {
+        sender.send(&i).unwrap();
+    }
+    sender.close();
+}
+
+fn echo_context(ctx: mitogen::core::Context) -> mitogen::core::Context {
+    ctx
+}
+
+fn bytes_of_len(n: usize) -> Blob {
+    Blob(vec![7; n])
+}
+
+mitogen::remote!(push, pushed, fail_with, slow_echo, stream_through, echo_context, bytes_of_len);
 
 #[test]
 fn call_async_results_are_gathered_in_arrival_order() {
@@ -119,6 +137,80 @@ fn a_call_in_flight_when_the_child_is_killed_wakes_with_channel_error() {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         let err = recv.get_timeout(WAIT).unwrap_err();
         assert!(err.is_channel(), "{err}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_sender_passed_as_a_call_argument_streams_10000_values_in_order() {
+    // Mitogen's documented data flow: remote.call(fn, recv.to_sender()).
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let child = router.local(Options::default()).unwrap();
+        let recv = Receiver::new(&router).unwrap();
+        let call = child.call_async(stream_through, (recv.to_sender(), 10_000)).unwrap();
+        for i in 0..10_000u32 {
+            assert_eq!(recv.get_data_timeout::<u32>(WAIT).unwrap(), i);
+        }
+        assert!(recv.get_timeout(WAIT).unwrap_err().is_channel(), "the child closed the sender");
+        call.get_timeout(WAIT).unwrap().unpickle::<()>().unwrap();
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_context_passed_as_a_call_argument_comes_back_equal() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let a = router.local(Options::default()).unwrap();
+        let b = router.local(Options { name: Some("b".into()), ..Options::default() }).unwrap();
+        let back = a.call(echo_context, (b.core().clone(),)).unwrap();
+        assert_eq!(back, *b.core());
+        assert_eq!((back.context_id(), back.name()), (b.context_id(), Some("b")));
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_reply_larger_than_max_message_size_wakes_the_caller_with_a_channel_error() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        router.set_max_message_size(1 << 20);
+        let child = router.local(Options::default()).unwrap();
+        let err = child.call(bytes_of_len, (2 << 20,)).unwrap_err();
+        assert!(err.is_channel() && err.to_string().contains("too large"), "{err}");
+        assert!(err.to_string().contains(&format!("{} bytes", 1 << 20)), "it names the limit: {err}");
+        assert_eq!(child.call(bytes_of_len, (10,)).unwrap().0.len(), 10, "the child keeps working");
+        router.shutdown_and_join();
+    });
+}
+
+/// Whether `pid` has exited (gone, or a zombie waiting to be reaped).
+fn exited(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').map_or(true, |(_, rest)| rest.trim_start().starts_with('Z'))
+}
+
+#[test]
+fn a_call_queued_when_the_childs_broker_exits_never_runs_as_an_orphan() {
+    // The child's main thread is still in on_start when a call arrives and its parent then
+    // disconnects: the broker exits with the call queued. The child must end itself at once,
+    // not run the call with no parent (the parent's reaper would only SIGTERM it after 1 s).
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let options = ForkOptions {
+            on_start: Some(Arc::new(|_: &mitogen::core::ExternalContext| {
+                std::thread::sleep(Duration::from_millis(500))
+            })),
+            ..ForkOptions::default()
+        };
+        let child = router.fork(options).unwrap();
+        let child_pid = child.name().unwrap().trim_start_matches("fork.").parse::<u32>().unwrap();
+        child.call_no_reply(slow_echo, (60_000, 1)).unwrap();
+        router.disconnect(child.core()).unwrap();
+        let disconnected = Instant::now();
+        mitogen_tests::wait_until("the child to exit", Duration::from_millis(900), || exited(child_pid));
+        assert!(disconnected.elapsed() < Duration::from_secs(1), "it ended itself, before any SIGTERM");
         router.shutdown_and_join();
     });
 }

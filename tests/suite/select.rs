@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use mitogen::core::{Receiver, Router};
-use mitogen::select::Select;
+use mitogen::core::{Message, Receiver, Router};
+use mitogen::select::{Select, Selectable};
 use mitogen_tests::{run, wait_until, WAIT};
 
 use crate::fixtures::Node;
@@ -154,5 +154,27 @@ fn all_raises_a_dead_receiver_as_channel_error() {
         recvs[1].to_sender().close();
         let err = Select::all::<_, _, u32>(recvs).unwrap_err();
         assert!(err.is_channel() && err.to_string().contains("sender closed"), "{err}");
+    });
+}
+
+#[test]
+fn a_select_waits_on_latches_beside_receivers() {
+    run(|| {
+        let node = Node::new(0, vec![]);
+        let recv = Receiver::new(&node.router).unwrap();
+        let latch = std::sync::Arc::new(mitogen::core::Latch::new());
+        let select = Select::new([Selectable::from(&recv), Selectable::from(&latch)], true).unwrap();
+        let l = latch.clone();
+        let putter = std::thread::spawn(move || l.put(Message::pickled("from the latch", 0).unwrap()).unwrap());
+        let msg = select.get_timeout(WAIT).unwrap();
+        assert_eq!(msg.unpickle::<String>().unwrap(), "from the latch");
+        assert!(msg.receiver.is_none(), "it came from the latch");
+        putter.join().unwrap();
+        recv.to_sender().send(&5u32).unwrap();
+        assert_eq!(select.get_timeout(WAIT).unwrap().unpickle::<u32>().unwrap(), 5);
+        assert!(!select.has_receivers(), "oneshot removed both");
+        let again = Select::new([Selectable::from(&latch)], false).unwrap();
+        assert!(Select::new([Selectable::from(&latch)], false).is_err(), "a latch belongs to one select");
+        drop(again);
     });
 }

@@ -48,7 +48,41 @@ fn detach_and_finish_later(started: Sender, path: String, ms: u64) {
     });
 }
 
-mitogen::remote!(call_whoami_in, my_name, sleep_then, write_to_parent_soon, detach_and_finish_later);
+/// In a child: open a mailbox anyone may send to; when something arrives, say so on
+/// `arrived` (and never answer it).
+fn open_mailbox(arrived: Sender) -> Sender {
+    let ec = ExternalContext::current().expect("runs in a child");
+    let mailbox = Receiver::new(ec.router()).unwrap();
+    let sender = mailbox.to_sender();
+    std::thread::spawn(move || {
+        if mailbox.get().is_ok() {
+            arrived.send(&std::process::id()).unwrap();
+        }
+    });
+    sender
+}
+
+/// In a leaf: post a reply address to `mailbox` (in a sibling) and wait for the answer, with
+/// the sibling as the expected respondent; return how the wait ended.
+fn wait_for_answer_from(mailbox: Sender) -> String {
+    let ec = ExternalContext::current().expect("runs in a child");
+    let reply = Receiver::with_options(ec.router(), None, true, Some(mailbox.context().clone())).unwrap();
+    mailbox.send(&reply.to_sender()).unwrap();
+    match reply.get() {
+        Ok(_) => "answered".into(),
+        Err(e) => format!("is_channel={}: {e}", e.is_channel()),
+    }
+}
+
+mitogen::remote!(
+    call_whoami_in,
+    my_name,
+    sleep_then,
+    write_to_parent_soon,
+    detach_and_finish_later,
+    open_mailbox,
+    wait_for_answer_from
+);
 
 fn chain(router: &Router, depth: usize, fork_at: &[usize]) -> Vec<Context> {
     let mut out: Vec<Context> = Vec::new();
@@ -273,6 +307,52 @@ fn a_fork_of_an_intermediate_gets_its_own_ids_and_logs_through_its_own_context()
         f.shutdown(false).unwrap().get_timeout(WAIT).unwrap();
         let got = mitogen_tests::logged("mitogen::ctx::a.f");
         assert!(got.iter().any(|(_, _, m)| m.ends_with("from the fork")), "{got:?}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_leaf_waiting_on_a_lost_sibling_wakes_with_a_channel_error() {
+    // a has no children of its own; the master tells it b is gone with DEL_ROUTE.
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
+        let b = router.local(Options { name: Some("b".into()), ..Options::default() }).unwrap();
+        let arrived = Receiver::new(&router).unwrap();
+        let mailbox = b.call(open_mailbox, (arrived.to_sender(),)).unwrap();
+        let waiting = a.call_async(wait_for_answer_from, (mailbox,)).unwrap();
+        let b_pid = arrived.get_data_timeout::<u32>(WAIT).unwrap();
+        // SAFETY: b is our own child, alive (it just answered); SIGKILL has no preconditions.
+        assert_eq!(unsafe { libc::kill(b_pid as i32, libc::SIGKILL) }, 0);
+        let outcome: String = waiting.get_timeout(WAIT).unwrap().unpickle().unwrap();
+        assert!(outcome.starts_with("is_channel=true"), "{outcome}");
+        assert_eq!(a.call(local_whoami, ()).unwrap().0, a.context_id(), "a goes on");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_connect_that_fails_inside_a_via_context_keeps_its_kind_and_names_where() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
+        let silent = Options {
+            via: Some(a.core().clone()),
+            command_prefix: vec!["sh".into(), "-c".into(), "sleep 60".into(), "--".into()],
+            connect_timeout: Duration::from_millis(300),
+            ..Options::default()
+        };
+        let err = router.local(silent).unwrap_err();
+        assert!(err.is_timeout(), "a timeout stays a TimeoutError: {err}");
+        assert!(err.to_string().contains("error occurred on host") && err.to_string().contains("\"a\""), "{err}");
+        let dies = Options {
+            via: Some(a.core().clone()),
+            command_prefix: vec!["sh".into(), "-c".into(), "echo gone >&2".into(), "--".into()],
+            ..Options::default()
+        };
+        let err = router.local(dies).unwrap_err();
+        assert!(err.is_stream() && err.to_string().contains("gone"), "end of output stays a StreamError: {err}");
+        assert_eq!(a.call(local_whoami, ()).unwrap().0, a.context_id(), "a goes on");
         router.shutdown_and_join();
     });
 }
