@@ -220,7 +220,7 @@ impl ExternalContext {
     /// # Errors
     /// [`StreamError`](crate::StreamError) if the pipes cannot be made.
     pub fn redirect_stdio(&self) -> Result<()> {
-        let fail = |e: std::io::Error| Error::stream(format!("cannot redirect stdio: {e}"));
+        let fail = |e: std::io::Error| Error::stream_io("cannot redirect stdio", e);
         let null = sys::open_devnull().map_err(fail)?;
         sys::dup2(null.as_fd(), 0).map_err(fail)?;
         for (fd, target) in [(1, "stdout"), (2, "stderr")] {
@@ -538,7 +538,7 @@ fn read_exact(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Resul
 /// # Errors
 /// [`StreamError`](crate::StreamError) if the stream ends or the frame is not a config.
 pub fn read_config(fd: std::os::fd::BorrowedFd<'_>) -> Result<ChildConfig> {
-    let fail = |e: std::io::Error| Error::stream(format!("cannot read child config: {e}"));
+    let fail = |e: std::io::Error| Error::stream_io("cannot read child config", e);
     let mut header = [0u8; HEADER_LEN];
     read_exact(fd, &mut header).map_err(fail)?;
     let (mut msg, len) = Message::parse_header(&header)?;
@@ -549,10 +549,14 @@ pub fn read_config(fd: std::os::fd::BorrowedFd<'_>) -> Result<ChildConfig> {
     read_exact(fd, &mut msg.data).map_err(fail)?;
     let config: ChildConfig = msg.unpickle()?;
     if config.protocol_version != PROTOCOL_VERSION {
-        return Err(Error::stream(format!(
-            "parent speaks protocol version {}, this executable speaks {PROTOCOL_VERSION}",
-            config.protocol_version
-        )));
+        let kind = crate::StreamErrorKind::ProtocolMismatch { ours: PROTOCOL_VERSION, theirs: config.protocol_version };
+        return Err(Error::stream_kind(
+            kind,
+            format!(
+                "parent speaks protocol version {}, this executable speaks {PROTOCOL_VERSION}",
+                config.protocol_version
+            ),
+        ));
     }
     Ok(config)
 }
@@ -582,7 +586,7 @@ pub(crate) fn run_exec_child() -> ! {
 }
 
 fn exec_child_start() -> Result<ExternalContext> {
-    let fail = |e: std::io::Error| Error::stream(format!("cannot take protocol fds: {e}"));
+    let fail = |e: std::io::Error| Error::stream_io("cannot take protocol fds", e);
     let rfd = sys::dup_cloexec(sys::borrow_std(0)).map_err(fail)?;
     let wfd = sys::dup_cloexec(sys::borrow_std(1)).map_err(fail)?;
     // Until redirect_stdio, anything printed goes to the parent's stderr pipe, never the stream.

@@ -6,6 +6,7 @@
 //! with `?`, and [`Error::is_channel`] and friends tell the kinds apart without a `match`.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -97,12 +98,6 @@ reason_error!(
     "latch error"
 );
 reason_error!(
-    /// A stream failed: a connection broke, a peer sent something that is not the protocol, or a
-    /// message could not be encoded or decoded (Mitogen `StreamError`).
-    StreamError,
-    "stream error"
-);
-reason_error!(
     /// A blocking operation did not complete before its deadline (Mitogen `TimeoutError`).
     TimeoutError,
     "timeout"
@@ -113,6 +108,114 @@ reason_error!(
     GeneralError,
     "error"
 );
+
+/// What kind of failure a [`StreamError`] is, for a caller that matches on it instead of
+/// reading its text (Mitogen's `StreamError` subclasses).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum StreamErrorKind {
+    /// A connection broke, a peer sent something that is not the protocol, a message could not
+    /// be encoded or decoded, or a descriptor could not be made.
+    Other,
+    /// The child's output ended before its handshake (Mitogen `EofError`): it exited, or the
+    /// command that was to start it failed. Holds the last lines it printed.
+    Eof {
+        /// The last lines the child printed, oldest first (at most 100).
+        last_lines: Vec<String>,
+    },
+    /// The connection was cancelled because the broker began to shut down (Mitogen
+    /// `CancelledError`).
+    Cancelled,
+    /// The child's command could not be started (Mitogen "Child start failed").
+    ChildStart {
+        /// The `errno` of the failed `exec` or `fork`.
+        errno: i32,
+        /// The command, shell-quoted.
+        argv: String,
+    },
+    /// The two ends speak different protocol versions.
+    ProtocolMismatch {
+        /// This executable's protocol version.
+        ours: u32,
+        /// The peer's protocol version.
+        theirs: u32,
+    },
+    /// A password was needed and none was given, or it was refused (Mitogen
+    /// `ssh.PasswordError`, `sudo.PasswordError`, `su.PasswordError`, `doas.PasswordError`).
+    Password,
+    /// A host key was unknown or did not match (Mitogen `ssh.HostKeyError`).
+    HostKey,
+}
+
+/// A stream failed (Mitogen `StreamError`): see its [`kind`](StreamError::kind). An underlying
+/// operating-system error is its [`source`](std::error::Error::source); it does not cross
+/// the wire (the text does).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StreamError {
+    kind: StreamErrorKind,
+    reason: String,
+    #[serde(skip)]
+    source: Option<Arc<std::io::Error>>,
+}
+
+impl StreamError {
+    /// An error of kind [`StreamErrorKind::Other`] saying `reason`.
+    pub fn new(reason: impl Into<String>) -> StreamError {
+        StreamError::with_kind(StreamErrorKind::Other, reason)
+    }
+
+    /// An error of `kind` saying `reason`.
+    pub fn with_kind(kind: StreamErrorKind, reason: impl Into<String>) -> StreamError {
+        StreamError { kind, reason: reason.into(), source: None }
+    }
+
+    /// The same error, caused by `source`.
+    pub fn caused_by(mut self, source: std::io::Error) -> StreamError {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> &StreamErrorKind {
+        &self.kind
+    }
+
+    /// What failed, without the error's prefix.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The operating-system error that caused this one, if any.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        self.source.as_deref()
+    }
+}
+
+impl PartialEq for StreamError {
+    fn eq(&self, other: &StreamError) -> bool {
+        (&self.kind, &self.reason) == (&other.kind, &other.reason)
+    }
+}
+
+impl Eq for StreamError {}
+
+impl fmt::Display for StreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "stream error: {}", self.reason)
+    }
+}
+
+impl std::error::Error for StreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<StreamError> for Error {
+    fn from(e: StreamError) -> Error {
+        Error::StreamError(e)
+    }
+}
 
 /// Any error of this crate (Mitogen's `Error` and its subclasses). It crosses the wire intact,
 /// so an error raised in another context (a connect through `via=`) keeps its kind.
@@ -138,9 +241,28 @@ impl Error {
         Error::GeneralError(GeneralError::new(reason))
     }
 
-    /// A [`StreamError`] saying `reason`.
+    /// A [`StreamError`] of kind [`Other`](StreamErrorKind::Other) saying `reason`.
     pub fn stream(reason: impl Into<String>) -> Error {
         Error::StreamError(StreamError::new(reason))
+    }
+
+    /// A [`StreamError`] of kind [`Other`](StreamErrorKind::Other): `what` failed with
+    /// `source`, which stays the error's [`source`](std::error::Error::source).
+    pub fn stream_io(what: impl fmt::Display, source: std::io::Error) -> Error {
+        Error::StreamError(StreamError::new(format!("{what}: {source}")).caused_by(source))
+    }
+
+    /// A [`StreamError`] of `kind` saying `reason`.
+    pub fn stream_kind(kind: StreamErrorKind, reason: impl Into<String>) -> Error {
+        Error::StreamError(StreamError::with_kind(kind, reason))
+    }
+
+    /// The kind of a [`StreamError`]; `None` for other errors.
+    pub fn stream_kind_of(&self) -> Option<&StreamErrorKind> {
+        match self {
+            Error::StreamError(e) => Some(e.kind()),
+            _ => None,
+        }
     }
 
     /// A [`ChannelError`] saying `reason`.
@@ -161,7 +283,7 @@ impl Error {
             Error::CallError(e) => Error::CallError(CallError { message: p(&e.message), ..e }),
             Error::ChannelError(e) => Error::ChannelError(ChannelError::new(p(e.reason()))),
             Error::LatchError(e) => Error::LatchError(LatchError::new(p(e.reason()))),
-            Error::StreamError(e) => Error::StreamError(StreamError::new(p(e.reason()))),
+            Error::StreamError(e) => Error::StreamError(StreamError { reason: p(&e.reason), ..e }),
             Error::TimeoutError(e) => Error::TimeoutError(TimeoutError::new(p(e.reason()))),
             Error::GeneralError(e) => Error::GeneralError(GeneralError::new(p(e.reason()))),
         }
@@ -206,7 +328,14 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::StreamError(e) => std::error::Error::source(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<CallError> for Error {
     fn from(e: CallError) -> Error {
@@ -220,6 +349,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_errors_carry_a_kind_and_their_io_source() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let e = Error::stream_io("cannot open /x", io);
+        assert_eq!(e.stream_kind_of(), Some(&StreamErrorKind::Other));
+        let source = std::error::Error::source(&e).expect("the io::Error is the source");
+        assert_eq!(source.downcast_ref::<std::io::Error>().unwrap().raw_os_error(), Some(libc::ENOENT));
+        let e = Error::stream_kind(StreamErrorKind::Cancelled, "cancelled").prefixed("on host h");
+        assert_eq!(e.stream_kind_of(), Some(&StreamErrorKind::Cancelled));
+        assert_eq!(e.to_string(), "stream error: on host h: cancelled");
+    }
 
     #[test]
     fn display_says_what_failed() {

@@ -50,7 +50,9 @@ pub use child::{
     PROTOCOL_VERSION,
 };
 pub use context::Context;
-pub use error::{CallError, ChannelError, Error, GeneralError, LatchError, Result, StreamError, TimeoutError};
+pub use error::{
+    CallError, ChannelError, Error, GeneralError, LatchError, Result, StreamError, StreamErrorKind, TimeoutError,
+};
 pub use globals::Identity;
 pub use latch::{Latch, LatchNotify};
 pub use message::{
@@ -70,7 +72,7 @@ pub use stream::{decode_frames, Stream, CHUNK_SIZE};
 /// # Errors
 /// [`StreamError`] if the sockets cannot be created.
 pub fn socketpair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    sys::socketpair(true).map_err(|e| Error::stream(format!("cannot create socketpair: {e}")))
+    sys::socketpair(true).map_err(|e| Error::stream_io("cannot create socketpair", e))
 }
 
 /// Create a close-on-exec, non-blocking pipe `(read, write)`.
@@ -78,7 +80,7 @@ pub fn socketpair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
 /// # Errors
 /// [`StreamError`] if the pipe cannot be created.
 pub fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    sys::pipe().map_err(|e| Error::stream(format!("cannot create pipe: {e}")))
+    sys::pipe().map_err(|e| Error::stream_io("cannot create pipe", e))
 }
 
 /// Enter child mode if this process was started as a child, else return at once.

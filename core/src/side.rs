@@ -47,7 +47,7 @@ impl Side {
     /// [`StreamError`](crate::StreamError) if the descriptor's flags cannot be set.
     pub fn new(fd: OwnedFd, keep_alive: bool) -> Result<Side> {
         let prep = sys::set_nonblocking(fd.as_fd(), true).and_then(|_| sys::set_cloexec(fd.as_fd(), true));
-        prep.map_err(|e| Error::stream(format!("cannot prepare fd {}: {e}", fd.as_raw_fd())))?;
+        prep.map_err(|e| Error::stream_io(format!("cannot prepare fd {}", fd.as_raw_fd()), e))?;
         let raw = fd.as_raw_fd();
         Ok(Side { fd: Some(fd), raw, keep_alive })
     }

@@ -247,7 +247,7 @@ impl Stream {
     /// # Errors
     /// [`StreamError`](crate::StreamError) if the descriptor cannot be duplicated or prepared.
     pub fn message(router: &Router, name: impl Into<String>, fd: OwnedFd) -> Result<Stream> {
-        let rfd = sys::dup_cloexec(fd.as_fd()).map_err(|e| Error::stream(format!("cannot dup stream fd: {e}")))?;
+        let rfd = sys::dup_cloexec(fd.as_fd()).map_err(|e| Error::stream_io("cannot dup stream fd", e))?;
         Stream::message_pair(router, name, rfd, fd)
     }
 
@@ -442,7 +442,7 @@ impl Stream {
                     drop(guard);
                     log::error!("{}: write failed: {e}", self.name());
                     self.disconnect_later();
-                    return Err(Error::stream(format!("{}: write failed: {e}", self.name())));
+                    return Err(Error::stream_io(format!("{}: write failed", self.name()), e));
                 }
             }
             if chunk.written == chunk.len() {
@@ -548,7 +548,7 @@ impl Stream {
                         let n = match side.read_into_spare(vec, left) {
                             Ok(n) => n,
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                            Err(e) => return Err(Error::stream(format!("read failed on fd {}: {e}", side.raw_fd()))),
+                            Err(e) => return Err(Error::stream_io(format!("read failed on fd {}", side.raw_fd()), e)),
                         };
                         if n == 0 {
                             return Ok(false);
@@ -560,7 +560,7 @@ impl Stream {
                 let n = match side.read(&mut buf[..]) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                    Err(e) => return Err(Error::stream(format!("read failed on fd {}: {e}", side.raw_fd()))),
+                    Err(e) => return Err(Error::stream_io(format!("read failed on fd {}", side.raw_fd()), e)),
                 };
                 match &mut rx.protocol {
                     Protocol::Message { decoder, .. } => {

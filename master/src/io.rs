@@ -82,7 +82,7 @@ impl IterRead<'_> {
             }
             let mut pfd = [sys::pollfd(self.fd, libc::POLLIN)];
             let ready = sys::poll(&mut pfd, remaining(self.deadline))
-                .map_err(|e| Error::stream(format!("poll on fd {raw} failed: {e}")))?;
+                .map_err(|e| Error::stream_io(format!("poll on fd {raw} failed"), e))?;
             if ready == 0 {
                 continue;
             }
@@ -101,7 +101,7 @@ impl IterRead<'_> {
                     buf.truncate(n);
                     return Ok(buf);
                 }
-                Err(e) => return Err(Error::stream(format!("read from fd {raw} failed: {e}"))),
+                Err(e) => return Err(Error::stream_io(format!("read from fd {raw} failed"), e)),
             }
         }
     }
@@ -142,7 +142,7 @@ pub fn write_all(fd: BorrowedFd<'_>, data: &[u8], deadline: Option<Instant>) -> 
     let raw = fd.as_raw_fd();
     let total = data.len();
     let nonblocking =
-        sys::is_nonblocking(fd).map_err(|e| Error::stream(format!("cannot query flags of fd {raw}: {e}")))?;
+        sys::is_nonblocking(fd).map_err(|e| Error::stream_io(format!("cannot query flags of fd {raw}"), e))?;
     let max_chunk = if nonblocking { usize::MAX } else { BLOCKING_WRITE_CHUNK };
     let mut written = 0;
     while written < total {
@@ -151,7 +151,7 @@ pub fn write_all(fd: BorrowedFd<'_>, data: &[u8], deadline: Option<Instant>) -> 
         }
         let mut pfd = [sys::pollfd(fd, libc::POLLOUT)];
         let ready = sys::poll(&mut pfd, remaining(deadline))
-            .map_err(|e| Error::stream(format!("poll on fd {raw} failed: {e}")))?;
+            .map_err(|e| Error::stream_io(format!("poll on fd {raw} failed"), e))?;
         if ready == 0 {
             continue;
         }
@@ -170,7 +170,7 @@ pub fn write_all(fd: BorrowedFd<'_>, data: &[u8], deadline: Option<Instant>) -> 
                 )))
             }
             Ok((n, false)) => written += n,
-            Err(e) => return Err(Error::stream(format!("write to fd {raw} failed: {e}"))),
+            Err(e) => return Err(Error::stream_io(format!("write to fd {raw} failed"), e)),
         }
     }
     Ok(())

@@ -79,8 +79,8 @@ impl std::fmt::Debug for ForkOptions {
 /// # Errors
 /// As [`connect_local`](crate::connect_local).
 pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Result<Context> {
-    let (ours, theirs) = sys::socketpair().map_err(|e| Error::stream(format!("socketpair: {e}")))?;
-    let (err_r, err_w) = sys::pipe().map_err(|e| Error::stream(format!("pipe: {e}")))?;
+    let (ours, theirs) = sys::socketpair().map_err(|e| Error::stream_io("socketpair", e))?;
+    let (err_r, err_w) = sys::pipe().map_err(|e| Error::stream_io("pipe", e))?;
     let placeholder = format!("fork.{context_id}");
     let mut config = fork.options.config(router, context_id, &placeholder)?;
     let hello = crate::local::hello_receiver(router, context_id)?;
@@ -90,7 +90,7 @@ pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Res
     let pid = match forked {
         Ok(Forked::Child) => child_main(guard, router, fork, config, hello, theirs, (ours, err_r, err_w)),
         Ok(Forked::Parent(pid)) => pid,
-        Err(e) => return Err(Error::stream(format!("fork: {e}"))),
+        Err(e) => return Err(Error::stream_io("fork", e)),
     };
     drop(guard);
     drop(theirs);

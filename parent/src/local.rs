@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use mitogen_core::{
     log_forwarded, ChildConfig, Error, HandlerOptions, Hello, Latch, Message, Receiver, Result, Router, Stream,
-    CHILD_MARKER, FORWARD_LOG, PROTOCOL_VERSION, SHUTDOWN,
+    StreamErrorKind, CHILD_MARKER, FORWARD_LOG, PROTOCOL_VERSION, SHUTDOWN,
 };
 
 use crate::context::Context;
@@ -110,15 +110,15 @@ pub(crate) fn ensure_log_handler(router: &Router) {
 /// within `connect_timeout`; [`GeneralError`](mitogen_core::GeneralError) for a bad option.
 pub fn connect_local(router: &Router, context_id: u32, options: &Options) -> Result<Context> {
     let remote_name = options.checked_remote_name()?;
-    let (ours, theirs) = sys::socketpair().map_err(|e| Error::stream(format!("socketpair: {e}")))?;
-    let (err_r, err_w) = sys::pipe().map_err(|e| Error::stream(format!("pipe: {e}")))?;
+    let (ours, theirs) = sys::socketpair().map_err(|e| Error::stream_io("socketpair", e))?;
+    let (err_r, err_w) = sys::pipe().map_err(|e| Error::stream_io("pipe", e))?;
     let exe = match (&options.executable, options.command_prefix.is_empty()) {
         (Some(exe), _) => exe.clone().into_os_string(),
         // /proc/self/exe still names this program after a rebuild replaced the file on disk...
         (None, true) => "/proc/self/exe".into(),
         // ...but behind a prefix command it would name that command.
         (None, false) => std::env::current_exe()
-            .map_err(|e| Error::stream(format!("cannot find this program's executable: {e}")))?
+            .map_err(|e| Error::stream_io("cannot find this program's executable", e))?
             .into_os_string(),
     };
     let mut argv = options.command_prefix.clone();
@@ -205,30 +205,39 @@ pub(crate) fn handshake(
         Ok(h) => {
             proc.kill(libc::SIGKILL);
             stream.on_disconnect(broker);
-            Err(Error::stream(format!(
-                "{name}: child speaks protocol version {}, this executable speaks {PROTOCOL_VERSION}",
-                h.protocol_version
-            )))
+            let kind = StreamErrorKind::ProtocolMismatch { ours: PROTOCOL_VERSION, theirs: h.protocol_version };
+            Err(Error::stream_kind(
+                kind,
+                format!(
+                    "{name}: child speaks protocol version {}, this executable speaks {PROTOCOL_VERSION}",
+                    h.protocol_version
+                ),
+            ))
         }
         Err(e) if e.is_timeout() => {
             proc.kill(libc::SIGKILL);
             stream.on_disconnect(broker);
             Err(Error::timeout(format!("{name}: no handshake from {} within {connect_timeout:?}", proc.command())))
         }
-        Err(e) => {
+        Err(_) => {
             // A shutdown force-disconnects the stream first (a dead "lost connection" reply)
             // and only then exits: either way it is the shutdown that ended the connection.
-            if broker.shutting_down() || e.to_string().contains("broker exited") {
+            // (`shutting_down` is set before the broker exits, so it also covers that case.)
+            if broker.shutting_down() {
                 proc.kill(libc::SIGKILL);
                 stream.on_disconnect(broker);
                 proc.reap_blocking();
-                return Err(Error::stream(format!("{name}: connection cancelled: the broker shut down ({e})")));
+                return Err(Error::stream_kind(
+                    StreamErrorKind::Cancelled,
+                    format!("{name}: connection cancelled because the broker began to shut down"),
+                ));
             }
             // The child died: its stderr ends too. Collect the last lines, then reap.
             let _ = stderr_done.get_timeout(Duration::from_secs(2));
             proc.wait_timeout(Duration::from_secs(2));
             drop(err_stream);
-            Err(Error::stream(format!("{name}: child failed before the handshake: {}", proc.describe_exit())))
+            let kind = StreamErrorKind::Eof { last_lines: proc.last_output() };
+            Err(Error::stream_kind(kind, format!("{name}: EOF before the handshake: {}", proc.describe_exit())))
         }
     }
 }

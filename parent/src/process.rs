@@ -7,12 +7,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use mitogen_core::{Broker, Error, Result, Stream};
+use mitogen_core::{Broker, Error, Result, Stream, StreamError, StreamErrorKind};
 
 use crate::sys;
 
-/// How many lines of a child's stderr are kept for error messages.
-const TAIL_LINES: usize = 20;
+/// How many lines of a child's stderr are kept for error messages (Mitogen keeps 100).
+const TAIL_LINES: usize = 100;
 /// After its stream disconnects, a child gets this long to exit before SIGTERM...
 const TERM_AFTER: Duration = Duration::from_secs(1);
 /// ...and this long after that before SIGKILL.
@@ -47,7 +47,14 @@ impl ChildProcess {
         stderr: OwnedFd,
     ) -> Result<ChildProcess> {
         let shown: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-        let fail = |e: std::io::Error| Error::stream(format!("cannot start {}: {e}", shell_join(&shown)));
+        let fail = |e: std::io::Error| {
+            let argv = shell_join(&shown);
+            let kind = StreamErrorKind::ChildStart { errno: e.raw_os_error().unwrap_or(0), argv: argv.clone() };
+            // Mitogen: "Child start failed: <errno text>. Command was: <argv>".
+            Error::StreamError(
+                StreamError::with_kind(kind, format!("child start failed: {e}; command was: {argv}")).caused_by(e),
+            )
+        };
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]);
         if let Some(a) = arg0 {
@@ -64,7 +71,7 @@ impl ChildProcess {
 
     /// Track an already-started child `pid` (a forked one).
     pub(crate) fn adopt(pid: i32, argv: Vec<String>) -> Result<ChildProcess> {
-        let pidfd = sys::pidfd_open(pid).map_err(|e| Error::stream(format!("pidfd_open({pid}): {e}")))?;
+        let pidfd = sys::pidfd_open(pid).map_err(|e| Error::stream_io(format!("pidfd_open({pid})"), e))?;
         Ok(ChildProcess {
             pid,
             pidfd: Mutex::new(Some(pidfd)),

@@ -76,7 +76,8 @@ pub(crate) fn try_wait(pid: i32) -> io::Result<Option<i32>> {
 /// Wait at most `timeout` for `fd` to become readable.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
     let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // Round up: a sub-millisecond remainder must not become a zero timeout (a busy spin).
+    let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
     // SAFETY: one valid pollfd.
     let r = unsafe { libc::poll(&mut pfd, 1, ms) };
     match r {
@@ -97,7 +98,11 @@ pub(crate) fn describe_status(status: i32) -> String {
     if libc::WIFEXITED(status) {
         format!("exited with status {}", libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
-        format!("killed by signal {}", libc::WTERMSIG(status))
+        let sig = libc::WTERMSIG(status);
+        match nix::sys::signal::Signal::try_from(sig) {
+            Ok(name) => format!("killed by signal {sig} ({name})"),
+            Err(_) => format!("killed by signal {sig}"),
+        }
     } else {
         format!("wait status {status:#x}")
     }

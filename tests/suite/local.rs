@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use mitogen::core::StreamErrorKind;
 use mitogen::master::{Options, Router};
 use mitogen_tests::{run, WAIT};
 
@@ -155,6 +156,25 @@ fn a_child_that_dies_before_the_handshake_is_a_stream_error_with_its_output() {
         let text = err.to_string();
         assert!(err.is_stream(), "{text}");
         assert!(text.contains("exited with status 3") && text.contains("bootstrap went wrong"), "{text}");
+        let Some(StreamErrorKind::Eof { last_lines }) = err.stream_kind_of() else { panic!("not Eof: {err:?}") };
+        assert_eq!(last_lines, &["bootstrap went wrong".to_string()]);
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_command_that_cannot_be_started_is_a_child_start_error_with_errno_argv_and_source() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let prefix = vec!["/nonexistent/tool".into(), "it's".into()];
+        let err = router.local(Options { command_prefix: prefix, ..Options::default() }).unwrap_err();
+        let Some(StreamErrorKind::ChildStart { errno, argv }) = err.stream_kind_of() else {
+            panic!("not ChildStart: {err:?}")
+        };
+        assert_eq!(*errno, libc::ENOENT);
+        assert!(argv.starts_with(r"/nonexistent/tool 'it'\''s' "), "shell-quoted: {argv}");
+        let source = std::error::Error::source(&err).expect("the io::Error is kept as the source");
+        assert_eq!(source.downcast_ref::<std::io::Error>().unwrap().raw_os_error(), Some(libc::ENOENT));
         router.shutdown_and_join();
     });
 }
@@ -186,7 +206,7 @@ fn a_broker_shutdown_during_connect_cancels_it_at_once() {
         let t0 = std::time::Instant::now();
         router.shutdown_and_join();
         let err = connecting.join().unwrap().unwrap_err();
-        assert!(err.to_string().contains("cancelled"), "{err}");
+        assert_eq!(err.stream_kind_of(), Some(&StreamErrorKind::Cancelled), "{err}");
         assert!(t0.elapsed() < Duration::from_secs(2), "cancelled in {:?}", t0.elapsed());
     });
 }
