@@ -301,6 +301,7 @@ impl ExternalContext {
     /// # Errors
     /// [`TimeoutError`](crate::TimeoutError) or [`ChannelError`](crate::ChannelError) if the
     /// parent did not answer `DETACHING` within 30 s or was lost; the context then stays attached.
+    /// [`GeneralError`](crate::GeneralError) if the broker exited meanwhile.
     pub fn detach(&self) -> Result<()> {
         let parent_id = self.inner.parent.context_id();
         let Some(stream) = self.inner.router.stream_by_id(parent_id).filter(|_| !self.is_detached()) else {
@@ -322,8 +323,15 @@ impl ExternalContext {
         if stream.pending_bytes() > 0 {
             log::error!("{stream:?} still had {} bytes queued after 1000 ms", stream.pending_bytes());
         }
-        let b = self.inner.broker.clone();
-        self.inner.broker.defer(move || stream.on_disconnect(&b))?;
+        // Return only once the stream is gone, so nothing this thread sends afterwards (the
+        // reply of the call running detach) can still reach the parent.
+        let done = Arc::new(crate::latch::Latch::new());
+        let (b, d) = (self.inner.broker.clone(), done.clone());
+        self.inner.broker.defer(move || {
+            stream.on_disconnect(&b);
+            let _ = d.put(());
+        })?;
+        done.get_timeout(Duration::from_secs(30))?;
         globals::set_identity(Identity { context_id: self.inner.config.context_id, parent_ids: Vec::new() });
         Ok(())
     }
