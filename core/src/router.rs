@@ -432,8 +432,8 @@ impl Router {
 
     /// Tell whoever waits on `msg` that it died of `reason` (Mitogen `_maybe_send_dead`): a
     /// message that asked for a reply is answered with a dead message. One that did not (a
-    /// reply itself, or a `Sender`'s data) but whose destination is still `reachable` (it was
-    /// too large, say) is replaced by a dead message to the same destination and handle, so
+    /// reply itself, or a `Sender`'s data) but whose destination can still be reached (not
+    /// `unreachable`: it was too large, say) is replaced by a dead message to the same destination and handle, so
     /// the caller waiting for that reply wakes with the reason instead of waiting for ever.
     fn maybe_send_dead(&self, unreachable: bool, msg: &Message, reason: &str) {
         if msg.is_dead() {

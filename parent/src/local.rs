@@ -219,6 +219,12 @@ pub(crate) fn handshake(
             stream.on_disconnect(broker);
             Err(Error::timeout(format!("{name}: no handshake from {} within {connect_timeout:?}", proc.command())))
         }
+        // Not the stream's end: a Hello that does not decode, say.
+        Err(e) if !e.is_channel() => {
+            proc.kill(libc::SIGKILL);
+            stream.on_disconnect(broker);
+            Err(e.prefixed(&format!("{name}: bad handshake")))
+        }
         Err(_) => {
             // A shutdown force-disconnects the stream first (a dead "lost connection" reply)
             // and only then exits: either way it is the shutdown that ended the connection.
