@@ -29,8 +29,8 @@ pub(crate) fn is_forked() -> bool {
     FORKED.load(Ordering::Relaxed)
 }
 
-/// Held by the forking thread across `fork(2)`: see the [module docs](self). Drop it in the
-/// parent after the fork; call [`ForkGuard::in_child`] in the child.
+/// Held by the forking thread across `fork(2)` (see [`prepare_fork`]). Drop it in the parent
+/// after the fork; call [`ForkGuard::in_child`] in the child.
 #[derive(Debug)]
 #[must_use = "the guard must be held across fork() and released on both sides"]
 pub struct ForkGuard {
@@ -41,6 +41,12 @@ pub struct ForkGuard {
 /// Prepare this process for a `fork(2)` whose child will run a context: install the panic hook
 /// and build the remote-function table now, then take std's stdout and stderr locks, so no
 /// other thread holds them at the instant of the fork.
+///
+/// After `fork` only the forking thread exists in the child, and a lock another thread held at
+/// that instant stays held there for ever. The core's process-wide state is lock-free (the
+/// identity, the current `ExternalContext`, counters), prepared here, or never touched in the
+/// child: std's backtrace lock (a forked child's panics carry no backtrace) and a logger that
+/// is not the core's (silenced in the child by [`ForkGuard::in_child`]).
 pub fn prepare_fork() -> ForkGuard {
     crate::child::install_panic_hook();
     crate::remote::build_table();

@@ -268,7 +268,7 @@ mitogen_core::remote!(via_connect);
 ///
 /// # Errors
 /// The error connecting failed with in the via context, of the same kind a direct connect
-/// gives, its text starting "error occurred on host <host> in context <via>";
+/// gives, its text starting `"error occurred on host <host> in <via context>"`;
 /// [`ChannelError`](mitogen_core::ChannelError) if the via context is lost meanwhile.
 pub fn connect_via(
     router: &Router,
