@@ -16,6 +16,7 @@ use crate::broker::{panic_message, Broker, BrokerOptions};
 use crate::context::Context;
 use crate::error::{CallError, Error, Result};
 use crate::globals::{self, Identity};
+use crate::lines::LineSplitter;
 use crate::message::{with_decode_router, Message, CALL_FUNCTION, FORWARD_LOG, HEADER_LEN, SHUTDOWN};
 use crate::receiver::Receiver;
 use crate::remote::{lookup, CallRequest};
@@ -226,9 +227,9 @@ impl ExternalContext {
         for (fd, target) in [(1, "stdout"), (2, "stderr")] {
             let (r, w) = sys::pipe_blocking_write().map_err(fail)?;
             let fwd = self.inner.forwarder.clone();
-            let mut partial = Vec::new();
+            let mut lines = LineSplitter::default();
             let stream = Stream::bytes(&self.inner.broker, target, r, false, move |_, data: &[u8]| {
-                io_log_lines(&fwd, target, &mut partial, data);
+                lines.feed(data, |line| fwd.forward(target, log::Level::Info, line));
             })?;
             self.inner.broker.start_receive(&stream);
             sys::dup2(w.as_fd(), fd).map_err(fail)?;
@@ -400,21 +401,6 @@ fn run_guarded(f: crate::remote::Invoke, args: &[u8]) -> std::result::Result<Vec
                 LAST_PANIC.with(|l| l.borrow_mut().take()).unwrap_or_else(|| (panic_message(&*p), String::new()));
             Err(CallError { type_name: "panic".into(), message, traceback })
         }
-    }
-}
-
-/// Split `data` into lines and forward each (Mitogen `IoLogger`); an empty `data` is end of
-/// file and flushes a final partial line.
-fn io_log_lines(fwd: &LogForwarder, target: &str, partial: &mut Vec<u8>, data: &[u8]) {
-    partial.extend_from_slice(data);
-    let eof = data.is_empty();
-    while let Some(pos) = partial.iter().position(|&b| b == b'\n') {
-        let line: Vec<u8> = partial.drain(..=pos).collect();
-        fwd.forward(target, log::Level::Info, String::from_utf8_lossy(&line[..line.len() - 1]).trim_end_matches('\r'));
-    }
-    if eof && !partial.is_empty() {
-        fwd.forward(target, log::Level::Info, &String::from_utf8_lossy(partial));
-        partial.clear();
     }
 }
 

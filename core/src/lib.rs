@@ -33,6 +33,7 @@ mod error;
 pub mod globals;
 pub mod guide;
 mod latch;
+mod lines;
 mod message;
 mod receiver;
 mod remote;
@@ -40,7 +41,8 @@ mod router;
 mod side;
 mod stream;
 mod sync;
-mod sys;
+#[doc(hidden)]
+pub mod sys;
 
 pub use atfork::{prepare_fork, ForkGuard};
 pub use blob::{Blob, Secret};
@@ -55,6 +57,7 @@ pub use error::{
 };
 pub use globals::Identity;
 pub use latch::{Latch, LatchNotify};
+pub use lines::LineSplitter;
 pub use message::{
     encode, Message, Payload, ADD_ROUTE, ALLOCATE_ID, CALL_FUNCTION, CALL_SERVICE, DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE,
     DETACHING, FIRST_DYNAMIC_HANDLE, FORWARD_LOG, FORWARD_MODULE, GET_MODULE, HEADER_LEN, IS_DEAD, LOAD_MODULE, MAGIC,
@@ -80,7 +83,7 @@ pub fn socketpair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
 /// # Errors
 /// [`StreamError`] if the pipe cannot be created.
 pub fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    sys::pipe().map_err(|e| Error::stream_io("cannot create pipe", e))
+    sys::pipe(true).map_err(|e| Error::stream_io("cannot create pipe", e))
 }
 
 /// Enter child mode if this process was started as a child, else return at once.

@@ -15,11 +15,9 @@ pub fn io_op<T: Default>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<(T
     loop {
         match op() {
             Ok(v) => return Ok((v, false)),
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EIO | libc::ECONNRESET | libc::EPIPE) => return Ok((T::default(), true)),
-                _ => return Err(e),
-            },
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if sys::is_disconnection(&e) => return Ok((T::default(), true)),
+            Err(e) => return Err(e),
         }
     }
 }

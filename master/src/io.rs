@@ -10,14 +10,14 @@ use std::time::Instant;
 
 use mitogen_core::{io_op, Error, Result};
 
-use crate::sys;
+use mitogen_core::sys;
 
 /// Bytes read per `read(2)` by [`iter_read`], as in Mitogen.
 const READ_CHUNK: usize = 4096;
 
 /// Bytes written per `write(2)` by [`write_all`] to a *blocking* fd: `PIPE_BUF`, which a pipe
 /// reported writable by `poll(2)` always accepts without blocking.
-const BLOCKING_WRITE_CHUNK: usize = libc::PIPE_BUF;
+const BLOCKING_WRITE_CHUNK: usize = sys::PIPE_BUF;
 
 /// The time left until `deadline`, `None` meaning forever; zero once it has passed.
 fn remaining(deadline: Option<Instant>) -> Option<std::time::Duration> {
@@ -80,7 +80,7 @@ impl IterRead<'_> {
             if expired(self.deadline) {
                 return Err(Error::timeout(format!("read from fd {raw} timed out")));
             }
-            let mut pfd = [sys::pollfd(self.fd, libc::POLLIN)];
+            let mut pfd = [sys::readable(self.fd)];
             let ready = sys::poll(&mut pfd, remaining(self.deadline))
                 .map_err(|e| Error::stream_io(format!("poll on fd {raw} failed"), e))?;
             if ready == 0 {
@@ -89,7 +89,7 @@ impl IterRead<'_> {
             // POLLIN, POLLHUP or POLLERR: read(2) tells data, end of file and errors apart.
             let read = io_op(|| match sys::read(self.fd, &mut buf) {
                 // A spurious wake-up of a non-blocking fd: wait again.
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
                 other => other.map(Some),
             });
             match read {
@@ -149,7 +149,7 @@ pub fn write_all(fd: BorrowedFd<'_>, data: &[u8], deadline: Option<Instant>) -> 
         if expired(deadline) {
             return Err(Error::timeout(format!("write to fd {raw} timed out after {written} of {total} bytes")));
         }
-        let mut pfd = [sys::pollfd(fd, libc::POLLOUT)];
+        let mut pfd = [sys::writable(fd)];
         let ready = sys::poll(&mut pfd, remaining(deadline))
             .map_err(|e| Error::stream_io(format!("poll on fd {raw} failed"), e))?;
         if ready == 0 {
@@ -160,7 +160,7 @@ pub fn write_all(fd: BorrowedFd<'_>, data: &[u8], deadline: Option<Instant>) -> 
         // POLLOUT, POLLHUP or POLLERR: write(2) tells progress and disconnection apart.
         let result = io_op(|| match sys::write(fd, window) {
             // A spurious wake-up of a non-blocking fd: wait again.
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
             other => other,
         });
         match result {

@@ -15,7 +15,6 @@ pub use mitogen_parent::{CallChain, Context, ForkOptions, Options};
 
 mod io;
 mod monitor;
-mod sys;
 
 pub use io::{iter_read, write_all, IterRead};
 pub use monitor::ProcessMonitor;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mitogen_core::{panic_message, Error, Result};
 
-use crate::sys;
+use mitogen_core::sys;
 
 /// How often a process whose pidfd reported its exit, but which `waitpid` cannot reap yet, is
 /// retried. Only happens when the child is ptraced by a process other than us, whose own wait
@@ -132,18 +132,18 @@ impl ProcessMonitor {
         if !self.shared.alive.load(Ordering::Acquire) {
             return Err(Error::general(format!("cannot monitor pid {pid}: the process monitor thread has stopped")));
         }
-        let pidfd = sys::pidfd_open(pid).map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => Error::general(format!("cannot monitor pid {pid}: no such process")),
-            _ => Error::general(format!("cannot monitor pid {pid}: pidfd_open failed: {e}")),
+        let pidfd = sys::pidfd_open(pid).map_err(|e| match sys::is_errno(&e, sys::Errno::ESRCH) {
+            true => Error::general(format!("cannot monitor pid {pid}: no such process")),
+            false => Error::general(format!("cannot monitor pid {pid}: pidfd_open failed: {e}")),
         })?;
         // Checked after pidfd_open, so the pidfd and the check refer to the same process unless
         // it was reaped by someone else in between.
-        sys::check_waitable_child(pid).map_err(|e| match e.raw_os_error() {
-            Some(libc::ECHILD) => Error::general(format!(
+        sys::check_waitable_child(pid).map_err(|e| match sys::is_errno(&e, sys::Errno::ECHILD) {
+            true => Error::general(format!(
                 "cannot monitor pid {pid}: not a child of this process, already reaped, \
                  or SIGCHLD is ignored"
             )),
-            _ => Error::general(format!("cannot monitor pid {pid}: waitid failed: {e}")),
+            false => Error::general(format!("cannot monitor pid {pid}: waitid failed: {e}")),
         })?;
         self.shared.incoming.lock().unwrap_or_else(PoisonError::into_inner).push(Watch {
             pid,
@@ -162,8 +162,8 @@ impl ProcessMonitor {
             match sys::write(wake_w.as_fd(), b"\0") {
                 Ok(_) => return Ok(()),
                 // The pipe is full of wake-ups the thread has yet to drain: it will wake anyway.
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::general(format!("process monitor: cannot wake thread: {e}"))),
             }
         }
@@ -210,18 +210,20 @@ fn run(shared: &Shared) {
     let _exit = ExitGuard(shared);
     let mut watches: Vec<Watch> = Vec::new();
     let mut unreapable: Vec<Watch> = Vec::new();
-    let mut pfds: Vec<libc::pollfd> = Vec::new();
     loop {
-        pfds.clear();
-        pfds.push(sys::pollfd(shared.wake_r.as_fd(), libc::POLLIN));
-        pfds.extend(watches.iter().map(|w| sys::pollfd(w.pidfd.as_fd(), libc::POLLIN)));
         let timeout = (!unreapable.is_empty()).then_some(UNREAPABLE_RETRY);
-        if let Err(e) = sys::poll(&mut pfds, timeout) {
-            log::error!("process monitor: poll failed, stopping: {e}");
-            return;
-        }
+        // Which of [wake-up pipe, watches...] are ready; the poll set borrows the watches.
+        let ready: Vec<bool> = {
+            let mut pfds = vec![sys::readable(shared.wake_r.as_fd())];
+            pfds.extend(watches.iter().map(|w| sys::readable(w.pidfd.as_fd())));
+            if let Err(e) = sys::poll(&mut pfds, timeout) {
+                log::error!("process monitor: poll failed, stopping: {e}");
+                return;
+            }
+            pfds.iter().map(sys::is_ready).collect()
+        };
 
-        if pfds[0].revents != 0 {
+        if ready[0] {
             if !drain_wake_pipe(shared) {
                 return;
             }
@@ -229,8 +231,8 @@ fn run(shared: &Shared) {
         }
 
         // Descending, so each swap_remove moves in an entry that is not ready or was just added.
-        for i in (0..pfds.len() - 1).rev() {
-            if pfds[i + 1].revents != 0 {
+        for i in (0..ready.len() - 1).rev() {
+            if ready[i + 1] {
                 reap(watches.swap_remove(i), &mut unreapable);
             }
         }
@@ -249,8 +251,8 @@ fn drain_wake_pipe(shared: &Shared) -> bool {
         match sys::read(shared.wake_r.as_fd(), &mut buf) {
             Ok(0) => return false,
             Ok(_) => continue,
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return true,
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 log::error!("process monitor: wake-up pipe failed, stopping: {e}");
                 return false;
@@ -262,7 +264,7 @@ fn drain_wake_pipe(shared: &Shared) -> bool {
 /// Reap `watch`'s process, whose pidfd reported its exit, and run its callback.
 fn reap(watch: Watch, unreapable: &mut Vec<Watch>) {
     let Watch { pid, pidfd, callback } = watch;
-    match sys::waitpid_nohang(pid) {
+    match sys::try_wait(pid) {
         Ok(Some(status)) => {
             drop(pidfd);
             if let Err(panic) = catch_unwind(AssertUnwindSafe(move || callback(status))) {

@@ -46,7 +46,12 @@ impl CallChain {
         Some(
             id.get_or_insert_with(|| {
                 let n = CHAIN_SERIAL.fetch_add(1, Ordering::Relaxed);
-                format!("{}-{}-{:?}-{n:x}", crate::sys::hostname(), std::process::id(), std::thread::current().id())
+                format!(
+                    "{}-{}-{:?}-{n:x}",
+                    mitogen_core::sys::hostname(),
+                    std::process::id(),
+                    std::thread::current().id()
+                )
             })
             .clone(),
         )

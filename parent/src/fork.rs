@@ -39,7 +39,7 @@ use mitogen_core::{Error, ExternalContext, Result, Router};
 use crate::context::Context;
 use crate::local::Options;
 use crate::process::ChildProcess;
-use crate::sys::{self, Forked};
+use mitogen_core::sys::{self, Forked};
 
 /// Called in the forked child right after `fork`, before it sets up (Mitogen `on_fork`).
 pub type OnFork = Arc<dyn Fn() + Send + Sync>;
@@ -79,8 +79,8 @@ impl std::fmt::Debug for ForkOptions {
 /// # Errors
 /// As [`connect_local`](crate::connect_local).
 pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Result<Context> {
-    let (ours, theirs) = sys::socketpair().map_err(|e| Error::stream_io("socketpair", e))?;
-    let (err_r, err_w) = sys::pipe().map_err(|e| Error::stream_io("pipe", e))?;
+    let (ours, theirs) = sys::socketpair(false).map_err(|e| Error::stream_io("socketpair", e))?;
+    let (err_r, err_w) = sys::pipe(false).map_err(|e| Error::stream_io("pipe", e))?;
     let placeholder = format!("fork.{context_id}");
     let mut config = fork.options.config(router, context_id, &placeholder)?;
     let hello = crate::local::hello_receiver(router, context_id)?;

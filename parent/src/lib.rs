@@ -11,7 +11,6 @@ mod context;
 mod fork;
 mod local;
 mod process;
-mod sys;
 mod via;
 
 pub use context::{CallChain, Context};

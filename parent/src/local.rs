@@ -15,7 +15,7 @@ use mitogen_core::{
 
 use crate::context::Context;
 use crate::process::{reap_when_disconnected, watch_stderr, ChildProcess};
-use crate::sys;
+use mitogen_core::sys::{self, Signal};
 
 /// Options of [`Router::local`](crate) and the other context factories (Mitogen's keyword
 /// arguments of `local()`).
@@ -110,8 +110,8 @@ pub(crate) fn ensure_log_handler(router: &Router) {
 /// within `connect_timeout`; [`GeneralError`](mitogen_core::GeneralError) for a bad option.
 pub fn connect_local(router: &Router, context_id: u32, options: &Options) -> Result<Context> {
     let remote_name = options.checked_remote_name()?;
-    let (ours, theirs) = sys::socketpair().map_err(|e| Error::stream_io("socketpair", e))?;
-    let (err_r, err_w) = sys::pipe().map_err(|e| Error::stream_io("pipe", e))?;
+    let (ours, theirs) = sys::socketpair(false).map_err(|e| Error::stream_io("socketpair", e))?;
+    let (err_r, err_w) = sys::pipe(false).map_err(|e| Error::stream_io("pipe", e))?;
     let exe = match (&options.executable, options.command_prefix.is_empty()) {
         (Some(exe), _) => exe.clone().into_os_string(),
         // /proc/self/exe still names this program after a rebuild replaced the file on disk...
@@ -132,7 +132,7 @@ pub fn connect_local(router: &Router, context_id: u32, options: &Options) -> Res
     let mut config = options.config(router, context_id, &name)?;
     config.handshake_handle = hello.handle();
     let stream = Stream::message(router, name, ours).inspect_err(|_| {
-        proc.kill(libc::SIGKILL);
+        proc.kill(Signal::SIGKILL);
         proc.reap_blocking();
     })?;
     let mut first = Message::pickled(&config, 0)?;
@@ -203,7 +203,7 @@ pub(crate) fn handshake(
             Ok(Context::from(ctx))
         }
         Ok(h) => {
-            proc.kill(libc::SIGKILL);
+            proc.kill(Signal::SIGKILL);
             stream.on_disconnect(broker);
             let kind = StreamErrorKind::ProtocolMismatch { ours: PROTOCOL_VERSION, theirs: h.protocol_version };
             Err(Error::stream_kind(
@@ -215,13 +215,13 @@ pub(crate) fn handshake(
             ))
         }
         Err(e) if e.is_timeout() => {
-            proc.kill(libc::SIGKILL);
+            proc.kill(Signal::SIGKILL);
             stream.on_disconnect(broker);
             Err(Error::timeout(format!("{name}: no handshake from {} within {connect_timeout:?}", proc.command())))
         }
         // Not the stream's end: a Hello that does not decode, say.
         Err(e) if !e.is_channel() => {
-            proc.kill(libc::SIGKILL);
+            proc.kill(Signal::SIGKILL);
             stream.on_disconnect(broker);
             Err(e.prefixed(&format!("{name}: bad handshake")))
         }
@@ -230,7 +230,7 @@ pub(crate) fn handshake(
             // and only then exits: either way it is the shutdown that ended the connection.
             // (`shutting_down` is set before the broker exits, so it also covers that case.)
             if broker.shutting_down() {
-                proc.kill(libc::SIGKILL);
+                proc.kill(Signal::SIGKILL);
                 stream.on_disconnect(broker);
                 proc.reap_blocking();
                 return Err(Error::stream_kind(

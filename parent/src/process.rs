@@ -5,11 +5,11 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use mitogen_core::{Broker, Error, Result, Stream, StreamError, StreamErrorKind};
+use mitogen_core::{Broker, Error, LineSplitter, Result, Stream, StreamError, StreamErrorKind};
 
-use crate::sys;
+use mitogen_core::sys::{self, Signal};
 
 /// How many lines of a child's stderr are kept for error messages (Mitogen keeps 100).
 const TAIL_LINES: usize = 100;
@@ -133,7 +133,7 @@ impl ChildProcess {
     }
 
     /// Send `signal` unless already reaped.
-    pub fn kill(&self, signal: i32) {
+    pub fn kill(&self, signal: Signal) {
         if !self.try_reap() {
             if let Some(fd) = lock(&self.pidfd).as_ref() {
                 if let Err(e) = sys::pidfd_kill(fd.as_fd(), signal) {
@@ -150,7 +150,7 @@ impl ChildProcess {
         }
         let fd = lock(&self.pidfd).as_ref().and_then(|f| f.try_clone().ok());
         if let Some(fd) = fd {
-            let _ = sys::wait_readable(fd.as_fd(), timeout);
+            let _ = sys::wait_readable(fd.as_fd(), Instant::now().checked_add(timeout));
         }
         self.try_reap()
     }
@@ -161,12 +161,12 @@ impl ChildProcess {
             return;
         }
         log::debug!("child {} did not exit; sending SIGTERM", self.pid);
-        self.kill(libc::SIGTERM);
+        self.kill(Signal::SIGTERM);
         if self.wait_timeout(KILL_AFTER) {
             return;
         }
         log::warn!("child {} ignored SIGTERM; sending SIGKILL", self.pid);
-        self.kill(libc::SIGKILL);
+        self.kill(Signal::SIGKILL);
         while !self.wait_timeout(Duration::from_secs(1)) {}
     }
 
@@ -209,12 +209,12 @@ pub(crate) fn reap_when_disconnected(broker: &Broker, proc: Arc<ChildProcess>, d
     broker.timer(TERM_AFTER, move || {
         if !p.try_reap() {
             log::debug!("child {} still running after its stream closed; sending SIGTERM", p.pid);
-            p.kill(libc::SIGTERM);
+            p.kill(Signal::SIGTERM);
             let (p, w) = (p.clone(), w.clone());
             w.broker().clone().timer(KILL_AFTER, move || {
                 if !p.try_reap() {
                     log::warn!("child {} ignored SIGTERM; sending SIGKILL", p.pid);
-                    p.kill(libc::SIGKILL);
+                    p.kill(Signal::SIGKILL);
                 }
                 let _ = w;
             });
@@ -258,22 +258,15 @@ pub(crate) fn watch_stderr(
     proc: Arc<ChildProcess>,
     on_eof: impl FnOnce() + Send + 'static,
 ) -> Result<Stream> {
-    let mut partial: Vec<u8> = Vec::new();
+    let mut lines = LineSplitter::default();
     let mut on_eof = Some(on_eof);
     let target = name.to_owned();
     let stream = Stream::bytes(broker, format!("{name} stderr"), stderr, false, move |_, data: &[u8]| {
-        partial.extend_from_slice(data);
-        while let Some(pos) = partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = partial.drain(..=pos).collect();
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+        lines.feed(data, |line| {
             log::debug!(target: "mitogen::stderr", "{target}: {line}");
-            proc.push_output(line);
-        }
+            proc.push_output(line.to_owned());
+        });
         if data.is_empty() {
-            if !partial.is_empty() {
-                proc.push_output(String::from_utf8_lossy(&partial).into_owned());
-                partial.clear();
-            }
             if let Some(f) = on_eof.take() {
                 f();
             }

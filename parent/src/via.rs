@@ -259,7 +259,7 @@ pub fn via_connect(request: ViaRequest) -> ViaOutcome {
         };
         Ok((id, ctx.name().unwrap_or_default().to_owned()))
     };
-    ViaOutcome { hostname: crate::sys::hostname(), result: connect() }
+    ViaOutcome { hostname: mitogen_core::sys::hostname(), result: connect() }
 }
 mitogen_core::remote!(via_connect);
 

@@ -1,0 +1,41 @@
+//! [`LineSplitter`]: bytes from a child's stdout, stderr or terminal, cut into lines.
+
+/// Cuts a byte stream into lines, whatever sizes it arrives in (Mitogen's `iter_split` over an
+/// `IoLogger`'s buffer): a line split across reads is joined, a trailing `\r` (a terminal's
+/// line end) is dropped, and invalid UTF-8 is replaced. Used for a child's stdio forwarded as
+/// log records and for the stderr a parent keeps for error messages.
+///
+/// ```
+/// let mut lines = Vec::new();
+/// let mut split = mitogen_core::LineSplitter::default();
+/// split.feed(b"one\r\ntw", |l| lines.push(l.to_owned()));
+/// split.feed(b"o\nthr", |l| lines.push(l.to_owned()));
+/// split.feed(b"", |l| lines.push(l.to_owned())); // end of file flushes "thr"
+/// assert_eq!(lines, ["one", "two", "thr"]);
+/// ```
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Add `data` and call `emit` for each complete line; an empty `data` means end of file and
+    /// flushes a final partial line.
+    pub fn feed(&mut self, data: &[u8], mut emit: impl FnMut(&str)) {
+        self.partial.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(pos) = self.partial[start..].iter().position(|&b| b == b'\n') {
+            emit(&line(&self.partial[start..start + pos]));
+            start += pos + 1;
+        }
+        self.partial.drain(..start);
+        if data.is_empty() && !self.partial.is_empty() {
+            emit(&line(&self.partial));
+            self.partial.clear();
+        }
+    }
+}
+
+fn line(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes.strip_suffix(b"\r").unwrap_or(bytes))
+}

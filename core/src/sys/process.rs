@@ -1,0 +1,183 @@
+//! Processes: `fork`, pidfds, reaping, exit statuses, sessions, signals and names.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::sys::signal::{SigHandler, Signal};
+use nix::unistd::ForkResult;
+
+use super::io;
+
+/// The outcome of [`fork`].
+#[derive(Debug)]
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// `fork(2)`. In the child only the calling thread exists: it must touch no lock another
+/// thread may have held (see `mitogen_parent`'s fork module) and must end with [`exit_now`].
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: fork has no memory-safety preconditions of its own; the hazards (locks held by
+    // threads that do not exist in the child) are the caller's, which touches only fresh state.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Parent { child }) => Ok(Forked::Parent(child.as_raw())),
+        Ok(ForkResult::Child) => Ok(Forked::Child),
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// `pidfd_open(2)`: a close-on-exec descriptor that becomes readable when `pid` exits (libc:
+/// nix does not wrap pidfds).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: the syscall takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd owned by nobody else; pidfds are always close-on-exec.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Send `signal` to the process behind `pidfd` (`pidfd_send_signal(2)`): a reused pid is never
+/// hit.
+pub fn pidfd_kill(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Result<()> {
+    // SAFETY: the syscall takes an fd, a signal number, a null siginfo and flags.
+    let r = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal as libc::c_int, std::ptr::null::<u8>(), 0)
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `waitpid(pid, WNOHANG)`: `Some(raw status)` once the child has exited and is reaped, `None`
+/// while it runs; `EINTR` is retried. libc, not nix: callers keep the raw status (it is what
+/// `ProcessMonitor` hands its callbacks), which nix's decoded `WaitStatus` does not give back.
+pub fn try_wait(pid: i32) -> io::Result<Option<i32>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        match r {
+            0 => return Ok(None),
+            r if r == pid => return Ok(Some(status)),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Fail with `ECHILD` unless `pid` is a child of this process that can be waited for, without
+/// reaping it or consuming its status (`waitid(P_PID, pid, WEXITED | WNOHANG | WNOWAIT)`).
+pub fn check_waitable_child(pid: i32) -> io::Result<()> {
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    loop {
+        // SAFETY: `info` is valid for writes of one siginfo_t; it is never read back.
+        let ret = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                info.as_mut_ptr(),
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if ret == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Describe a raw wait status as a shell would: "exited with status 3", "killed by signal 9
+/// (SIGKILL)".
+pub fn describe_status(status: i32) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exited with status {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        match Signal::try_from(sig) {
+            Ok(name) => format!("killed by signal {sig} ({name})"),
+            Err(_) => format!("killed by signal {sig}"),
+        }
+    } else {
+        format!("wait status {status:#x}")
+    }
+}
+
+/// End the process at once with `status`, running no destructors or `atexit` handlers (in a
+/// forked child they belong to the parent, whose memory it shares). libc: `_exit(2)`.
+pub fn exit_now(status: i32) -> ! {
+    // SAFETY: _exit(2) has no preconditions and never returns.
+    unsafe { libc::_exit(status) }
+}
+
+/// `setsid(2)`: leave the parent's session and process group.
+pub fn setsid() -> io::Result<()> {
+    nix::unistd::setsid().map(drop).map_err(io)
+}
+
+/// Ignore `SIGPIPE`, as Rust's runtime does before `main` (a child may start before it).
+pub fn ignore_sigpipe() {
+    // SAFETY: SIG_IGN installs no handler code; only the disposition changes.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) };
+}
+
+/// Set the calling thread's name as shown by `ps -o comm` (15 bytes at most; `PR_SET_NAME`).
+pub fn set_thread_title(title: &str) {
+    let short: Vec<u8> = title.bytes().filter(|&b| b != 0).take(15).collect();
+    if let Ok(name) = CString::new(short) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
+}
+
+/// This user's login name, for default context names.
+pub fn username() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid{}", nix::unistd::getuid()))
+}
+
+/// This host's name (`localhost` if it cannot be had).
+pub fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_read_as_a_shell_would_say_them() {
+        assert_eq!(describe_status(3 << 8), "exited with status 3");
+        assert_eq!(describe_status(9), "killed by signal 9 (SIGKILL)");
+    }
+
+    #[test]
+    #[allow(clippy::zombie_processes)] // reaped below, by try_wait, which is what is tested
+    fn a_pidfd_kills_and_reaps_a_child() {
+        let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id() as i32;
+        let pidfd = pidfd_open(pid).unwrap();
+        assert!(crate::sys::is_cloexec(std::os::fd::AsFd::as_fd(&pidfd)).unwrap());
+        check_waitable_child(pid).unwrap();
+        assert_eq!(try_wait(pid).unwrap(), None);
+        pidfd_kill(std::os::fd::AsFd::as_fd(&pidfd), Signal::SIGKILL).unwrap();
+        crate::sys::wait_readable(std::os::fd::AsFd::as_fd(&pidfd), None).unwrap();
+        let status = try_wait(pid).unwrap().expect("reaped");
+        assert_eq!(describe_status(status), "killed by signal 9 (SIGKILL)");
+    }
+}
