@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -13,11 +14,35 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::error::{Error, Result};
-use crate::stream::Stream;
 
 const WAKER: Token = Token(usize::MAX);
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// What the broker polls and calls back: a connection with a receive side and a transmit side,
+/// each a descriptor (Mitogen's `Stream` as the broker sees it). The broker knows nothing else
+/// about it; [`Stream`](crate::Stream) is the one implementation, for message, byte and
+/// readiness streams. Callbacks run on the broker thread.
+pub trait Source: Send + Sync + 'static {
+    /// A number unique among live sources, for the poller's tokens.
+    fn source_id(&self) -> usize;
+    /// The receive side's descriptor, `None` once closed.
+    fn rx_fd(&self) -> Option<RawFd>;
+    /// The transmit side's descriptor, `None` once closed.
+    fn tx_fd(&self) -> Option<RawFd>;
+    /// The receive side is readable (or hung up).
+    fn on_receive(&self, broker: &Broker);
+    /// The transmit side is writable (or hung up).
+    fn on_transmit(&self, broker: &Broker);
+    /// The broker began a graceful shutdown.
+    fn on_shutdown(&self, broker: &Broker);
+    /// Disconnect now: the shutdown's grace period is over.
+    fn on_disconnect(&self, broker: &Broker);
+    /// Whether the graceful shutdown waits for this source to disconnect.
+    fn keep_alive(&self) -> bool;
+    /// A name for log lines.
+    fn describe(&self) -> String;
+}
 
 /// Settings for [`Broker::with_options`].
 #[derive(Clone, Debug)]
@@ -42,8 +67,8 @@ struct Deferred {
 
 #[derive(Default)]
 struct Registered {
-    readers: HashMap<usize, Stream>,
-    writers: HashMap<usize, Stream>,
+    readers: HashMap<usize, Arc<dyn Source>>,
+    writers: HashMap<usize, Arc<dyn Source>>,
     on_exit: Vec<Job>,
     /// Runs after every `on_exit` callback: a child's last act, ending its process.
     exit_action: Option<Job>,
@@ -258,30 +283,30 @@ impl Broker {
         }
     }
 
-    /// Start reading `stream`'s receive side; [`Stream::on_receive`] runs when it is readable.
+    /// Start reading `stream`'s receive side; [`Source::on_receive`] runs when it is readable.
     /// Safe from any thread.
-    pub fn start_receive(&self, stream: &Stream) {
-        let (b, s) = (self.clone(), stream.clone());
+    pub fn start_receive(&self, source: &(impl Source + Clone)) {
+        let (b, s): (Broker, Arc<dyn Source>) = (self.clone(), Arc::new(source.clone()));
         self.defer_or_log(move || b.register(&s, true));
     }
 
     /// Stop reading `stream`'s receive side. Safe from any thread.
-    pub fn stop_receive(&self, stream: &Stream) {
-        let (b, s) = (self.clone(), stream.clone());
-        self.defer_or_log(move || b.deregister(&s, true));
+    pub fn stop_receive(&self, source: &(impl Source + Clone)) {
+        let (b, s): (Broker, Arc<dyn Source>) = (self.clone(), Arc::new(source.clone()));
+        self.defer_or_log(move || b.deregister(&*s, true));
     }
 
-    /// Start waiting for `stream`'s transmit side to be writable; [`Stream::on_transmit`] runs
+    /// Start waiting for `stream`'s transmit side to be writable; [`Source::on_transmit`] runs
     /// when it is. Safe from any thread (Mitogen `_start_transmit`, broker-only there).
-    pub fn start_transmit(&self, stream: &Stream) {
-        let (b, s) = (self.clone(), stream.clone());
+    pub fn start_transmit(&self, source: &(impl Source + Clone)) {
+        let (b, s): (Broker, Arc<dyn Source>) = (self.clone(), Arc::new(source.clone()));
         self.defer_or_log(move || b.register(&s, false));
     }
 
     /// Stop waiting for `stream`'s transmit side. Safe from any thread.
-    pub fn stop_transmit(&self, stream: &Stream) {
-        let (b, s) = (self.clone(), stream.clone());
-        self.defer_or_log(move || b.deregister(&s, false));
+    pub fn stop_transmit(&self, source: &(impl Source + Clone)) {
+        let (b, s): (Broker, Arc<dyn Source>) = (self.clone(), Arc::new(source.clone()));
+        self.defer_or_log(move || b.deregister(&*s, false));
     }
 
     fn defer_or_log(&self, f: impl FnOnce() + Send + 'static) {
@@ -291,51 +316,52 @@ impl Broker {
     }
 
     /// Register one side of `stream` (broker thread only).
-    fn register(&self, stream: &Stream, receive: bool) {
+    fn register(&self, stream: &Arc<dyn Source>, receive: bool) {
+        let id = stream.source_id();
         let (fd, interest, token) = if receive {
-            (stream.rx_fd(), Interest::READABLE, Token(stream.id() * 2))
+            (stream.rx_fd(), Interest::READABLE, Token(id * 2))
         } else {
-            (stream.tx_fd(), Interest::WRITABLE, Token(stream.id() * 2 + 1))
+            (stream.tx_fd(), Interest::WRITABLE, Token(id * 2 + 1))
         };
         let Some(fd) = fd else { return };
         let mut reg = self.inner.registered.lock();
         let map = if receive { &mut reg.readers } else { &mut reg.writers };
-        if map.contains_key(&stream.id()) {
+        if map.contains_key(&id) {
             return;
         }
         match self.inner.registry.register(&mut SourceFd(&fd), token, interest) {
             Ok(()) => {
-                map.insert(stream.id(), stream.clone());
+                map.insert(id, stream.clone());
             }
-            Err(e) => log::error!("{}: cannot register {stream:?} fd {fd}: {e}", self.inner.name),
+            Err(e) => log::error!("{}: cannot register {} fd {fd}: {e}", self.inner.name, stream.describe()),
         }
     }
 
     /// Deregister one side of `stream` (broker thread only), while its descriptor is still open.
-    fn deregister(&self, stream: &Stream, receive: bool) {
+    fn deregister(&self, stream: &dyn Source, receive: bool) {
         let fd = if receive { stream.rx_fd() } else { stream.tx_fd() };
         let mut reg = self.inner.registered.lock();
         let map = if receive { &mut reg.readers } else { &mut reg.writers };
-        if map.remove(&stream.id()).is_some() {
+        if map.remove(&stream.source_id()).is_some() {
             if let Some(fd) = fd {
                 let _ = self.inner.registry.deregister(&mut SourceFd(&fd));
             }
         }
     }
 
-    /// Remove both sides of `stream` from the poller; called by [`Stream::on_disconnect`].
-    pub(crate) fn unregister(&self, stream: &Stream) {
+    /// Remove both sides of `stream` from the poller; called by [`Source::on_disconnect`].
+    pub(crate) fn unregister(&self, stream: &dyn Source) {
         self.deregister(stream, true);
         self.deregister(stream, false);
     }
 
     /// Whether any stream being read asks the shutdown to wait for it (Mitogen `keep_alive()`).
     pub fn keep_alive(&self) -> bool {
-        let readers: Vec<Stream> = self.inner.registered.lock().readers.values().cloned().collect();
-        readers.iter().any(Stream::keep_alive)
+        let readers: Vec<Arc<dyn Source>> = self.inner.registered.lock().readers.values().cloned().collect();
+        readers.iter().any(|s| s.keep_alive())
     }
 
-    /// Ask the broker to shut down gracefully: every stream's [`Stream::on_shutdown`] runs, the
+    /// Ask the broker to shut down gracefully: every stream's [`Source::on_shutdown`] runs, the
     /// broker waits up to `shutdown_timeout` for them to disconnect, then forces the rest. Safe
     /// from any thread; returns at once (see [`join`](Broker::join)).
     pub fn shutdown(&self) {
@@ -409,9 +435,9 @@ impl Broker {
         }
     }
 
-    fn all_streams(&self) -> Vec<Stream> {
+    fn all_streams(&self) -> Vec<Arc<dyn Source>> {
         let reg = self.inner.registered.lock();
-        let mut v: Vec<Stream> = reg.readers.values().cloned().collect();
+        let mut v: Vec<Arc<dyn Source>> = reg.readers.values().cloned().collect();
         v.extend(reg.writers.iter().filter(|(id, _)| !reg.readers.contains_key(id)).map(|(_, s)| s.clone()));
         v
     }
@@ -460,7 +486,7 @@ impl Broker {
 
     fn force_disconnect(&self) {
         for s in self.all_streams() {
-            log::debug!("{}: force disconnecting {s:?}", self.inner.name);
+            log::debug!("{}: force disconnecting {}", self.inner.name, s.describe());
             guarded(format_args!("on_disconnect"), || s.on_disconnect(self));
         }
     }

@@ -5,6 +5,18 @@
 //! or forwards them along [`Stream`]s, and the [`Receiver`] / [`Sender`] / [`Channel`] endpoints.
 //! The [`guide`] explains how the pieces fit together.
 //!
+//! The modules read bottom up, each using only those above it in this list:
+//!
+//! | layer | modules | what |
+//! |---|---|---|
+//! | OS | `sys`, `sync` | system calls (on `nix`), fork-safe locks |
+//! | values | `error`, `globals`, `lines`, `blob` | errors, this process's identity, line splitting |
+//! | wire | [`wire`] | frame headers, the frame decoder, MessagePack encodings |
+//! | waiting | `latch`, `side` | [`Latch`] (the self-pipe trick), one direction of a descriptor |
+//! | polling | `broker` | the [`Broker`] thread over any [`Source`] |
+//! | messaging | `message`, `router`, `stream`, `receiver`, `context` | [`Message`], [`Router`], [`Stream`], [`Receiver`], [`Context`]: one layer, since the documented API ties them together (a message knows the router it came through, a router forwards along streams, a stream hands frames to its router) |
+//! | child | `child`, `remote`, `atfork` | a process as a context: [`ExternalContext`], the dispatch loop, remote functions, fork preparation |
+//!
 //! ```
 //! use std::time::Duration;
 //! use mitogen_core::{Broker, Receiver, Router};
@@ -43,10 +55,11 @@ mod stream;
 mod sync;
 #[doc(hidden)]
 pub mod sys;
+pub mod wire;
 
 pub use atfork::{prepare_fork, ForkGuard};
 pub use blob::{Blob, Secret};
-pub use broker::{panic_message, Broker, BrokerOptions, TimerHandle};
+pub use broker::{panic_message, Broker, BrokerOptions, Source, TimerHandle};
 pub use child::{
     forget_chain, log_forwarded, read_config, serve, ChildConfig, ExternalContext, Hello, LogRecord, CHILD_MARKER,
     PROTOCOL_VERSION,
@@ -58,16 +71,17 @@ pub use error::{
 pub use globals::Identity;
 pub use latch::{Latch, LatchNotify};
 pub use lines::LineSplitter;
-pub use message::{
-    encode, Message, Payload, ADD_ROUTE, ALLOCATE_ID, CALL_FUNCTION, CALL_SERVICE, DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE,
-    DETACHING, FIRST_DYNAMIC_HANDLE, FORWARD_LOG, FORWARD_MODULE, GET_MODULE, HEADER_LEN, IS_DEAD, LOAD_MODULE, MAGIC,
-    SHUTDOWN,
-};
+pub use message::Message;
 pub use receiver::{Channel, Iter, Notify, Receiver, Sender};
 pub use remote::{encode_call, encode_call_by_path, RemoteFn, Returns};
 pub use router::{has_parent_authority, HandlerOptions, Policy, Router};
 pub use side::{io_op, Side};
-pub use stream::{decode_frames, Stream, CHUNK_SIZE};
+pub use stream::{Stream, CHUNK_SIZE};
+pub use wire::decode_frames;
+pub use wire::{
+    encode, ADD_ROUTE, ALLOCATE_ID, CALL_FUNCTION, CALL_SERVICE, DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE, DETACHING,
+    FIRST_DYNAMIC_HANDLE, FORWARD_LOG, FORWARD_MODULE, GET_MODULE, HEADER_LEN, IS_DEAD, LOAD_MODULE, MAGIC, SHUTDOWN,
+};
 
 /// Create a connected pair of close-on-exec, non-blocking `AF_UNIX` stream sockets, as used to
 /// join two routers (or a parent and a local child).

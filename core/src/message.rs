@@ -1,4 +1,5 @@
-//! [`Message`], the frame header, the standard handles, and the encoding of message data.
+//! [`Message`]: the unit of communication, with the router it arrived through, built on the
+//! frame and encodings of [`wire`](crate::wire).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -9,45 +10,8 @@ use serde::Serialize;
 use crate::error::{CallError, Error, Result};
 use crate::receiver::Receiver;
 use crate::router::Router;
-
-/// Magic number at the start of every frame header: `"MI"`.
-pub const MAGIC: u16 = 0x4d49;
-/// Length of a frame header in bytes:
-/// `magic u16 | dst_id u32 | src_id u32 | auth_id u32 | handle u32 | reply_to u32 | length u32`,
-/// big-endian.
-pub const HEADER_LEN: usize = 26;
-/// Default [`Router::max_message_size`]: 128 MiB.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
-
-/// `reply_to` value marking a dead message (Mitogen `IS_DEAD`).
-pub const IS_DEAD: u32 = 999;
-/// Handle of the executable responder (Mitogen `GET_MODULE`; here it serves the executable).
-pub const GET_MODULE: u32 = 100;
-/// Handle receiving function calls in every child (Mitogen `CALL_FUNCTION`).
-pub const CALL_FUNCTION: u32 = 101;
-/// Handle receiving forwarded log records in parents (Mitogen `FORWARD_LOG`).
-pub const FORWARD_LOG: u32 = 102;
-/// Handle receiving `(target_id, via_id)` route announcements (Mitogen `ADD_ROUTE`).
-pub const ADD_ROUTE: u32 = 103;
-/// Handle receiving lost-route announcements (Mitogen `DEL_ROUTE`).
-pub const DEL_ROUTE: u32 = 104;
-/// Handle allocating blocks of context ids in the master (Mitogen `ALLOCATE_ID`).
-pub const ALLOCATE_ID: u32 = 105;
-/// Handle asking a child to shut down gracefully (Mitogen `SHUTDOWN`).
-pub const SHUTDOWN: u32 = 106;
-/// Handle delivering executable chunks (Mitogen `LOAD_MODULE`).
-pub const LOAD_MODULE: u32 = 107;
-/// Handle forwarding executable chunks down a tree (Mitogen `FORWARD_MODULE`).
-pub const FORWARD_MODULE: u32 = 108;
-/// Handle announcing a detaching child (Mitogen `DETACHING`).
-pub const DETACHING: u32 = 109;
-/// Handle of the service pool (Mitogen `CALL_SERVICE`).
-pub const CALL_SERVICE: u32 = 110;
-/// Handles below this are reserved; [`Router::add_handler`] allocates from here upwards.
-pub const FIRST_DYNAMIC_HANDLE: u32 = 1000;
-
-/// MessagePack extension type tag marking an encoded [`CallError`] (`'C'`).
-const CALL_ERROR_EXT: i8 = 0x43;
+use crate::wire::{decode, decode_call_error, encode_call_error, Frame, Header, IS_DEAD};
+use crate::wire::{encode, HEADER_LEN};
 
 /// The unit of communication: the header fields, the data, and where it came from
 /// (Mitogen `mitogen.core.Message`).
@@ -201,13 +165,15 @@ impl Message {
 
     /// Encode the 26-byte frame header for this message.
     pub fn header(&self) -> [u8; HEADER_LEN] {
-        let mut h = [0u8; HEADER_LEN];
-        h[0..2].copy_from_slice(&MAGIC.to_be_bytes());
-        for (i, v) in [self.dst_id, self.src_id, self.auth_id, self.handle, self.reply_to].iter().enumerate() {
-            h[2 + i * 4..6 + i * 4].copy_from_slice(&v.to_be_bytes());
+        Header {
+            dst_id: self.dst_id,
+            src_id: self.src_id,
+            auth_id: self.auth_id,
+            handle: self.handle,
+            reply_to: self.reply_to,
+            len: self.data.len(),
         }
-        h[22..26].copy_from_slice(&(self.data.len() as u32).to_be_bytes());
-        h
+        .encode()
     }
 
     /// Decode a frame header into a message without data, plus the data length it announces.
@@ -215,76 +181,23 @@ impl Message {
     /// # Errors
     /// [`StreamError`](crate::StreamError) if the magic is wrong.
     pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(Message, usize)> {
-        let word = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-        let magic = u16::from_be_bytes([h[0], h[1]]);
-        if magic != MAGIC {
-            return Err(Error::stream(format!("bad magic {magic:#06x} in frame header (expected {MAGIC:#06x})")));
-        }
-        let msg = Message {
-            dst_id: word(2),
-            src_id: word(6),
-            auth_id: word(10),
-            handle: word(14),
-            reply_to: word(18),
+        let header = Header::parse(h)?;
+        Ok((Message::from_frame(Frame { header, data: Vec::new() }), header.len))
+    }
+
+    /// The message a decoded frame carries (its data is moved, not copied).
+    pub fn from_frame(frame: Frame) -> Message {
+        let Frame { header: h, data } = frame;
+        Message {
+            dst_id: h.dst_id,
+            src_id: h.src_id,
+            auth_id: h.auth_id,
+            handle: h.handle,
+            reply_to: h.reply_to,
+            data,
             ..Message::default()
-        };
-        Ok((msg, word(22) as usize))
+        }
     }
-}
-
-/// MessagePack-encode `obj` (struct fields by name, so both ends may evolve).
-///
-/// # Errors
-/// [`StreamError`](crate::StreamError) if `obj` cannot be serialized.
-pub fn encode<T: Serialize + ?Sized>(obj: &T) -> Result<Vec<u8>> {
-    let fail = |e: rmp_serde::encode::Error| Error::stream(format!("cannot encode message data: {e}"));
-    // Measure first (cheap: bulk bytes are only counted), so the buffer is allocated once at
-    // its final size instead of being copied on every doubling.
-    let mut counter = Counter(0);
-    rmp_serde::encode::write_named(&mut counter, obj).map_err(fail)?;
-    let mut out = crate::sys::alloc_bytes(counter.0);
-    rmp_serde::encode::write_named(&mut out, obj).map_err(fail)?;
-    Ok(out)
-}
-
-/// A writer that only counts.
-struct Counter(usize);
-
-impl std::io::Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T> {
-    rmp_serde::from_slice(data)
-        .map_err(|e| Error::stream(format!("cannot decode message data as {}: {e}", std::any::type_name::<T>())))
-}
-
-/// Encode a [`CallError`] as a MessagePack `ext 32` value of type [`CALL_ERROR_EXT`]. Values
-/// serialized by serde never produce extension types, so the two cannot be confused.
-fn encode_call_error(err: &CallError) -> Vec<u8> {
-    let inner = rmp_serde::to_vec(err).expect("a CallError always encodes");
-    let mut out = Vec::with_capacity(inner.len() + 6);
-    out.push(0xc9);
-    out.extend_from_slice(&(inner.len() as u32).to_be_bytes());
-    out.push(CALL_ERROR_EXT as u8);
-    out.extend_from_slice(&inner);
-    out
-}
-
-fn decode_call_error(data: &[u8]) -> Result<Option<CallError>> {
-    if data.len() < 6 || data[0] != 0xc9 || data[5] != CALL_ERROR_EXT as u8 {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
-    let body = data.get(6..6 + len).ok_or_else(|| Error::stream("truncated CallError in message data"))?;
-    decode(body).map(Some)
 }
 
 thread_local! {

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CallError;
-use crate::message::encode;
+use crate::wire::encode;
 
 /// A registered function's trampoline: encoded arguments in, encoded outcome out.
 #[doc(hidden)]

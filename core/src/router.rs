@@ -10,8 +10,9 @@ use crate::broker::{guarded, Broker};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::globals::{self, Identity};
-use crate::message::{Message, DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE, FIRST_DYNAMIC_HANDLE};
+use crate::message::Message;
 use crate::stream::Stream;
+use crate::wire::{DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE, FIRST_DYNAMIC_HANDLE};
 
 /// A handler's admission check, called as `policy(msg, stream)` with the stream the message
 /// arrived on (`None` when it originated locally); `false` refuses delivery.

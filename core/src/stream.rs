@@ -1,4 +1,4 @@
-//! [`Stream`]: a connection the broker reads and writes, and the frame decoder of message streams.
+//! [`Stream`]: a connection the broker reads and writes.
 
 use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
@@ -13,10 +13,11 @@ use crate::sync::{IdSet, Mutex};
 
 use crate::broker::Broker;
 use crate::error::{Error, Result};
-use crate::message::{Message, HEADER_LEN};
+use crate::message::Message;
 use crate::router::Router;
 use crate::side::Side;
 use crate::sys;
+use crate::wire::{Frame, FrameDecoder, HEADER_LEN};
 
 /// Two frames sent on one stream within this interval are a burst: the second and later ones
 /// are queued for the broker, which writes them together, instead of one `writev` each. An
@@ -42,90 +43,6 @@ enum Protocol {
     Bytes(BytesHandler),
     /// Nothing is read: a callback learns the descriptor is readable (e.g. a pidfd).
     Ready(ReadyHandler),
-}
-
-/// Reassembles frames from arbitrary chunks: partial headers, partial data, many frames at once.
-pub(crate) struct FrameDecoder {
-    header: Vec<u8>,
-    current: Option<(Message, usize)>,
-    max_message_size: usize,
-}
-
-impl FrameDecoder {
-    pub(crate) fn new(max_message_size: usize) -> FrameDecoder {
-        FrameDecoder { header: Vec::with_capacity(HEADER_LEN), current: None, max_message_size }
-    }
-
-    /// The buffer of a frame still missing at least `min` bytes, for reading straight into it
-    /// (skipping a copy through the scratch buffer for bulk data).
-    pub(crate) fn large_frame_buffer(&mut self, min: usize) -> Option<(&mut Vec<u8>, usize)> {
-        match &mut self.current {
-            Some((msg, len)) if *len - msg.data.len() >= min => {
-                let left = *len - msg.data.len();
-                Some((&mut msg.data, left))
-            }
-            _ => None,
-        }
-    }
-
-    /// Move a frame completed by a direct read to `out`.
-    pub(crate) fn finish_direct(&mut self, out: &mut Vec<Message>) {
-        if self.current.as_ref().is_some_and(|(m, len)| m.data.len() == *len) {
-            out.push(self.current.take().expect("current frame").0);
-        }
-    }
-
-    /// Consume `data`, pushing every completed message to `out`.
-    ///
-    /// # Errors
-    /// [`StreamError`](crate::StreamError) on a bad magic or an announced length over the
-    /// maximum; the stream must then be disconnected, since framing is lost.
-    pub(crate) fn feed(&mut self, mut data: &[u8], out: &mut Vec<Message>) -> Result<()> {
-        while !data.is_empty() || self.current.as_ref().is_some_and(|(m, len)| m.data.len() == *len) {
-            match &mut self.current {
-                None => {
-                    let take = (HEADER_LEN - self.header.len()).min(data.len());
-                    self.header.extend_from_slice(&data[..take]);
-                    data = &data[take..];
-                    if self.header.len() == HEADER_LEN {
-                        let h: &[u8; HEADER_LEN] = self.header[..].try_into().expect("header length");
-                        let (mut msg, len) = Message::parse_header(h)?;
-                        if len > self.max_message_size {
-                            return Err(Error::stream(format!(
-                                "frame of {len} bytes exceeds max_message_size {}",
-                                self.max_message_size
-                            )));
-                        }
-                        // Reserved, not touched: pages are only committed as the data arrives.
-                        msg.data = crate::sys::alloc_bytes(len);
-                        self.header.clear();
-                        self.current = Some((msg, len));
-                    }
-                }
-                Some((msg, len)) => {
-                    let take = (*len - msg.data.len()).min(data.len());
-                    msg.data.extend_from_slice(&data[..take]);
-                    data = &data[take..];
-                    if msg.data.len() == *len {
-                        out.push(self.current.take().expect("current frame").0);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Decode `data` as a sequence of frames with `max_message_size`, as a stream would: the
-/// complete messages, or the error that would disconnect the stream. For fuzz tests.
-///
-/// # Errors
-/// [`StreamError`](crate::StreamError) on a bad magic or an oversized frame.
-#[doc(hidden)]
-pub fn decode_frames(data: &[u8], max_message_size: usize) -> Result<Vec<Message>> {
-    let mut out = Vec::new();
-    FrameDecoder::new(max_message_size).feed(data, &mut out)?;
-    Ok(out)
 }
 
 /// One queued outgoing frame: header and data kept apart so data is never copied.
@@ -498,16 +415,16 @@ impl Stream {
             }
             return;
         }
-        let mut msgs = Vec::new();
-        let outcome = self.read_all(&mut msgs);
-        if !msgs.is_empty() {
+        let mut frames = Vec::new();
+        let outcome = self.read_all(&mut frames);
+        if !frames.is_empty() {
             let router = match &self.inner.rx.lock().protocol {
                 Protocol::Message { router, .. } => Some(router.clone()),
                 Protocol::Bytes(_) | Protocol::Ready(_) => None,
             };
-            for msg in msgs {
+            for frame in frames {
                 if let Some(router) = &router {
-                    router.async_route(msg, Some(self));
+                    router.async_route(Message::from_frame(frame), Some(self));
                 }
             }
         }
@@ -534,7 +451,7 @@ impl Stream {
     }
 
     /// Read until `EAGAIN`. `Ok(false)` is end of file.
-    fn read_all(&self, msgs: &mut Vec<Message>) -> Result<bool> {
+    fn read_all(&self, frames: &mut Vec<Frame>) -> Result<bool> {
         SCRATCH.with(|scratch| {
             let mut buf = scratch.borrow_mut();
             let mut rx = self.inner.rx.lock();
@@ -553,7 +470,7 @@ impl Stream {
                         if n == 0 {
                             return Ok(false);
                         }
-                        decoder.finish_direct(msgs);
+                        decoder.finish_direct(frames);
                         continue;
                     }
                 }
@@ -565,7 +482,7 @@ impl Stream {
                 match &mut rx.protocol {
                     Protocol::Message { decoder, .. } => {
                         if n > 0 {
-                            decoder.feed(&buf[..n], msgs)?;
+                            decoder.feed(&buf[..n], frames)?;
                         }
                     }
                     Protocol::Bytes(f) => f(self, &buf[..n]),
@@ -702,6 +619,44 @@ impl Stream {
     }
 }
 
+impl crate::broker::Source for Stream {
+    fn source_id(&self) -> usize {
+        self.id()
+    }
+
+    fn rx_fd(&self) -> Option<std::os::fd::RawFd> {
+        Stream::rx_fd(self)
+    }
+
+    fn tx_fd(&self) -> Option<std::os::fd::RawFd> {
+        Stream::tx_fd(self)
+    }
+
+    fn on_receive(&self, broker: &Broker) {
+        Stream::on_receive(self, broker);
+    }
+
+    fn on_transmit(&self, broker: &Broker) {
+        Stream::on_transmit(self, broker);
+    }
+
+    fn on_shutdown(&self, broker: &Broker) {
+        Stream::on_shutdown(self, broker);
+    }
+
+    fn on_disconnect(&self, broker: &Broker) {
+        Stream::on_disconnect(self, broker);
+    }
+
+    fn keep_alive(&self) -> bool {
+        Stream::keep_alive(self)
+    }
+
+    fn describe(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
 thread_local! {
     /// Set while this thread has more messages to send right behind this one.
     static WRITE_BEHIND: Cell<bool> = const { Cell::new(false) };
@@ -716,54 +671,4 @@ pub(crate) fn set_write_behind(on: bool) {
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; CHUNK_SIZE].into_boxed_slice());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(handle: u32, data: &[u8]) -> Vec<u8> {
-        let m = Message::raw(handle, data.to_vec());
-        let mut v = m.header().to_vec();
-        v.extend_from_slice(data);
-        v
-    }
-
-    #[test]
-    fn decoder_reassembles_partial_frames_byte_by_byte() {
-        let mut bytes = frame(7, b"hello");
-        bytes.extend(frame(8, b""));
-        bytes.extend(frame(9, &[1u8; 1000]));
-        let mut d = FrameDecoder::new(1 << 20);
-        let mut out = Vec::new();
-        for b in &bytes {
-            d.feed(std::slice::from_ref(b), &mut out).unwrap();
-        }
-        let got: Vec<(u32, usize)> = out.iter().map(|m| (m.handle, m.data.len())).collect();
-        assert_eq!(got, vec![(7, 5), (8, 0), (9, 1000)]);
-        assert_eq!(out[0].data, b"hello");
-    }
-
-    #[test]
-    fn decoder_takes_many_frames_in_one_chunk() {
-        let mut bytes = Vec::new();
-        for i in 0..100u32 {
-            bytes.extend(frame(i, &i.to_be_bytes()));
-        }
-        let mut d = FrameDecoder::new(1 << 20);
-        let mut out = Vec::new();
-        d.feed(&bytes, &mut out).unwrap();
-        assert_eq!(out.len(), 100);
-        assert!(out.iter().enumerate().all(|(i, m)| m.handle == i as u32 && m.data == (i as u32).to_be_bytes()));
-    }
-
-    #[test]
-    fn decoder_refuses_oversized_frames_and_bad_magic() {
-        let mut d = FrameDecoder::new(10);
-        let err = d.feed(&frame(1, &[0; 11]), &mut Vec::new()).unwrap_err();
-        assert!(err.to_string().contains("exceeds max_message_size 10"), "{err}");
-        let mut d = FrameDecoder::new(10);
-        let err = d.feed(&[0xffu8; 40], &mut Vec::new()).unwrap_err();
-        assert!(err.to_string().contains("bad magic"), "{err}");
-    }
 }

@@ -18,12 +18,10 @@
 //! | `poll.rs` | waiting for descriptors: one with a deadline, or many |
 //! | `process.rs` | `fork`, pidfds, reaping, exit statuses, sessions, signals, names |
 //! | `mem.rs` | allocation hints for bulk buffers |
-//! | `ctor.rs` | the loader constructor that turns a process started as a child into one |
 //!
 //! This module is public so that the workspace's crates share one layer; it is not part of the
 //! library's API and may change with any release.
 
-mod ctor;
 mod fd;
 mod mem;
 mod poll;

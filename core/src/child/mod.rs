@@ -1,0 +1,307 @@
+//! The child side (Mitogen `ExternalContext`): how a process becomes a context and lives as one.
+//!
+//! | file | what |
+//! |---|---|
+//! | `ctor.rs` | the loader constructor: a process started as a child becomes one before `main` |
+//! | `config.rs` | [`ChildConfig`] and [`Hello`]: the first frame from the parent, and the answer |
+//! | `mod.rs` | [`ExternalContext`]: start, stdio, detach, exit |
+//! | `dispatch.rs` | the dispatch loop: calls in order on the main thread, panics as `CallError`s |
+//! | `logging.rs` | log records forwarded to the master, and the master's side of them |
+
+mod config;
+mod ctor;
+mod dispatch;
+mod logging;
+
+pub use config::{read_config, ChildConfig, Hello, CHILD_MARKER, PROTOCOL_VERSION};
+pub use dispatch::forget_chain;
+pub(crate) use dispatch::install_panic_hook;
+pub(crate) use logging::logger_is_ours;
+pub use logging::{log_forwarded, LogRecord};
+use logging::{LogForwarder, CHILD_LOGGER};
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::broker::{Broker, BrokerOptions};
+use crate::context::Context;
+use crate::error::{CallError, Error, Result};
+use crate::globals::{self, Identity};
+use crate::lines::LineSplitter;
+use crate::message::Message;
+use crate::receiver::Receiver;
+use crate::router::{has_parent_authority, HandlerOptions, Policy, Router};
+use crate::stream::Stream;
+use crate::sync::Mutex;
+use crate::sys;
+use crate::wire::{CALL_FUNCTION, SHUTDOWN};
+
+struct Inner {
+    broker: Broker,
+    router: Router,
+    parent: Context,
+    config: ChildConfig,
+    channel: Receiver,
+    chain_errors: Mutex<HashMap<String, CallError>>,
+    forwarder: LogForwarder,
+    /// The process this context runs in (a forked copy must not use it).
+    pid: u32,
+    detached: Arc<AtomicBool>,
+}
+
+/// The child's own view of itself: its broker, router, parent, and the channel its calls arrive
+/// on (Mitogen `mitogen.core.ExternalContext`). A remote function that needs them (Mitogen's
+/// `takes_router`, `takes_econtext`) asks for [`ExternalContext::current`].
+#[derive(Clone)]
+pub struct ExternalContext {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ExternalContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ExternalContext({}, {:?})", self.inner.config.context_id, self.inner.config.name)
+    }
+}
+
+static CURRENT: AtomicPtr<ExternalContext> = AtomicPtr::new(std::ptr::null_mut());
+
+impl ExternalContext {
+    /// The running child's context, or `None` in a master (Mitogen's `econtext` argument).
+    pub fn current() -> Option<ExternalContext> {
+        let p = CURRENT.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer came from Box::leak in `publish` and is never freed.
+        unsafe { p.as_ref() }.cloned()
+    }
+
+    fn publish(&self) {
+        // Leaked on purpose: readers may hold it; a process publishes once (twice after fork).
+        CURRENT.store(Box::leak(Box::new(self.clone())), Ordering::Release);
+    }
+
+    /// Set up a child from `config`, talking to its parent over `rfd`/`wfd`: record the identity,
+    /// start the broker and router, register the parent, install the handlers for calls and
+    /// `SHUTDOWN`, and send the [`Hello`] handshake.
+    ///
+    /// # Errors
+    /// [`StreamError`](crate::StreamError) or [`GeneralError`](crate::GeneralError) if the
+    /// broker, stream or handlers cannot be set up.
+    pub fn start(config: ChildConfig, rfd: OwnedFd, wfd: OwnedFd) -> Result<ExternalContext> {
+        sys::tune_malloc_for_bulk();
+        let identity = Identity { context_id: config.context_id, parent_ids: config.parent_ids.clone() };
+        let parent_id = identity.parent_id().ok_or_else(|| Error::general("child config names no parent"))?;
+        globals::set_identity(identity.clone());
+        let broker =
+            Broker::with_options(BrokerOptions { shutdown_timeout: Duration::from_secs(3), ..Default::default() })?;
+        let router = Router::with_identity(&broker, identity);
+        router.set_max_message_size(config.max_message_size as usize);
+        router.set_unidirectional(config.unidirectional);
+        let stream = Stream::message_pair(&router, format!("{}: parent {parent_id}", config.name), rfd, wfd)?;
+        stream.set_privileged(true);
+        let parent = router.context_by_id(parent_id);
+        // A child exits when its parent goes away, unless it detached.
+        let detached = Arc::new(AtomicBool::new(false));
+        let (b, ps, d) = (broker.clone(), stream.clone(), detached.clone());
+        router.on_stream_disconnect_hook(move |_, s, _| {
+            if *s == ps && !d.load(Ordering::Acquire) {
+                b.shutdown();
+            }
+        });
+        router.register(&parent, &stream);
+        let policy: Policy = Arc::new(has_parent_authority);
+        let channel = Receiver::with_handler_options(
+            &router,
+            HandlerOptions { handle: Some(CALL_FUNCTION), policy: Some(policy.clone()), ..Default::default() },
+        )?;
+        let b = broker.clone();
+        router.add_handler(
+            move |msg| {
+                log::debug!("SHUTDOWN received from context {}", msg.src_id);
+                b.shutdown();
+            },
+            HandlerOptions { handle: Some(SHUTDOWN), policy: Some(policy), ..Default::default() },
+        )?;
+        let forwarder = LogForwarder { router: router.clone(), parent_id, name: config.name.clone() };
+        let ec = ExternalContext {
+            inner: Arc::new(Inner {
+                broker,
+                router,
+                parent,
+                config,
+                channel,
+                chain_errors: Mutex::new(HashMap::new()),
+                forwarder,
+                pid: std::process::id(),
+                detached,
+            }),
+        };
+        ec.publish();
+        install_panic_hook();
+        // Whenever the broker exits, nothing can reach this context any more: a call running
+        // or still queued could only keep an orphan alive. The broker's very last act ends the
+        // process, after every exit callback (reaping this context's own children) has run, as
+        // Mitogen's child does with SIGTERM to itself.
+        ec.inner.broker.set_exit_action(|| sys::exit_now(0));
+        let hello = Hello {
+            protocol_version: crate::child::PROTOCOL_VERSION,
+            pid: std::process::id(),
+            context_id: ec.inner.config.context_id,
+        };
+        ec.inner.parent.send(Message::pickled(&hello, ec.inner.config.handshake_handle)?);
+        Ok(ec)
+    }
+
+    /// The child's broker.
+    pub fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    /// The child's router.
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// The parent context.
+    pub fn parent(&self) -> &Context {
+        &self.inner.parent
+    }
+
+    /// The configuration the parent sent.
+    pub fn config(&self) -> &ChildConfig {
+        &self.inner.config
+    }
+
+    /// The channel `CALL_FUNCTION` requests arrive on (Mitogen `channel`).
+    pub fn channel(&self) -> &Receiver {
+        &self.inner.channel
+    }
+
+    /// Send `line` to the master as a log record of this context at `level`, under `target`.
+    pub fn forward_log(&self, target: &str, level: log::Level, line: &str) {
+        self.inner.forwarder.forward(target, level, line);
+    }
+
+    /// Make this process's stdout and stderr pipes whose lines become log records of this
+    /// context at the master (Mitogen `IoLogger`), and stdin `/dev/null`. From here on nothing a
+    /// function prints can touch the protocol stream.
+    ///
+    /// # Errors
+    /// [`StreamError`](crate::StreamError) if the pipes cannot be made.
+    pub fn redirect_stdio(&self) -> Result<()> {
+        let fail = |e: std::io::Error| Error::stream_io("cannot redirect stdio", e);
+        let null = sys::open_devnull().map_err(fail)?;
+        sys::dup2(null.as_fd(), 0).map_err(fail)?;
+        for (fd, target) in [(1, "stdout"), (2, "stderr")] {
+            let (r, w) = sys::pipe_blocking_write().map_err(fail)?;
+            let fwd = self.inner.forwarder.clone();
+            let mut lines = LineSplitter::default();
+            let stream = Stream::bytes(&self.inner.broker, target, r, false, move |_, data: &[u8]| {
+                lines.feed(data, |line| fwd.forward(target, log::Level::Info, line));
+            })?;
+            self.inner.broker.start_receive(&stream);
+            sys::dup2(w.as_fd(), fd).map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// Detach from the parent, to outlive it (Mitogen `ExternalContext.detach()`): leave the
+    /// parent's session (`setsid`), tell the parent with `DETACHING` and wait for its answer
+    /// (from then on it neither asks this context to shut down nor kills it), let output queued
+    /// for the parent drain for up to a second, then disconnect the parent's stream and clear
+    /// [`parent_ids`](crate::globals::parent_ids). The context keeps running with its own
+    /// subtree; what it does next, and when it exits, is up to it. A call that is running
+    /// `detach` gets no reply to its caller (the caller sees the connection lost), so callers
+    /// learn that work started through a [`Sender`](crate::Sender) instead. A second call does
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`TimeoutError`](crate::TimeoutError) or [`ChannelError`](crate::ChannelError) if the
+    /// parent did not answer `DETACHING` within 30 s or was lost; the context then stays attached.
+    /// [`GeneralError`](crate::GeneralError) if the broker exited meanwhile.
+    pub fn detach(&self) -> Result<()> {
+        let parent_id = self.inner.parent.context_id();
+        let Some(stream) = self.inner.router.stream_by_id(parent_id).filter(|_| !self.is_detached()) else {
+            return Ok(());
+        };
+        // Fails only for a process group leader (a forked child of one); harmless then.
+        let _ = sys::setsid();
+        let msg = Message::raw(crate::wire::DETACHING, Vec::new());
+        self.inner.parent.send_await::<()>(msg, Some(Duration::from_secs(30)))?;
+        self.inner.detached.store(true, Ordering::Release);
+        log::info!("detaching from {stream:?}; parent is context {parent_id}");
+        // Mitogen polls the output queue 20 times, 50 ms apart.
+        for _ in 0..20 {
+            if stream.pending_bytes() == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if stream.pending_bytes() > 0 {
+            log::error!("{stream:?} still had {} bytes queued after 1000 ms", stream.pending_bytes());
+        }
+        // Return only once the stream is gone, so nothing this thread sends afterwards (the
+        // reply of the call running detach) can still reach the parent.
+        let done = Arc::new(crate::latch::Latch::new());
+        let (b, d) = (self.inner.broker.clone(), done.clone());
+        self.inner.broker.defer(move || {
+            stream.on_disconnect(&b);
+            let _ = d.put(());
+        })?;
+        done.get_timeout(Duration::from_secs(30))?;
+        globals::set_identity(Identity { context_id: self.inner.config.context_id, parent_ids: Vec::new() });
+        Ok(())
+    }
+
+    /// Whether [`detach`](ExternalContext::detach) was called.
+    pub fn is_detached(&self) -> bool {
+        self.inner.detached.load(Ordering::Acquire)
+    }
+
+    /// Shut the broker down, wait for it, and end the process with status 0.
+    pub fn exit(&self) -> ! {
+        self.inner.broker.shutdown();
+        self.inner.broker.join();
+        sys::exit_now(0)
+    }
+}
+
+/// Run the rest of a child's life after `start`: redirect stdio, take the process title, serve
+/// calls until the parent goes, and exit.
+pub fn serve(ec: &ExternalContext) -> ! {
+    if let Err(e) = ec.redirect_stdio() {
+        log::error!("{e}");
+    }
+    sys::set_thread_title(&format!("mitogen:{}", ec.config().remote_name));
+    ec.dispatch_calls();
+    ec.exit()
+}
+
+/// The body of a process started with [`CHILD_MARKER`]: the protocol arrives on fds 0 and 1.
+pub(crate) fn run_exec_child() -> ! {
+    sys::ignore_sigpipe();
+    match exec_child_start() {
+        Ok(ec) => serve(&ec),
+        Err(e) => {
+            // Still the parent's stderr pipe: the parent reports this in its StreamError.
+            eprintln!("mitogen child {}: {e}", std::process::id());
+            sys::exit_now(1)
+        }
+    }
+}
+
+fn exec_child_start() -> Result<ExternalContext> {
+    let fail = |e: std::io::Error| Error::stream_io("cannot take protocol fds", e);
+    let rfd = sys::dup_cloexec(sys::borrow_std(0)).map_err(fail)?;
+    let wfd = sys::dup_cloexec(sys::borrow_std(1)).map_err(fail)?;
+    // Until redirect_stdio, anything printed goes to the parent's stderr pipe, never the stream.
+    sys::dup2(sys::borrow_std(2), 1).map_err(fail)?;
+    let config = read_config(rfd.as_fd())?;
+    let level = log::LevelFilter::iter().nth(config.log_level).unwrap_or(log::LevelFilter::Info);
+    let ec = ExternalContext::start(config, rfd, wfd)?;
+    if log::set_logger(&CHILD_LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+    Ok(ec)
+}
