@@ -71,7 +71,7 @@ pub use error::{
 pub use globals::Identity;
 pub use latch::{Latch, LatchNotify};
 pub use lines::LineSplitter;
-pub use message::Message;
+pub use message::{Message, Payload};
 pub use receiver::{Channel, Iter, Notify, Receiver, Sender};
 pub use remote::{encode_call, encode_call_by_path, RemoteFn, Returns};
 pub use router::{has_parent_authority, HandlerOptions, Policy, Router};
@@ -116,4 +116,10 @@ pub fn init() {
 pub mod __private {
     pub use crate::remote::{invoke_remote, name_of, Invoke, RemoteEntry, REMOTE_FUNCTIONS};
     pub use linkme;
+
+    /// Split `data` as a child splits a `CALL_FUNCTION` request: `(chain id, path, argument
+    /// bytes)`. For fuzzing the decoder of call requests.
+    pub fn split_call_request(data: &[u8]) -> crate::Result<(Option<String>, String, &[u8])> {
+        crate::remote::CallRequest::decode(data).map(|r| (r.chain_id, r.path, r.args))
+    }
 }

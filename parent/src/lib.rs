@@ -18,6 +18,6 @@ pub use fork::{connect_fork, ForkOptions, OnFork, OnStart};
 pub use local::{connect_local, default_remote_name, Options};
 pub use process::{shell_join, ChildProcess};
 pub use via::{
-    allocate_child_id, connect_via, is_immediate_child, serve_allocate_id, via_connect, ViaOutcome, ViaRequest,
-    ID_BLOCK,
+    allocate_child_id, connect_via, is_immediate_child, serve_allocate_id, upgrade_router, via_connect, ViaOutcome,
+    ViaRequest, ID_BLOCK,
 };

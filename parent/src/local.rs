@@ -191,7 +191,7 @@ pub(crate) fn handshake(
     });
     let (b, p) = (broker.clone(), proc.clone());
     stream.on_disconnect_listener(move |s| reap_when_disconnected(&b, p, s.is_detached()));
-    crate::via::ensure_route_monitor(router);
+    crate::via::upgrade_router(router);
     // Up the tree first: the route must reach every ancestor before anything the child sends.
     crate::via::announce_route(router, config.context_id, &name);
     router.register(&ctx, &stream);

@@ -44,10 +44,10 @@ fn propagate_del_route(router: &Router, target: u32, from: Option<&Stream>, up: 
     }
 }
 
-/// Make `router` a parent (Mitogen's router upgrade): handle `ADD_ROUTE` and `DEL_ROUTE` from
+/// Make `router` a parent (Mitogen's `upgrade_router`): handle `ADD_ROUTE` and `DEL_ROUTE` from
 /// directly connected contexts, relaying them up the tree, and announce lost subtrees when a
 /// child's stream disconnects. Idempotent.
-pub(crate) fn ensure_route_monitor(router: &Router) {
+pub fn upgrade_router(router: &Router) {
     if router.has_handler(ADD_ROUTE) {
         return;
     }
