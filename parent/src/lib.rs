@@ -16,7 +16,7 @@ mod via;
 pub use context::{CallChain, Context};
 pub use fork::{connect_fork, ForkOptions, OnFork, OnStart};
 pub use local::{connect_local, default_remote_name, Options};
-pub use process::{shell_join, ChildProcess};
+pub use process::{shell_join, watch_pidfd, ChildProcess};
 pub use via::{
     allocate_child_id, connect_via, is_immediate_child, serve_allocate_id, upgrade_router, via_connect, ViaOutcome,
     ViaRequest, ID_BLOCK,

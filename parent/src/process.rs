@@ -233,20 +233,59 @@ fn watch_exit(broker: &Broker, proc: Arc<ChildProcess>) -> Option<Stream> {
         None => return None,
     };
     let p = proc.clone();
-    let watcher = Stream::readiness(broker, format!("pidfd {}", proc.pid), pidfd, false, move |s| {
-        if p.try_reap() {
-            s.on_disconnect(s.broker());
-        }
-    });
-    let watcher = match watcher {
-        Ok(w) => w,
+    let reap = move || Ok(p.try_reap().then(|| p.status().unwrap_or(-1)));
+    match watch_pidfd(broker, format!("pidfd {}", proc.pid), pidfd, reap, |_| ()) {
+        Ok(w) => Some(w),
         Err(e) => {
             log::error!("cannot watch child {}: {e}", proc.pid);
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// How often a process whose pidfd reported its exit, but which cannot be reaped yet, is tried
+/// again. Only happens when it is ptraced by another process, whose own wait must come first;
+/// no event says when that happened.
+const UNREAPABLE_RETRY: Duration = Duration::from_millis(100);
+
+/// Call `on_exit(status)` on `broker`'s thread once the process behind `pidfd` has exited and
+/// `reap` reaped it (`reap` answers `Some(raw wait status)` once it has): the one pidfd reaper
+/// of the workspace, used for children and by `ProcessMonitor`. `reap` is tried each time the
+/// pidfd is readable, and every 100 ms while the process cannot be reaped yet; an error from it
+/// is logged and ends the watch without calling `on_exit`. The returned stream is the watch:
+/// disconnecting it (or the broker's exit) drops `on_exit` uncalled.
+///
+/// # Errors
+/// [`StreamError`](mitogen_core::StreamError) if the pidfd cannot be watched.
+pub fn watch_pidfd(
+    broker: &Broker,
+    name: String,
+    pidfd: OwnedFd,
+    mut reap: impl FnMut() -> std::io::Result<Option<i32>> + Send + 'static,
+    on_exit: impl FnOnce(i32) + Send + 'static,
+) -> Result<Stream> {
+    let mut on_exit = Some(on_exit);
+    let watcher = Stream::readiness(broker, name, pidfd, false, move |s| match reap() {
+        Ok(Some(status)) => {
+            // Disconnected first: `on_exit` may drop whatever owns the broker.
+            s.on_disconnect(s.broker());
+            if let Some(f) = on_exit.take() {
+                f(status);
+            }
+        }
+        Ok(None) => {
+            // Readiness is edge-triggered: re-arm later rather than spin.
+            let (b, again) = (s.broker().clone(), s.clone());
+            b.stop_receive(s);
+            b.clone().timer(UNREAPABLE_RETRY, move || b.start_receive(&again));
+        }
+        Err(e) => {
+            log::warn!("{}: cannot reap (was it reaped by other code?): {e}", s.name());
+            s.on_disconnect(s.broker());
+        }
+    })?;
     broker.start_receive(&watcher);
-    Some(watcher)
+    Ok(watcher)
 }
 
 /// Start a stream reading `stderr` of a child: each line is logged at debug level and kept in
