@@ -11,6 +11,8 @@ mitogen::remote!(local_whoami);
 
 #[path = "suite/calls.rs"]
 mod calls;
+#[path = "suite/command.rs"]
+mod command;
 #[path = "suite/fork.rs"]
 mod fork;
 #[path = "suite/fork_safety.rs"]

@@ -145,6 +145,14 @@ pub enum StreamErrorKind {
     Password,
     /// A host key was unknown or did not match (Mitogen `ssh.HostKeyError`).
     HostKey,
+    /// The target's cached copy of the executable is not the one shipped (corrupt or
+    /// replaced); the child removed it, so the next connect ships a fresh copy.
+    CorruptExecutable {
+        /// The sha256 shipped.
+        expected: String,
+        /// The sha256 the child found.
+        actual: String,
+    },
 }
 
 /// A stream failed (Mitogen `StreamError`): see its [`kind`](StreamError::kind). An underlying

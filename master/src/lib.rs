@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mitogen_core::{BrokerOptions, Identity, Result};
-pub use mitogen_parent::{CallChain, Context, ForkOptions, Options};
+pub use mitogen_parent::{CallChain, CommandSpec, Context, ForkOptions, Method, Options};
 
 mod io;
 mod monitor;
@@ -95,10 +95,58 @@ impl Router {
     /// [`TimeoutError`](mitogen_core::TimeoutError) if it does not answer within
     /// `connect_timeout`; [`GeneralError`](mitogen_core::GeneralError) for an invalid option.
     pub fn local(&self, options: Options) -> Result<Context> {
+        self.connect(&Method::Local, &options)
+    }
+
+    /// Start a context through any command: `spec.argv` (for example `["env", "-i"]`,
+    /// `["setpriv", "--reuid=nobody", "--"]`, `["systemd-run", "--pipe", "--"]`, or nothing
+    /// for a plain `sh`) runs the boot command, which needs nothing on the target but a POSIX
+    /// shell: it runs this executable from the target account's private cache, or receives a
+    /// copy first (compressed when the target has `gzip`). This is the generic method the
+    /// named ones (ssh, sudo, containers) are built on; it has no Mitogen counterpart of its
+    /// own.
+    ///
+    /// ```no_run
+    /// fn uid() -> u32 {
+    ///     // SAFETY: getuid has no preconditions.
+    ///     unsafe { libc::getuid() }
+    /// }
+    /// mitogen_core::remote!(uid);
+    ///
+    /// let router = mitogen_master::Router::new(None)?;
+    /// let argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"];
+    /// let spec = mitogen_master::CommandSpec { argv: argv.map(Into::into).to_vec(), no_cache: false };
+    /// let nobody = router.command(spec, Default::default())?;
+    /// assert_ne!(nobody.call(uid, ())?, 0);
+    /// router.shutdown_and_join();
+    /// # Ok::<(), mitogen_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`connect_command`](mitogen_parent::connect_command).
+    pub fn command(&self, spec: CommandSpec, options: Options) -> Result<Context> {
+        self.connect(&Method::Command(spec), &options)
+    }
+
+    /// Start a context with `method` and `options`, through `options.via` when it is set.
+    ///
+    /// # Errors
+    /// As the method's own factory.
+    pub fn connect(&self, method: &Method, options: &Options) -> Result<Context> {
         match &options.via {
-            Some(via) => mitogen_parent::connect_via(&self.core, via, &options, false),
-            None => mitogen_parent::connect_local(&self.core, self.allocate_id(), &options),
+            Some(via) => mitogen_parent::connect_via(&self.core, via, method, options),
+            None => mitogen_parent::connect_method(&self.core, self.allocate_id(), method, options),
         }
+    }
+
+    /// Ship `path` to targets whose `uname -sm` is `machine` (`"Linux aarch64"`, or just
+    /// `"aarch64"`): this program built for that target. Without one, connecting to a target of
+    /// another machine than this one fails, naming it.
+    ///
+    /// # Errors
+    /// If the file cannot be read.
+    pub fn add_executable(&self, machine: &str, path: &std::path::Path) -> Result<()> {
+        mitogen_parent::add_executable(machine, path)
     }
 
     /// Fork this process into a new child context (Mitogen `fork()`); see
@@ -111,7 +159,7 @@ impl Router {
             Some(_) if options.on_fork.is_some() || options.on_start.is_some() => Err(mitogen_core::Error::general(
                 "fork(via=...) cannot carry on_fork/on_start closures to the via context",
             )),
-            Some(via) => mitogen_parent::connect_via(&self.core, via, &options.options, true),
+            Some(_) => self.connect(&Method::Fork, &options.options),
             None => mitogen_parent::connect_fork(&self.core, self.allocate_id(), &options),
         }
     }

@@ -7,17 +7,21 @@
 //! master's `Router` (in `mitogen-master`) exposes these as `local()` and `fork()`.
 #![deny(missing_docs)]
 
+mod bootstrap;
+mod command;
 mod context;
 mod fork;
 mod local;
 mod process;
 mod via;
 
+pub use bootstrap::add_executable;
+pub use command::{connect_command, CommandSpec};
 pub use context::{CallChain, Context};
 pub use fork::{connect_fork, ForkOptions, OnFork, OnStart};
 pub use local::{connect_local, default_remote_name, Options};
 pub use process::{shell_join, watch_pidfd, ChildProcess};
 pub use via::{
-    allocate_child_id, connect_via, is_immediate_child, serve_allocate_id, upgrade_router, via_connect, ViaOutcome,
-    ViaRequest, ID_BLOCK,
+    allocate_child_id, connect_method, connect_via, is_immediate_child, serve_allocate_id, upgrade_router, via_connect,
+    Method, ViaOutcome, ViaRequest, ID_BLOCK,
 };

@@ -13,13 +13,16 @@ use mitogen_core::{
     StreamErrorKind, CHILD_MARKER, FORWARD_LOG, PROTOCOL_VERSION, SHUTDOWN,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::context::Context;
 use crate::process::{reap_when_disconnected, watch_stderr, ChildProcess};
 use mitogen_core::sys::{self, Signal};
 
 /// Options of [`Router::local`](crate) and the other context factories (Mitogen's keyword
-/// arguments of `local()`).
-#[derive(Clone, Debug)]
+/// arguments of `local()`). Serializable (all but `via`), so a `via=` context receives them as
+/// they are.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Options {
     /// The context's name in logs; default `local.<pid>`.
     pub name: Option<String>,
@@ -41,6 +44,7 @@ pub struct Options {
     /// must be built from the same code to serve the same functions.
     pub executable: Option<PathBuf>,
     /// Create the child through this context instead of directly (Mitogen `via`).
+    #[serde(skip)]
     pub via: Option<mitogen_core::Context>,
 }
 
@@ -90,6 +94,7 @@ impl Options {
             max_message_size: router.max_message_size() as u64,
             handshake_handle: 0,
             protocol_version: PROTOCOL_VERSION,
+            expected_sha256: None,
         })
     }
 }
@@ -197,6 +202,17 @@ pub(crate) fn handshake(
     router.register(&ctx, &stream);
     let outcome = hello.get_deadline(deadline).and_then(|m| m.unpickle::<Hello>());
     match outcome {
+        Ok(h) if h.protocol_version == PROTOCOL_VERSION && h.exe_sha256 != config.expected_sha256 => {
+            proc.kill(Signal::SIGKILL);
+            stream.on_disconnect(broker);
+            let (expected, actual) =
+                (config.expected_sha256.clone().unwrap_or_default(), h.exe_sha256.unwrap_or_default());
+            let reason = format!(
+                "{name}: the target's copy of this executable is not the one shipped (sha256 {actual}, \
+                 expected {expected}); it was removed, and the next connect ships a fresh copy"
+            );
+            Err(Error::stream_kind(StreamErrorKind::CorruptExecutable { expected, actual }, reason))
+        }
         Ok(h) if h.protocol_version == PROTOCOL_VERSION => {
             connected.store(true, Ordering::Release);
             log::debug!("{name}: connected (pid {})", h.pid);

@@ -10,6 +10,7 @@ use mitogen_core::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::command::{connect_command, CommandSpec};
 use crate::fork::{connect_fork, ForkOptions};
 use crate::local::{connect_local, Options};
 
@@ -176,58 +177,43 @@ pub fn allocate_child_id(router: &Router) -> Result<u32> {
     Ok(first)
 }
 
+/// A connection method with its own options: what a factory (`local()`, `fork()`, the generic
+/// command method, and the methods built on it) needs beyond the common [`Options`].
+/// Serializable, so `via=` sends the same description to the via context, which runs it from
+/// there: every method works through any chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Method {
+    /// `local()`: this executable, over a socketpair.
+    Local,
+    /// `fork()` (without hooks: closures cannot travel).
+    Fork,
+    /// The generic command method: see [`CommandSpec`].
+    Command(CommandSpec),
+}
+
+/// Start a context with `method` and `options` from this router, directly.
+///
+/// # Errors
+/// As the method's own function ([`connect_local`], [`connect_fork`], [`connect_command`]).
+pub fn connect_method(router: &Router, context_id: u32, method: &Method, options: &Options) -> Result<crate::Context> {
+    match method {
+        Method::Local => connect_local(router, context_id, options),
+        Method::Fork => {
+            let fork = ForkOptions { options: options.clone(), on_fork: None, on_start: None };
+            connect_fork(router, context_id, &fork)
+        }
+        Method::Command(spec) => connect_command(router, context_id, spec, options),
+    }
+}
+
 /// How to create a context through another, as sent to the via context.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ViaRequest {
-    /// `fork()` instead of `local()`.
-    pub fork: bool,
-    /// See [`Options::name`].
-    pub name: Option<String>,
-    /// See [`Options::remote_name`].
-    pub remote_name: Option<String>,
-    /// See [`Options::debug`].
-    pub debug: bool,
-    /// See [`Options::profiling`].
-    pub profiling: bool,
-    /// See [`Options::connect_timeout`], in milliseconds.
-    pub connect_timeout_ms: u64,
-    /// See [`Options::unidirectional`].
-    pub unidirectional: Option<bool>,
-    /// See [`Options::command_prefix`].
-    pub command_prefix: Vec<String>,
-    /// See [`Options::executable`], a path in the via context.
-    pub executable: Option<String>,
-}
-
-impl ViaRequest {
-    /// The request for creating a context with `options` (`fork` for `fork()`).
-    pub fn new(options: &Options, fork: bool) -> ViaRequest {
-        ViaRequest {
-            fork,
-            name: options.name.clone(),
-            remote_name: options.remote_name.clone(),
-            debug: options.debug,
-            profiling: options.profiling,
-            connect_timeout_ms: options.connect_timeout.as_millis() as u64,
-            unidirectional: options.unidirectional,
-            command_prefix: options.command_prefix.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
-            executable: options.executable.as_ref().map(|p| p.display().to_string()),
-        }
-    }
-
-    fn options(&self) -> Options {
-        Options {
-            name: self.name.clone(),
-            remote_name: self.remote_name.clone(),
-            debug: self.debug,
-            profiling: self.profiling,
-            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
-            unidirectional: self.unidirectional,
-            command_prefix: self.command_prefix.iter().map(Into::into).collect(),
-            executable: self.executable.as_ref().map(Into::into),
-            via: None,
-        }
-    }
+    /// The method.
+    pub method: Method,
+    /// Its common options (without `via`).
+    pub options: Options,
 }
 
 /// What [`via_connect`] answers: the new context's id and name, or the error connecting failed
@@ -251,12 +237,7 @@ pub fn via_connect(request: ViaRequest) -> ViaOutcome {
             ExternalContext::current().ok_or_else(|| Error::general("via_connect runs only in a child context"))?;
         let router = ec.router();
         let id = allocate_child_id(router)?;
-        let options = request.options();
-        let ctx = if request.fork {
-            connect_fork(router, id, &ForkOptions { options, on_fork: None, on_start: None })?
-        } else {
-            connect_local(router, id, &options)?
-        };
+        let ctx = connect_method(router, id, &request.method, &request.options)?;
         Ok((id, ctx.name().unwrap_or_default().to_owned()))
     };
     ViaOutcome { hostname: mitogen_core::sys::hostname(), result: connect() }
@@ -273,12 +254,13 @@ mitogen_core::remote!(via_connect);
 pub fn connect_via(
     router: &Router,
     via: &mitogen_core::Context,
+    method: &Method,
     options: &Options,
-    fork: bool,
 ) -> Result<crate::Context> {
     let via_name = format!("{via:?}");
     let via = crate::Context::from(via.clone());
-    let outcome = via.call(via_connect, (ViaRequest::new(options, fork),))?;
+    let request = ViaRequest { method: method.clone(), options: Options { via: None, ..options.clone() } };
+    let outcome = via.call(via_connect, (request,))?;
     match outcome.result {
         Ok((id, name)) => Ok(crate::Context::from(mitogen_core::Context::new(router, id, Some(name)))),
         Err(e) => Err(e.prefixed(&format!("error occurred on host {} in {via_name}", outcome.hostname))),

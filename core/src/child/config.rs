@@ -39,6 +39,10 @@ pub struct ChildConfig {
     pub handshake_handle: u32,
     /// The parent's [`PROTOCOL_VERSION`].
     pub protocol_version: u32,
+    /// The sha256 of the executable the parent shipped, for a bootstrapped child to check its
+    /// own against (and delete it if they differ: a corrupt or replaced cache entry).
+    #[serde(default)]
+    pub expected_sha256: Option<String>,
 }
 
 /// The child's side of the handshake, sent to the parent once its router is up.
@@ -50,6 +54,33 @@ pub struct Hello {
     pub pid: u32,
     /// The id the child took from its config.
     pub context_id: u32,
+    /// The sha256 of the child's executable, when its config asked for it (a bootstrapped
+    /// child checks that the copy it runs from is the one shipped).
+    #[serde(default)]
+    pub exe_sha256: Option<String>,
+}
+
+/// The size and sha256 (hex) of the file at `path`: how a bootstrapped executable is named in a
+/// target's cache, and how a child checks the copy it runs from.
+///
+/// # Errors
+/// If the file cannot be read.
+pub fn executable_digest(path: &std::path::Path) -> std::io::Result<(u64, String)> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()))
 }
 
 /// Read exactly `buf.len()` bytes from `fd`, waiting when it would block.

@@ -16,6 +16,13 @@ extern "C" fn child_ctor() {
     }
 }
 
+/// Whether this process's command line (`/proc/self/cmdline`, readable before `main` with any
+/// libc) has `flag` as one of its words.
+pub(crate) fn cmdline_has(flag: &str) -> bool {
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    cmdline.split(|&b| b == 0).any(|w| w == flag.as_bytes())
+}
+
 /// Whether a NUL-separated command line has the child marker as its second word.
 fn is_child_cmdline(cmdline: &[u8]) -> bool {
     cmdline.split(|&b| b == 0).nth(1) == Some(crate::child::CHILD_MARKER.as_bytes())

@@ -13,7 +13,7 @@ mod ctor;
 mod dispatch;
 mod logging;
 
-pub use config::{read_config, ChildConfig, Hello, CHILD_MARKER, PROTOCOL_VERSION};
+pub use config::{executable_digest, read_config, ChildConfig, Hello, CHILD_MARKER, PROTOCOL_VERSION};
 pub use dispatch::forget_chain;
 pub(crate) use dispatch::install_panic_hook;
 pub(crate) use logging::logger_is_ours;
@@ -148,6 +148,7 @@ impl ExternalContext {
             protocol_version: crate::child::PROTOCOL_VERSION,
             pid: std::process::id(),
             context_id: ec.inner.config.context_id,
+            exe_sha256: check_own_executable(ec.inner.config.expected_sha256.as_deref()),
         };
         ec.inner.parent.send(Message::pickled(&hello, ec.inner.config.handshake_handle)?);
         Ok(ec)
@@ -291,7 +292,31 @@ pub(crate) fn run_exec_child() -> ! {
     }
 }
 
+/// When the parent shipped this executable: its sha256, and if that is not what was shipped (a
+/// corrupt or replaced cache entry), delete the file, so the next connect ships a fresh copy.
+fn check_own_executable(expected: Option<&str>) -> Option<String> {
+    let expected = expected?;
+    let exe = std::fs::read_link("/proc/self/exe").ok();
+    let actual = match config::executable_digest(std::path::Path::new("/proc/self/exe")) {
+        Ok((_, sha)) => sha,
+        Err(e) => format!("unreadable: {e}"),
+    };
+    if actual != expected {
+        if let Some(path) = exe {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Some(actual)
+}
+
 fn exec_child_start() -> Result<ExternalContext> {
+    // `--mitogen-unlink` (the bootstrap's `no_cache`): the file this runs from goes now; the
+    // running image does not need it.
+    if ctor::cmdline_has("--mitogen-unlink") {
+        if let Ok(path) = std::fs::read_link("/proc/self/exe") {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     let fail = |e: std::io::Error| Error::stream_io("cannot take protocol fds", e);
     let rfd = sys::dup_cloexec(sys::borrow_std(0)).map_err(fail)?;
     let wfd = sys::dup_cloexec(sys::borrow_std(1)).map_err(fail)?;

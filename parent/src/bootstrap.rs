@@ -1,0 +1,303 @@
+//! The bootstrap: this executable shipping itself through a command to a target where nothing
+//! is installed but a POSIX shell (Mitogen's first stage and `BootstrapProtocol`).
+//!
+//! The method's command runs `sh -c <STAGE1>`. Stage 1 finds a private place it may execute
+//! from, then the two sides talk in lines, each marker 8 bytes with its newline so no password
+//! prompt or banner can be taken for one:
+//!
+//! ```text
+//! stage 1                                   parent
+//! MITO000 <uname -s> <uname -m> <gzip 0|1>
+//!                                           <sha256> <size> <mode>     (the executable for that machine)
+//! MITO001 1, then exec of the cached copy   (mode 0: use the cache; 1: no cache; 2: replace it)
+//! MITO001 0
+//!                                           <n>, then exactly n bytes (gzip when the target has it)
+//! MITO002, then exec of the new copy
+//! MITO009 <why>, then exit                  (no private executable place, a failed write)
+//! ```
+//!
+//! After `MITO001 1` or `MITO002` the framed protocol runs on the same stdin and stdout; stage 1
+//! never reads past the bytes it was told of (`read` takes a line byte by byte, `head -c n`
+//! reads at most `n`), and the parent sends nothing more until it sees the marker. The cache is
+//! `<dir>/<sha256>`: a copy is written to a temporary name, its size checked, and renamed into
+//! place, so two parents bootstrapping the same account at once both end with a good copy.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use mitogen_core::sys;
+use mitogen_core::{Error, Result, StreamErrorKind};
+
+/// Stage 1, run as `sh -c STAGE1 mitogen-stage1`. POSIX shell only (dash, bash, busybox sh);
+/// under 1 KiB, so every method's command line stays short.
+pub(crate) const STAGE1: &str = concat!(
+    "umask 077;u=$(id -u);f=;T=\n",
+    "for d in \"${XDG_CACHE_HOME:-${HOME:-/nonexistent}/.cache}/mitogen\" \"/dev/shm/mitogen-$u\" ",
+    "\"${TMPDIR:-/tmp}/mitogen-$u\";do\n",
+    "mkdir -p \"$d\" 2>/dev/null&&[ -d \"$d\" ]&&[ ! -h \"$d\" ]&&[ -O \"$d\" ]&&chmod 700 \"$d\"&&",
+    "t=\"$d/.t$$\"&&printf '#!/bin/sh\\n'>\"$t\"&&chmod 700 \"$t\"&&\"$t\"&&{ rm -f \"$t\";f=$d;break;}\n",
+    "rm -f \"$d/.t$$\" 2>/dev/null;T=\"$T $d\"\ndone\n",
+    "[ \"$f\" ]||{ echo \"MITO009 no private place to execute from among:$T\";exit 1;}\n",
+    "command -v gzip>/dev/null&&g=1||g=0\n",
+    "echo \"MITO000 $(uname -s) $(uname -m) $g\"\n",
+    "read H S C\nx=\"$f/$H\";a=\n",
+    "[ \"$C\" = 1 ]&&{ x=\"$f/.n$$\";a=--mitogen-unlink;}\n[ \"$C\" = 2 ]&&rm -f \"$x\"\n",
+    "[ \"$C\" = 0 ]&&[ -f \"$x\" ]&&[ \"$(wc -c<\"$x\")\" -eq \"$S\" ]&&{ echo MITO001 1;exec \"$x\" --mitogen-child;}\n",
+    "echo MITO001 0\nread n;t=\"$x.$$\"\n",
+    "if [ $g = 1 ];then head -c \"$n\"|gzip -dc>\"$t\";else head -c \"$n\">\"$t\";fi\n",
+    "[ \"$(wc -c<\"$t\")\" -eq \"$S\" ]&&chmod 700 \"$t\"&&mv -f \"$t\" \"$x\"||",
+    "{ rm -f \"$t\";echo \"MITO009 cannot write $x\";exit 1;}\n",
+    "echo MITO002;exec \"$x\" --mitogen-child $a\n",
+);
+
+/// The words that run stage 1: `sh -c STAGE1 mitogen-stage1`, appended to a method's command.
+pub(crate) fn stage1_argv() -> Vec<OsString> {
+    ["sh", "-c", STAGE1, "mitogen-stage1"].into_iter().map(OsString::from).collect()
+}
+
+/// An executable that can be shipped: its bytes' size and sha256, and, made once, its gzip.
+#[derive(Debug)]
+pub(crate) struct Executable {
+    path: PathBuf,
+    size: u64,
+    sha256: String,
+    gzip: OnceLock<Arc<Vec<u8>>>,
+}
+
+impl Executable {
+    fn load(path: &Path) -> Result<Executable> {
+        let (size, sha256) = mitogen_core::executable_digest(path)
+            .map_err(|e| Error::stream_io(format!("cannot read executable {}", path.display()), e))?;
+        Ok(Executable { path: path.to_owned(), size, sha256, gzip: OnceLock::new() })
+    }
+
+    /// The file's bytes, gzip-compressed (level 6: most of level 9's gain, much faster).
+    fn gzip(&self) -> Result<Arc<Vec<u8>>> {
+        if let Some(g) = self.gzip.get() {
+            return Ok(g.clone());
+        }
+        let data = std::fs::read(&self.path)
+            .map_err(|e| Error::stream_io(format!("cannot read executable {}", self.path.display()), e))?;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        let gz = enc.write_all(&data).and_then(|_| enc.finish()).map_err(|e| Error::stream_io("cannot compress", e))?;
+        Ok(self.gzip.get_or_init(|| Arc::new(gz)).clone())
+    }
+}
+
+/// This process's own executable, hashed once (and compressed once, when first shipped).
+fn own_executable() -> Result<Arc<Executable>> {
+    static OWN: OnceLock<Arc<Executable>> = OnceLock::new();
+    if let Some(e) = OWN.get() {
+        return Ok(e.clone());
+    }
+    let e = Arc::new(Executable::load(Path::new("/proc/self/exe"))?);
+    Ok(OWN.get_or_init(|| e).clone())
+}
+
+/// `uname -sm` of this process's own machine, as stage 1 reports a target's.
+fn own_machine() -> String {
+    let os = match std::env::consts::OS {
+        "linux" => "Linux",
+        "macos" => "Darwin",
+        "freebsd" => "FreeBSD",
+        other => other,
+    };
+    format!("{os} {}", std::env::consts::ARCH)
+}
+
+/// Executables registered for other machines (`Router::add_executable`), by `uname -sm`.
+fn registry() -> &'static Mutex<Vec<(String, Arc<Executable>)>> {
+    static REGISTRY: Mutex<Vec<(String, Arc<Executable>)>> = Mutex::new(Vec::new());
+    &REGISTRY
+}
+
+/// Register `path` as the executable to ship to targets whose `uname -sm` is `machine` (for
+/// example `"Linux aarch64"`; a bare machine such as `"aarch64"` means Linux). It must be this
+/// program built for that target.
+///
+/// # Errors
+/// [`StreamError`](mitogen_core::StreamError) if the file cannot be read.
+pub fn add_executable(machine: &str, path: &Path) -> Result<()> {
+    let machine = if machine.contains(' ') { machine.to_owned() } else { format!("Linux {machine}") };
+    let exe = Arc::new(Executable::load(path)?);
+    let mut reg = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    reg.retain(|(m, _)| *m != machine);
+    reg.push((machine, exe));
+    Ok(())
+}
+
+/// The executable to ship to a target reporting `machine`.
+fn executable_for(machine: &str) -> Result<Arc<Executable>> {
+    if machine == own_machine() {
+        return own_executable();
+    }
+    let reg = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    reg.iter().find(|(m, _)| m == machine).map(|(_, e)| e.clone()).ok_or_else(|| {
+        Error::stream(format!(
+            "the target is {machine:?} but this executable is built for {:?}: build this program for \
+             that target and register it with Router::add_executable({machine:?}, path)",
+            own_machine()
+        ))
+    })
+}
+
+/// How stage 1 is to treat the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CacheMode {
+    /// Use a cached copy if there is one; ship and cache one otherwise.
+    Use = 0,
+    /// Ship a copy that the child deletes once running (the `no_cache` option).
+    None = 1,
+    /// Replace the cached copy (it failed to start).
+    Replace = 2,
+}
+
+/// What a finished bootstrap did.
+#[derive(Debug)]
+pub(crate) struct Shipped {
+    /// The executable's sha256, which the child must report.
+    pub(crate) sha256: String,
+    /// Whether a cached copy was used (no executable bytes crossed).
+    pub(crate) cached: bool,
+    /// Executable bytes sent (compressed when the target has gzip).
+    pub(crate) bytes_sent: usize,
+}
+
+/// The parent's side of stage 1 on `fd` (the child's stdin and stdout), until the framed
+/// protocol may start. Lines that are not markers (banners, prompts) are passed to `other`.
+pub(crate) fn run(
+    fd: BorrowedFd<'_>,
+    mode: CacheMode,
+    deadline: Instant,
+    cancelled: &dyn Fn() -> bool,
+    other: &mut dyn FnMut(&str),
+) -> Result<Shipped> {
+    let mut lines = LineReader { fd, buf: Vec::new() };
+    let hello = lines.marker("MITO000", deadline, cancelled, other)?;
+    let words: Vec<&str> = hello.split_whitespace().collect();
+    let [os, machine, gzip] = words[..] else {
+        return Err(Error::stream(format!("stage 1 sent a malformed report: {hello:?}")));
+    };
+    let exe = executable_for(&format!("{os} {machine}"))?;
+    write_all(fd, format!("{} {} {}\n", exe.sha256, exe.size, mode as u8).as_bytes(), deadline)?;
+    let have = lines.marker("MITO001", deadline, cancelled, other)?;
+    if have.trim() == "1" {
+        return Ok(Shipped { sha256: exe.sha256.clone(), cached: true, bytes_sent: 0 });
+    }
+    let data: Arc<Vec<u8>> = if gzip == "1" {
+        exe.gzip()?
+    } else {
+        Arc::new(std::fs::read(&exe.path).map_err(|e| Error::stream_io("cannot read executable", e))?)
+    };
+    write_all(fd, format!("{}\n", data.len()).as_bytes(), deadline)?;
+    write_all(fd, &data, deadline)?;
+    lines.marker("MITO002", deadline, cancelled, other)?;
+    Ok(Shipped { sha256: exe.sha256.clone(), cached: false, bytes_sent: data.len() })
+}
+
+/// Reads lines from a descriptor, byte by byte past the last marker (nothing after it may be
+/// consumed: it belongs to the framed protocol).
+struct LineReader<'a> {
+    fd: BorrowedFd<'a>,
+    buf: Vec<u8>,
+}
+
+impl LineReader<'_> {
+    /// Wait for a line starting with `marker`; returns the rest of it. `MITO009` is stage 1's
+    /// own failure; end of output is [`StreamErrorKind::Eof`] (the caller adds the lines).
+    fn marker(
+        &mut self,
+        marker: &str,
+        deadline: Instant,
+        cancelled: &dyn Fn() -> bool,
+        other: &mut dyn FnMut(&str),
+    ) -> Result<String> {
+        loop {
+            let line = self.line(deadline, cancelled)?;
+            let line = line.trim_end_matches('\r');
+            if let Some(rest) = line.strip_prefix(marker) {
+                return Ok(rest.trim_start().to_owned());
+            }
+            if let Some(why) = line.strip_prefix("MITO009") {
+                other(line);
+                return Err(Error::stream(format!("bootstrap failed on the target: {}", why.trim())));
+            }
+            other(line);
+        }
+    }
+
+    fn line(&mut self, deadline: Instant, cancelled: &dyn Fn() -> bool) -> Result<String> {
+        loop {
+            // One byte at a time: a read must never take bytes past the marker's newline.
+            let mut byte = [0u8; 1];
+            match sys::read(self.fd, &mut byte) {
+                Ok(0) => return Err(Error::stream_kind(StreamErrorKind::Eof { last_lines: Vec::new() }, "EOF")),
+                Ok(_) if byte[0] == b'\n' => {
+                    let line = String::from_utf8_lossy(&self.buf).into_owned();
+                    self.buf.clear();
+                    return Ok(line);
+                }
+                Ok(_) => self.buf.push(byte[0]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait(self.fd, false, deadline, cancelled)?,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if sys::is_disconnection(&e) => {
+                    return Err(Error::stream_kind(StreamErrorKind::Eof { last_lines: Vec::new() }, "EOF"))
+                }
+                Err(e) => return Err(Error::stream_io("bootstrap read failed", e)),
+            }
+        }
+    }
+}
+
+/// Wait until `fd` is ready (readable, or writable when `write`), the deadline passes, or the
+/// broker shuts down; polled in slices so a shutdown is noticed within 50 ms.
+fn wait(fd: BorrowedFd<'_>, write: bool, deadline: Instant, cancelled: &dyn Fn() -> bool) -> Result<()> {
+    loop {
+        if cancelled() {
+            return Err(Error::stream_kind(StreamErrorKind::Cancelled, "connection cancelled"));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::timeout("no answer from stage 1"));
+        }
+        let slice = left.min(Duration::from_millis(50));
+        let mut pfd = [if write { sys::writable(fd) } else { sys::readable(fd) }];
+        if sys::poll(&mut pfd, Some(slice)).map_err(|e| Error::stream_io("poll", e))? > 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut data: &[u8], deadline: Instant) -> Result<()> {
+    while !data.is_empty() {
+        match sys::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait(fd, true, deadline, &|| false)?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if sys::is_disconnection(&e) => {
+                return Err(Error::stream_kind(StreamErrorKind::Eof { last_lines: Vec::new() }, "EOF"))
+            }
+            Err(e) => return Err(Error::stream_io("bootstrap write failed", e)),
+        }
+    }
+    Ok(())
+}
+
+/// Our end of the child's stdin and stdout, non-blocking for the bootstrap.
+pub(crate) fn prepare(fd: &OwnedFd) -> Result<()> {
+    sys::set_nonblocking(fd.as_fd(), true).map_err(|e| Error::stream_io("cannot prepare the child's stdio", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage1_is_short() {
+        assert!(STAGE1.len() < 1024, "stage 1 is {} bytes", STAGE1.len());
+    }
+}
