@@ -6,6 +6,9 @@ use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
+use mitogen::core::StreamErrorKind;
 use mitogen::master::{CommandSpec, Options, Router};
 use mitogen_tests::{run, TempDir};
 
@@ -60,6 +63,279 @@ fn a_context_through_sh_runs_from_the_cache_and_the_second_connect_ships_nothing
         let second = router.command(spec(with_cache(tmp.path(), &[])), Options::default()).unwrap();
         assert_eq!(second.call(whoami, ()).unwrap().2, exe);
         assert_eq!(std::fs::metadata(&file).unwrap().ino(), meta.ino(), "not shipped again");
+        router.shutdown_and_join();
+    });
+}
+
+/// A directory of `name -> target` symlinks, to build a PATH holding exactly some tools.
+fn tool_dir(tmp: &Path, name: &str, tools: &[(&str, &str)]) -> PathBuf {
+    let dir = tmp.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    for (tool, target) in tools {
+        std::os::unix::fs::symlink(target, dir.join(tool)).unwrap();
+    }
+    dir
+}
+
+/// Connect through `argv`, call, check the context runs from `cache`'s copy, and shut it down.
+fn connects_and_answers(router: &Router, cache: &Path, argv: Vec<OsString>) {
+    let ctx = router.command(spec(argv), Options::default()).unwrap_or_else(|e| panic!("{e}"));
+    let (id, _, exe) = ctx.call(whoami, ()).unwrap();
+    assert_eq!(id, ctx.context_id());
+    assert_eq!(exe, cached_file(cache).display().to_string());
+    ctx.shutdown(true).unwrap();
+}
+
+#[test]
+fn stage_one_runs_under_busybox_with_nothing_but_busybox_tools() {
+    run(|| {
+        let tmp = TempDir::new("command-busybox");
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let status = std::process::Command::new("busybox").arg("--install").arg("-s").arg(&bin).status().unwrap();
+        assert!(status.success());
+        let cache = tmp.path().join("cache");
+        let router = Router::new(None).unwrap();
+        let path = format!("PATH={}", bin.display());
+        connects_and_answers(&router, &cache, with_cache(&cache, &[&path]));
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn stage_one_runs_under_bash_and_dash() {
+    run(|| {
+        let tmp = TempDir::new("command-shells");
+        let router = Router::new(None).unwrap();
+        for shell in ["/bin/bash", "/usr/bin/dash"] {
+            let name = Path::new(shell).file_name().unwrap().to_str().unwrap();
+            let bin = tool_dir(tmp.path(), name, &[("sh", shell)]);
+            let cache = tmp.path().join(format!("cache-{name}"));
+            let path = format!("PATH={}:/usr/bin:/bin", bin.display());
+            connects_and_answers(&router, &cache, with_cache(&cache, &[&path]));
+        }
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn without_gzip_the_executable_ships_uncompressed() {
+    run(|| {
+        let tmp = TempDir::new("command-nogzip");
+        let tools: Vec<(&str, String)> = ["sh", "id", "uname", "mkdir", "chmod", "rm", "mv", "head", "wc"]
+            .iter()
+            .map(|t| (*t, format!("/usr/bin/{t}")))
+            .collect();
+        let tools: Vec<(&str, &str)> = tools.iter().map(|(t, p)| (*t, p.as_str())).collect();
+        let bin = tool_dir(tmp.path(), "bin", &tools);
+        assert!(!bin.join("gzip").exists());
+        let cache = tmp.path().join("cache");
+        let router = Router::new(None).unwrap();
+        let path = format!("PATH={}", bin.display());
+        connects_and_answers(&router, &cache, with_cache(&cache, &[&path]));
+        router.shutdown_and_join();
+    });
+}
+
+/// Run the rest in a private mount namespace where `noexec` (a list of directories) are
+/// `noexec` tmpfs mounts and `/dev/shm` is remounted `noexec`.
+fn in_noexec_namespace(noexec: &[&Path], env: &[String]) -> Vec<OsString> {
+    let mounts: String = noexec.iter().map(|d| format!("mount -t tmpfs -o noexec tmpfs {} && ", d.display())).collect();
+    let script = format!("{mounts}mount -o remount,noexec /dev/shm && exec \"$@\"");
+    let mut argv = words(&["env"]);
+    argv.extend(env.iter().map(OsString::from));
+    argv.extend(words(&["unshare", "-m", "--propagation", "private", "sh", "-c", &script, "noexec"]));
+    argv
+}
+
+#[test]
+fn a_noexec_cache_and_shm_fall_back_to_tmpdir_and_with_none_left_the_error_names_them() {
+    run(|| {
+        let tmp = TempDir::new("command-noexec");
+        let (xdg, tmpdir) = (tmp.path().join("xdg"), tmp.path().join("tmp"));
+        std::fs::create_dir(&xdg).unwrap();
+        std::fs::create_dir(&tmpdir).unwrap();
+        let env = vec![format!("XDG_CACHE_HOME={}", xdg.display()), format!("TMPDIR={}", tmpdir.display())];
+        let router = Router::new(None).unwrap();
+        let ctx = router.command(spec(in_noexec_namespace(&[&xdg], &env)), Options::default()).unwrap();
+        let exe = ctx.call(whoami, ()).unwrap().2;
+        assert!(exe.starts_with(&format!("{}/mitogen-0/", tmpdir.display())), "{exe}");
+        // Every place noexec: the error says which were tried.
+        let err = router.command(spec(in_noexec_namespace(&[&xdg, &tmpdir], &env)), Options::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(err.is_stream() && text.contains("no private place to execute from"), "{text}");
+        for place in [
+            format!("{}/mitogen", xdg.display()),
+            "/dev/shm/mitogen-0".into(),
+            format!("{}/mitogen-0", tmpdir.display()),
+        ] {
+            assert!(text.contains(&place), "{place} named in: {text}");
+        }
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_read_only_or_missing_home_falls_back() {
+    run(|| {
+        let tmp = TempDir::new("command-nohome");
+        let tmpdir = tmp.path().join("tmp");
+        std::fs::create_dir(&tmpdir).unwrap();
+        let router = Router::new(None).unwrap();
+        // No HOME, no XDG_CACHE_HOME: /dev/shm (private) is the next place.
+        let argv = words(&["env", "-u", "HOME", "-u", "XDG_CACHE_HOME", &format!("TMPDIR={}", tmpdir.display())]);
+        let ctx = router.command(spec(argv), Options::default()).unwrap();
+        let exe = ctx.call(whoami, ()).unwrap().2;
+        assert!(exe.starts_with("/dev/shm/mitogen-0/") || exe.starts_with(&tmpdir.display().to_string()), "{exe}");
+        let _ = std::fs::remove_file(&exe);
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_corrupt_or_truncated_cache_entry_is_replaced() {
+    run(|| {
+        let tmp = TempDir::new("command-corrupt");
+        let router = Router::new(None).unwrap();
+        let argv = || with_cache(tmp.path(), &[]);
+        router.command(spec(argv()), Options::default()).unwrap().shutdown(true).unwrap();
+        let file = cached_file(tmp.path());
+        let good = std::fs::read(&file).unwrap();
+        // Same size, not an executable: it fails to start, and a fresh copy replaces it.
+        std::fs::write(&file, vec![b'#'; good.len()]).unwrap();
+        connects_and_answers(&router, tmp.path(), argv());
+        assert!(std::fs::read(&file).unwrap() == good, "the fresh copy is the executable");
+        // Truncated: stage 1 sees the wrong size and asks for a copy.
+        std::fs::write(&file, &good[..good.len() / 2]).unwrap();
+        connects_and_answers(&router, tmp.path(), argv());
+        assert!(std::fs::read(&file).unwrap() == good);
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_cache_entry_that_runs_but_is_not_the_one_shipped_is_removed_and_the_next_connect_ships_again() {
+    run(|| {
+        let tmp = TempDir::new("command-sha");
+        let router = Router::new(None).unwrap();
+        let argv = || with_cache(tmp.path(), &[]);
+        router.command(spec(argv()), Options::default()).unwrap().shutdown(true).unwrap();
+        let file = cached_file(tmp.path());
+        let mut bytes = std::fs::read(&file).unwrap();
+        // The last byte sits in the section headers, which the loader does not use: the copy
+        // still runs, but its sha256 is not the one shipped.
+        *bytes.last_mut().unwrap() ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        let err = router.command(spec(argv()), Options::default()).unwrap_err();
+        assert!(matches!(err.stream_kind_of(), Some(StreamErrorKind::CorruptExecutable { .. })), "{err}");
+        assert!(!file.exists(), "the child removed the corrupt copy");
+        connects_and_answers(&router, tmp.path(), argv());
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn two_parents_bootstrapping_the_same_account_at_once_both_succeed() {
+    run(|| {
+        let tmp = TempDir::new("command-race");
+        let cache = tmp.path().to_owned();
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    let router = Router::new(None).unwrap();
+                    let ctx = router.command(spec(with_cache(&cache, &[])), Options::default());
+                    let answer = ctx.and_then(|c| c.call(whoami, ()));
+                    router.shutdown_and_join();
+                    answer
+                })
+            })
+            .collect();
+        let answers: Vec<_> = racers.into_iter().map(|r| r.join().unwrap().unwrap()).collect();
+        for (_, _, exe) in answers {
+            assert_eq!(exe, cached_file(&cache).display().to_string(), "both run the one good copy");
+        }
+    });
+}
+
+#[test]
+fn no_cache_leaves_nothing_on_the_targets_disk() {
+    run(|| {
+        let tmp = TempDir::new("command-nocache");
+        let router = Router::new(None).unwrap();
+        let ctx = router
+            .command(CommandSpec { argv: with_cache(tmp.path(), &[]), no_cache: true }, Options::default())
+            .unwrap();
+        let exe = ctx.call(whoami, ()).unwrap().2;
+        assert!(exe.ends_with("(deleted)"), "it runs from a deleted file: {exe}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path().join("mitogen")).unwrap().collect();
+        assert!(left.is_empty(), "nothing left: {left:?}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn another_account_gets_its_own_private_cache() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let argv = words(&[
+            "setpriv",
+            "--reuid=mitogen-user",
+            "--regid=mitogen-user",
+            "--init-groups",
+            "--",
+            "env",
+            "-u",
+            "XDG_CACHE_HOME",
+            "HOME=/home/mitogen-user",
+        ]);
+        let ctx = router.command(spec(argv), Options::default()).unwrap();
+        let (_, uid, exe) = ctx.call(whoami, ()).unwrap();
+        assert_ne!(uid, 0);
+        assert!(exe.starts_with("/home/mitogen-user/.cache/mitogen/"), "{exe}");
+        let dir = std::fs::metadata("/home/mitogen-user/.cache/mitogen").unwrap();
+        assert_eq!((dir.uid(), dir.mode() & 0o777), (uid, 0o700), "private to the account");
+        ctx.shutdown(true).unwrap();
+        // Shipped again by the next run, whatever the build: nothing of the test stays behind.
+        std::fs::remove_file(&exe).unwrap();
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_command_that_fails_is_a_clear_error_and_is_reaped() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let err = router.command(spec(words(&["/nonexistent/tool"])), Options::default()).unwrap_err();
+        assert!(
+            matches!(err.stream_kind_of(), Some(StreamErrorKind::ChildStart { errno, .. }) if *errno == libc::ENOENT),
+            "{err}"
+        );
+        let err = router
+            .command(spec(words(&["sh", "-c", "echo no shell here >&2; exit 7", "x"])), Options::default())
+            .unwrap_err();
+        let Some(StreamErrorKind::Eof { last_lines }) = err.stream_kind_of() else { panic!("not Eof: {err}") };
+        assert!(
+            last_lines.iter().any(|l| l == "no shell here") && err.to_string().contains("exited with status 7"),
+            "{err}"
+        );
+        let silent = Options { connect_timeout: Duration::from_millis(300), ..Options::default() };
+        let err = router.command(spec(words(&["sh", "-c", "sleep 60", "x"])), silent).unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn the_command_method_works_through_via() {
+    run(|| {
+        let tmp = TempDir::new("command-via");
+        let router = Router::new(None).unwrap();
+        let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
+        let options = Options { via: Some(a.core().clone()), name: Some("c".into()), ..Options::default() };
+        let c = router.command(spec(with_cache(tmp.path(), &[])), options).unwrap();
+        assert_eq!(c.name(), Some("a.c"));
+        assert_eq!(c.call(whoami, ()).unwrap().0, c.context_id());
         router.shutdown_and_join();
     });
 }
