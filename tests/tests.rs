@@ -21,6 +21,8 @@ mod fork_safety;
 mod fuzz;
 #[path = "suite/lifetime.rs"]
 mod lifetime;
+#[path = "suite/methods.rs"]
+mod methods;
 
 #[path = "suite/broker.rs"]
 mod broker;

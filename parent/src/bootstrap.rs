@@ -19,8 +19,10 @@
 //! After `MITO001 1` or `MITO002` the framed protocol runs on the same stdin and stdout; stage 1
 //! never reads past the bytes it was told of (`read` takes a line byte by byte, `head -c n`
 //! reads at most `n`), and the parent sends nothing more until it sees the marker. The cache is
-//! `<dir>/<sha256>`: a copy is written to a temporary name, its size checked, and renamed into
-//! place, so two parents bootstrapping the same account at once both end with a good copy.
+//! `<dir>/<sha256>`: a copy is written to a temporary name, its size checked, and linked into
+//! place unless another parent's copy got there first (then that one is used; `mv` only where
+//! the file system has no hard links), so two parents bootstrapping the same account at once
+//! both run one good copy, and neither replaces the file the other runs from.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -36,21 +38,24 @@ use mitogen_core::{Error, Result, StreamErrorKind};
 /// under 1 KiB, so every method's command line stays short.
 pub(crate) const STAGE1: &str = concat!(
     "umask 077;u=$(id -u);f=;T=;c=${XDG_CACHE_HOME:-${HOME:+$HOME/.cache}}\n",
-    "for d in ${c:+\"$c/mitogen\"} \"/dev/shm/mitogen-$u\" ",
-    "\"${TMPDIR:-/tmp}/mitogen-$u\";do\n",
-    "mkdir -p \"$d\" 2>/dev/null&&[ -d \"$d\" ]&&[ ! -h \"$d\" ]&&[ -O \"$d\" ]&&chmod 700 \"$d\"&&",
-    "t=\"$d/.t$$\"&&printf '#!/bin/sh\\n'>\"$t\"&&chmod 700 \"$t\"&&\"$t\"&&{ rm -f \"$t\";f=$d;break;}\n",
-    "rm -f \"$d/.t$$\" 2>/dev/null;T=\"$T $d\"\ndone\n",
-    "[ \"$f\" ]||{ echo \"MITO009 no private place to execute from among:$T\";exit 1;}\n",
+    "z(){ [ -f \"$1\" ]&&[ \"$(wc -c<\"$1\")\" -eq \"$S\" ];}\n",
+    "for d in ${c:+\"$c/mitogen\"} \"/dev/shm/mitogen-$u\" \"${TMPDIR:-/tmp}/mitogen-$u\";do\n",
+    "mkdir -p \"$d\" 2>/dev/null&&[ -d \"$d\" ]&&[ ! -h \"$d\" ]&&[ -O \"$d\" ]&&chmod 700 \"$d\"&&t=\"$d/.t$$\"&&printf '#!/bin/sh\\n'>\"$t\"&&chmod 700 \"$t\"&&\"$t\"&&{ rm -f \"$t\";f=$d;break;}\n",
+    "rm -f \"$d/.t$$\";T=\"$T $d\"\n",
+    "done\n",
+    "[ \"$f\" ]||{ echo \"MITO009 nowhere to execute from:$T\";exit 1;}\n",
     "command -v gzip>/dev/null&&g=1||g=0\n",
     "echo \"MITO000 $(uname -s) $(uname -m) $g\"\n",
-    "read H S C\nx=\"$f/$H\";a=\n",
-    "[ \"$C\" = 1 ]&&{ x=\"$f/.n$$\";a=--mitogen-unlink;}\n[ \"$C\" = 2 ]&&rm -f \"$x\"\n",
-    "[ \"$C\" = 0 ]&&[ -f \"$x\" ]&&[ \"$(wc -c<\"$x\")\" -eq \"$S\" ]&&{ echo MITO001 1;exec \"$x\" --mitogen-child;}\n",
-    "echo MITO001 0\nread n;t=\"$x.$$\"\n",
-    "if [ $g = 1 ];then head -c \"$n\"|gzip -dc>\"$t\";else head -c \"$n\">\"$t\";fi\n",
-    "[ \"$(wc -c<\"$t\")\" -eq \"$S\" ]&&chmod 700 \"$t\"&&mv -f \"$t\" \"$x\"||",
-    "{ rm -f \"$t\";echo \"MITO009 cannot write $x\";exit 1;}\n",
+    "read H S C\n",
+    "x=\"$f/$H\";a=\n",
+    "[ \"$C\" = 1 ]&&{ x=\"$f/.n$$\";a=--mitogen-unlink;}\n",
+    "[ \"$C\" = 2 ]&&rm -f \"$x\"\n",
+    "[ \"$C\" = 0 ]&&z \"$x\"&&{ echo MITO001 1;exec \"$x\" --mitogen-child;}\n",
+    "echo MITO001 0\n",
+    "read n;t=\"$x.$$\";D=cat;[ $g = 1 ]&&D='gzip -dc'\n",
+    "head -c \"$n\"|$D>\"$t\"\n",
+    "z \"$t\"&&chmod 700 \"$t\"&&{ ln \"$t\" \"$x\" 2>/dev/null||z \"$x\"||mv -f \"$t\" \"$x\";}||{ rm -f \"$t\";echo \"MITO009 cannot write $x\";exit 1;}\n",
+    "rm -f \"$t\"\n",
     "echo MITO002;exec \"$x\" --mitogen-child $a\n",
 );
 

@@ -163,7 +163,7 @@ fn a_noexec_cache_and_shm_fall_back_to_tmpdir_and_with_none_left_the_error_names
         // Every place noexec: the error says which were tried.
         let err = router.command(spec(in_noexec_namespace(&[&xdg, &tmpdir], &env)), Options::default()).unwrap_err();
         let text = err.to_string();
-        assert!(err.is_stream() && text.contains("no private place to execute from"), "{text}");
+        assert!(err.is_stream() && text.contains("nowhere to execute from"), "{text}");
         for place in [
             format!("{}/mitogen", xdg.display()),
             "/dev/shm/mitogen-0".into(),
