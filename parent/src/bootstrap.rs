@@ -34,8 +34,10 @@ use std::time::{Duration, Instant};
 use mitogen_core::sys;
 use mitogen_core::{Error, Result, StreamErrorKind};
 
-/// Stage 1, run as `sh -c STAGE1 mitogen-stage1`. POSIX shell only (dash, bash, busybox sh);
-/// under 1 KiB, so every method's command line stays short.
+/// Stage 1, run as `sh -c STAGE1 mitogen-stage1`. POSIX shell only (dash, bash, busybox sh),
+/// and the tools every POSIX system has: `id`, `uname`, `mkdir`, `chmod`, `rm`, `mv`, `ln`,
+/// `head`, `wc`, `cat` (and `gzip` when there is one). Under 1 KiB, so every method's command
+/// line stays short.
 pub(crate) const STAGE1: &str = concat!(
     "umask 077;u=$(id -u);f=;T=;c=${XDG_CACHE_HOME:-${HOME:+$HOME/.cache}}\n",
     "z(){ [ -f \"$1\" ]&&[ \"$(wc -c<\"$1\")\" -eq \"$S\" ];}\n",

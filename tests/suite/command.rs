@@ -122,7 +122,7 @@ fn stage_one_runs_under_bash_and_dash() {
 fn without_gzip_the_executable_ships_uncompressed() {
     run(|| {
         let tmp = TempDir::new("command-nogzip");
-        let tools: Vec<(&str, String)> = ["sh", "id", "uname", "mkdir", "chmod", "rm", "mv", "head", "wc"]
+        let tools: Vec<(&str, String)> = ["sh", "id", "uname", "mkdir", "chmod", "rm", "mv", "ln", "head", "wc", "cat"]
             .iter()
             .map(|t| (*t, format!("/usr/bin/{t}")))
             .collect();
