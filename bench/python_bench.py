@@ -200,6 +200,20 @@ def scenario_bootstrap(router, contexts):
     emit("bootstrap_s", samples, "s")
 
 
+def scenario_command(router, contexts):
+    """Counterpart of the Rust command method: local() runs the first stage and ships the
+    core source every time, so cold and warm are the same measure here."""
+    for measure, count in (("command_cold_s", 5), ("command_warm_s", 20)):
+        samples = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            ctx = router.local()
+            ctx.call(noop)
+            samples.append(time.perf_counter() - t0)
+            ctx.shutdown(wait=True)
+        emit(measure, samples, "s")
+
+
 def _roundtrip(router, contexts, measure):
     ctx = router.local()
     contexts.append(ctx)
@@ -333,6 +347,7 @@ def scenario_call_error(router, contexts):
 
 SCENARIOS = {
     "bootstrap": scenario_bootstrap,
+    "command": scenario_command,
     "roundtrip": scenario_roundtrip,
     "roundtrip_pinned": scenario_roundtrip_pinned,
     "pipelined": scenario_pipelined,

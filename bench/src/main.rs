@@ -88,6 +88,44 @@ fn bootstrap() -> R {
     })
 }
 
+/// The generic command method through `sh`: with a cold cache (a fresh cache directory each
+/// time: stage 1, the gzip of this executable and its transfer) and a warm one (stage 1 finds
+/// the cached copy; no executable bytes cross). Python Mitogen's `local()` runs its first stage
+/// and ships its core source every time, so it is the counterpart of both.
+fn command() -> R {
+    mitogen::utils::run_with_router(|router| {
+        let root = std::env::temp_dir().join(format!("mitogen-bench-command-{}", std::process::id()));
+        let spec = |dir: &std::path::Path| mitogen::master::CommandSpec {
+            argv: vec!["env".into(), format!("XDG_CACHE_HOME={}", dir.display()).into()],
+            no_cache: false,
+        };
+        let connect = |dir: &std::path::Path| -> Result<Context, mitogen::Error> {
+            let ctx = router.command(spec(dir), Options::default())?;
+            ctx.call(noop, ())?;
+            Ok(ctx)
+        };
+        // The first connect of a process compresses the executable; later cold connects reuse it.
+        connect(&root.join("warm-up"))?.shutdown(true)?;
+        let mut cold = Vec::new();
+        for i in 0..5 {
+            let dir = root.join(format!("cold-{i}"));
+            let (t, ctx) = timed(|| connect(&dir));
+            cold.push(t);
+            ctx?.shutdown(true)?;
+        }
+        emit("command_cold_s", &mut cold, "s");
+        let mut warm = Vec::new();
+        for _ in 0..20 {
+            let (t, ctx) = timed(|| connect(&root.join("warm-up")));
+            warm.push(t);
+            ctx?.shutdown(true)?;
+        }
+        emit("command_warm_s", &mut warm, "s");
+        let _ = std::fs::remove_dir_all(&root);
+        Ok(())
+    })
+}
+
 fn roundtrip(name: &str) -> R {
     mitogen::utils::run_with_router(|router| {
         let ctx = router.local(Options::default())?;
@@ -330,14 +368,26 @@ fn main() {
         _ => {}
     }
     raise_nofile_limit();
-    let all =
-        ["floors", "bootstrap", "roundtrip", "pipelined", "bulk", "fanout", "fanout1000", "via", "idle", "call_error"];
+    let all = [
+        "floors",
+        "bootstrap",
+        "command",
+        "roundtrip",
+        "pipelined",
+        "bulk",
+        "fanout",
+        "fanout1000",
+        "via",
+        "idle",
+        "call_error",
+    ];
     let chosen: Vec<&str> = if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
     let mut failed = false;
     for s in chosen {
         let r = match s {
             "floors" => floor_pingpong().and_then(|_| floor_spawn()).and_then(|_| floor_bulk()),
             "bootstrap" => bootstrap(),
+            "command" => command(),
             "roundtrip" => roundtrip("roundtrip_s"),
             "roundtrip_pinned" => roundtrip("roundtrip_pinned_s"),
             "pipelined" => pipelined(),
