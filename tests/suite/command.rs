@@ -176,7 +176,31 @@ fn a_noexec_cache_and_shm_fall_back_to_tmpdir_and_with_none_left_the_error_names
 }
 
 #[test]
-fn a_read_only_or_missing_home_falls_back() {
+fn a_read_only_home_falls_back_to_tmpdir() {
+    run(|| {
+        let tmp = TempDir::new("command-rohome");
+        let (home, tmpdir) = (tmp.path().join("home"), tmp.path().join("tmp"));
+        std::fs::create_dir(&home).unwrap();
+        std::fs::create_dir(&tmpdir).unwrap();
+        let script = format!(
+            "mount --bind {h} {h} && mount -o remount,bind,ro {h} && mount -o remount,noexec /dev/shm && exec \"$@\"",
+            h = home.display()
+        );
+        let mut argv = words(&["env", "-u", "XDG_CACHE_HOME"]);
+        argv.push(format!("HOME={}", home.display()).into());
+        argv.push(format!("TMPDIR={}", tmpdir.display()).into());
+        argv.extend(words(&["unshare", "-m", "--propagation", "private", "sh", "-c", &script, "rohome"]));
+        let router = Router::new(None).unwrap();
+        let ctx = router.command(spec(argv), Options::default()).unwrap();
+        let exe = ctx.call(whoami, ()).unwrap().2;
+        assert!(exe.starts_with(&format!("{}/mitogen-0/", tmpdir.display())), "{exe}");
+        assert!(!home.join(".cache").exists(), "nothing was written to the read-only home");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_missing_home_falls_back() {
     run(|| {
         let tmp = TempDir::new("command-nohome");
         let tmpdir = tmp.path().join("tmp");
