@@ -97,7 +97,7 @@ fn command() -> R {
         let root = std::env::temp_dir().join(format!("mitogen-bench-command-{}", std::process::id()));
         let spec = |dir: &std::path::Path| mitogen::master::CommandSpec {
             argv: vec!["env".into(), format!("XDG_CACHE_HOME={}", dir.display()).into()],
-            no_cache: false,
+            ..Default::default()
         };
         let connect = |dir: &std::path::Path| -> Result<Context, mitogen::Error> {
             let ctx = router.command(spec(dir), Options::default())?;

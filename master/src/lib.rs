@@ -115,7 +115,7 @@ impl Router {
     ///
     /// let router = mitogen_master::Router::new(None)?;
     /// let argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"];
-    /// let spec = mitogen_master::CommandSpec { argv: argv.map(Into::into).to_vec(), no_cache: false };
+    /// let spec = mitogen_master::CommandSpec { argv: argv.map(Into::into).to_vec(), ..Default::default() };
     /// let nobody = router.command(spec, Default::default())?;
     /// assert_ne!(nobody.call(uid, ())?, 0);
     /// router.shutdown_and_join();

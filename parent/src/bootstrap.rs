@@ -176,10 +176,12 @@ pub(crate) struct Shipped {
     pub(crate) bytes_sent: usize,
 }
 
-/// The parent's side of stage 1 on `fd` (the child's stdin and stdout), until the framed
+/// The parent's side of stage 1, reading the child's stdout on `fd` and writing its stdin on
+/// `wfd` (the same descriptor for a socket or a PTY), until the framed
 /// protocol may start. Lines that are not markers (banners, prompts) are passed to `other`.
 pub(crate) fn run(
     fd: BorrowedFd<'_>,
+    wfd: BorrowedFd<'_>,
     mode: CacheMode,
     deadline: Instant,
     cancelled: &dyn Fn() -> bool,
@@ -192,7 +194,7 @@ pub(crate) fn run(
         return Err(Error::stream(format!("stage 1 sent a malformed report: {hello:?}")));
     };
     let exe = executable_for(&format!("{os} {machine}"))?;
-    write_all(fd, format!("{} {} {}\n", exe.sha256, exe.size, mode as u8).as_bytes(), deadline)?;
+    write_all(wfd, format!("{} {} {}\n", exe.sha256, exe.size, mode as u8).as_bytes(), deadline)?;
     let have = lines.marker("MITO001", deadline, cancelled, other)?;
     if have.trim() == "1" {
         return Ok(Shipped { sha256: exe.sha256.clone(), cached: true, bytes_sent: 0 });
@@ -202,8 +204,8 @@ pub(crate) fn run(
     } else {
         Arc::new(std::fs::read(&exe.path).map_err(|e| Error::stream_io("cannot read executable", e))?)
     };
-    write_all(fd, format!("{}\n", data.len()).as_bytes(), deadline)?;
-    write_all(fd, &data, deadline)?;
+    write_all(wfd, format!("{}\n", data.len()).as_bytes(), deadline)?;
+    write_all(wfd, &data, deadline)?;
     lines.marker("MITO002", deadline, cancelled, other)?;
     Ok(Shipped { sha256: exe.sha256.clone(), cached: false, bytes_sent: data.len() })
 }
@@ -296,7 +298,7 @@ fn write_all(fd: BorrowedFd<'_>, mut data: &[u8], deadline: Instant) -> Result<(
     Ok(())
 }
 
-/// Our end of the child's stdin and stdout, non-blocking for the bootstrap.
+/// One of our ends of the child's stdin and stdout, non-blocking for the bootstrap.
 pub(crate) fn prepare(fd: &OwnedFd) -> Result<()> {
     sys::set_nonblocking(fd.as_fd(), true).map_err(|e| Error::stream_io("cannot prepare the child's stdio", e))
 }

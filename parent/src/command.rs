@@ -14,6 +14,7 @@ use crate::bootstrap::{self, CacheMode};
 use crate::context::Context;
 use crate::local::{chain_name, handshake, hello_receiver, Options};
 use crate::process::ChildProcess;
+use crate::transport::{Started, Transport};
 
 /// How a context is started through a command: the words before the boot command, and whether
 /// the shipped executable may stay in the target account's cache. Serializable, so a `via=`
@@ -27,6 +28,9 @@ pub struct CommandSpec {
     /// Leave nothing on the target's disk: the shipped copy is deleted once the child runs, and
     /// every connect ships it again.
     pub no_cache: bool,
+    /// How the command's stdio reaches this process (default: a socket pair).
+    #[serde(default)]
+    pub transport: Transport,
 }
 
 /// Start a context through `spec`'s command: the command runs stage 1, which runs a cached copy
@@ -66,24 +70,23 @@ fn attempt(
     deadline: Instant,
 ) -> std::result::Result<Context, Attempt> {
     let fail = |error| Attempt { error, cached: false };
-    let (ours, theirs) = sys::socketpair(false).map_err(|e| fail(Error::stream_io("socketpair", e)))?;
-    let (err_r, err_w) = sys::pipe(false).map_err(|e| fail(Error::stream_io("pipe", e)))?;
     let mut argv = spec.argv.clone();
     argv.extend(bootstrap::stage1_argv());
     let hello = hello_receiver(router, context_id).map_err(fail)?;
-    let proc = Arc::new(ChildProcess::spawn(&argv, None, theirs, err_w).map_err(fail)?);
+    let Started { proc, read, write, stderr } = spec.transport.start(&argv).map_err(fail)?;
+    let proc = Arc::new(proc);
     let program = spec.argv.first().map_or("sh".into(), program_name);
     let name = chain_name(router, options.name.clone().unwrap_or_else(|| format!("{program}.{}", proc.pid())));
     let broker = router.broker().clone();
-    let shipped = bootstrap::prepare(&ours).and_then(|()| {
-        bootstrap::run(ours.as_fd(), mode, deadline, &|| broker.shutting_down(), &mut |line| {
+    let shipped = bootstrap::prepare(&read).and_then(|()| bootstrap::prepare(&write)).and_then(|()| {
+        bootstrap::run(read.as_fd(), write.as_fd(), mode, deadline, &|| broker.shutting_down(), &mut |line| {
             log::debug!(target: "mitogen::stderr", "{name}: {line}");
             proc.push_output(line.to_owned());
         })
     });
     let shipped = match shipped {
         Ok(s) => s,
-        Err(e) => return Err(fail(bootstrap_failed(&name, &proc, err_r, e, options.connect_timeout))),
+        Err(e) => return Err(fail(bootstrap_failed(&name, &proc, stderr, e, options.connect_timeout))),
     };
     log::debug!(
         "{name}: bootstrapped ({}, {} executable bytes sent)",
@@ -94,7 +97,7 @@ fn attempt(
     let mut config = options.config(router, context_id, &name).map_err(fail)?;
     config.handshake_handle = hello.handle();
     config.expected_sha256 = Some(shipped.sha256);
-    let stream = Stream::message(router, name, ours).map_err(|error| {
+    let stream = Stream::message_pair(router, name, read, write).map_err(|error| {
         proc.kill(Signal::SIGKILL);
         proc.reap_blocking();
         Attempt { error, cached }
@@ -103,7 +106,7 @@ fn attempt(
     (first.dst_id, first.src_id, first.auth_id) = (context_id, router.context_id(), router.context_id());
     let _ = stream.send(first);
     let left = deadline.saturating_duration_since(Instant::now());
-    handshake(router, proc, stream, err_r, hello, &config, left).map_err(|error| Attempt { error, cached })
+    handshake(router, proc, stream, stderr, hello, &config, left).map_err(|error| Attempt { error, cached })
 }
 
 /// The command's name for the context's default name: `env.1234`, `setpriv.1234`.
@@ -113,15 +116,15 @@ fn program_name(program: &OsString) -> String {
 }
 
 /// Stage 1 failed: kill and reap the process, and describe why with everything it printed.
-fn bootstrap_failed(name: &str, proc: &ChildProcess, stderr: OwnedFd, e: Error, timeout: Duration) -> Error {
+fn bootstrap_failed(name: &str, proc: &ChildProcess, stderr: Option<OwnedFd>, e: Error, timeout: Duration) -> Error {
     let eof = matches!(e.stream_kind_of(), Some(StreamErrorKind::Eof { .. }));
     if eof {
         // It ended by itself: its stderr ends too; keep what it said, then reap it.
-        drain_stderr(proc, &stderr, Instant::now() + Duration::from_secs(2));
+        drain_stderr(proc, stderr.as_ref(), Instant::now() + Duration::from_secs(2));
         proc.wait_timeout(Duration::from_secs(2));
     } else {
         proc.kill(Signal::SIGKILL);
-        drain_stderr(proc, &stderr, Instant::now() + Duration::from_millis(200));
+        drain_stderr(proc, stderr.as_ref(), Instant::now() + Duration::from_millis(200));
     }
     proc.reap_blocking();
     match e {
@@ -145,7 +148,8 @@ fn bootstrap_failed(name: &str, proc: &ChildProcess, stderr: OwnedFd, e: Error, 
 }
 
 /// Read what the process wrote to stderr, until end of file or `deadline`, into its tail.
-fn drain_stderr(proc: &ChildProcess, stderr: &OwnedFd, deadline: Instant) {
+fn drain_stderr(proc: &ChildProcess, stderr: Option<&OwnedFd>, deadline: Instant) {
+    let Some(stderr) = stderr else { return };
     let mut split = mitogen_core::LineSplitter::default();
     let mut buf = [0u8; 4096];
     while let Ok(true) = sys::wait_readable(stderr.as_fd(), Some(deadline)) {

@@ -98,7 +98,7 @@ pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Res
     let proc = Arc::new(ChildProcess::adopt(pid, vec![format!("fork of {}", std::process::id())])?);
     config.name = crate::local::chain_name(router, fork.options.name.clone().unwrap_or_else(|| format!("fork.{pid}")));
     let stream = mitogen_core::Stream::message(router, config.name.clone(), ours)?;
-    crate::local::handshake(router, proc, stream, err_r, hello, &config, fork.options.connect_timeout)
+    crate::local::handshake(router, proc, stream, Some(err_r), hello, &config, fork.options.connect_timeout)
 }
 
 /// The forked child's side: only what the module docs allow, then the child's own context.

@@ -13,6 +13,7 @@ mod context;
 mod fork;
 mod local;
 mod process;
+mod transport;
 mod via;
 
 pub use bootstrap::add_executable;
@@ -21,6 +22,7 @@ pub use context::{CallChain, Context};
 pub use fork::{connect_fork, ForkOptions, OnFork, OnStart};
 pub use local::{connect_local, default_remote_name, Options};
 pub use process::{shell_join, watch_pidfd, ChildProcess};
+pub use transport::Transport;
 pub use via::{
     allocate_child_id, connect_method, connect_via, is_immediate_child, serve_allocate_id, upgrade_router, via_connect,
     Method, ViaOutcome, ViaRequest, ID_BLOCK,

@@ -132,7 +132,9 @@ pub fn connect_local(router: &Router, context_id: u32, options: &Options) -> Res
     let title = format!("mitogen:{remote_name}");
     let arg0 = options.command_prefix.is_empty().then_some(title.as_str());
     let hello = hello_receiver(router, context_id)?;
-    let proc = Arc::new(ChildProcess::spawn(&argv, arg0, theirs, err_w)?);
+    let out = theirs.try_clone().map_err(|e| Error::stream_io("dup", e))?;
+    let stdio = crate::process::Stdio3 { stdin: theirs, stdout: out, stderr: err_w };
+    let proc = Arc::new(ChildProcess::spawn(&argv, arg0, stdio, None)?);
     let name = chain_name(router, options.name.clone().unwrap_or_else(|| format!("local.{}", proc.pid())));
     let mut config = options.config(router, context_id, &name)?;
     config.handshake_handle = hello.handle();
@@ -143,7 +145,7 @@ pub fn connect_local(router: &Router, context_id: u32, options: &Options) -> Res
     let mut first = Message::pickled(&config, 0)?;
     (first.dst_id, first.src_id, first.auth_id) = (context_id, router.context_id(), router.context_id());
     let _ = stream.send(first);
-    handshake(router, proc, stream, err_r, hello, &config, options.connect_timeout)
+    handshake(router, proc, stream, Some(err_r), hello, &config, options.connect_timeout)
 }
 
 /// A child's name: `<via name>.<name>` when created by a child context (names chain down the
@@ -165,7 +167,7 @@ pub(crate) fn handshake(
     router: &Router,
     proc: Arc<ChildProcess>,
     stream: Stream,
-    stderr: OwnedFd,
+    stderr: Option<OwnedFd>,
     hello: Receiver,
     config: &ChildConfig,
     connect_timeout: Duration,
@@ -178,9 +180,17 @@ pub(crate) fn handshake(
     let ctx = mitogen_core::Context::new(router, config.context_id, Some(name.clone()));
     let stderr_done = Arc::new(Latch::new());
     let d = stderr_done.clone();
-    let err_stream = watch_stderr(broker, &name, stderr, proc.clone(), move || {
-        let _ = d.put(());
-    });
+    // stderr (or the PTY master that carries it) is read and logged for the child's whole
+    // life: closing a PTY master would hang up the child.
+    let err_stream = match stderr {
+        Some(fd) => Some(watch_stderr(broker, &name, fd, proc.clone(), move || {
+            let _ = d.put(());
+        })),
+        None => {
+            let _ = d.put(());
+            None
+        }
+    };
     // A graceful shutdown asks a connected child to exit, then waits for its stream to close.
     // A connect still in progress is cancelled at once (Mitogen's CancelledError): the child
     // may be anywhere in its start and cannot be relied on to answer within the grace period.

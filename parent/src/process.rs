@@ -18,6 +18,13 @@ const TERM_AFTER: Duration = Duration::from_secs(1);
 /// ...and this long after that before SIGKILL.
 const KILL_AFTER: Duration = Duration::from_secs(2);
 
+/// The three standard descriptors a child is started with.
+pub(crate) struct Stdio3 {
+    pub(crate) stdin: OwnedFd,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
+}
+
 /// A child process this context started: its pid, a pidfd, the command, its exit status once
 /// reaped, and the last lines it wrote to stderr before taking over its own stdio.
 #[derive(Debug)]
@@ -35,16 +42,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ChildProcess {
-    /// Start `argv` with `proto` as its stdin and stdout and `stderr` as its stderr; argv\[0\] of
-    /// the new process is `arg0`.
+    /// Start `argv` with `stdio` as its standard descriptors; argv\[0\] of the new process is
+    /// `arg0`. With `ctty`, the child starts a session whose controlling terminal is that
+    /// standard descriptor (a PTY slave).
     ///
     /// # Errors
     /// [`StreamError`](mitogen_core::StreamError) naming the command if it cannot be started.
     pub(crate) fn spawn(
         argv: &[OsString],
         arg0: Option<&str>,
-        proto: OwnedFd,
-        stderr: OwnedFd,
+        stdio: Stdio3,
+        ctty: Option<i32>,
     ) -> Result<ChildProcess> {
         let shown: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let fail = |e: std::io::Error| {
@@ -60,8 +68,12 @@ impl ChildProcess {
         if let Some(a) = arg0 {
             std::os::unix::process::CommandExt::arg0(&mut cmd, a);
         }
-        let proto2 = proto.try_clone().map_err(fail)?;
-        cmd.stdin(Stdio::from(proto)).stdout(Stdio::from(proto2)).stderr(Stdio::from(stderr));
+        cmd.stdin(Stdio::from(stdio.stdin)).stdout(Stdio::from(stdio.stdout)).stderr(Stdio::from(stdio.stderr));
+        if let Some(fd) = ctty {
+            // SAFETY: the hook runs between fork and exec and makes only async-signal-safe
+            // system calls (setsid, ioctl), allocating nothing.
+            unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, crate::transport::ctty_hook(fd)) };
+        }
         let child = cmd.spawn().map_err(fail)?;
         let pid = child.id() as i32;
         // std's Child neither waits nor kills on drop; this type reaps the pid itself.

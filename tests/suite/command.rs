@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use mitogen::core::StreamErrorKind;
 use mitogen::master::{CommandSpec, Options, Router};
+use mitogen::parent::Transport;
 use mitogen_tests::{run, TempDir};
 
 fn whoami() -> (u32, u32, String) {
@@ -33,7 +34,7 @@ fn with_cache(cache: &Path, rest: &[&str]) -> Vec<OsString> {
 }
 
 fn spec(argv: Vec<OsString>) -> CommandSpec {
-    CommandSpec { argv, no_cache: false }
+    CommandSpec { argv, ..Default::default() }
 }
 
 /// The one cached executable under `cache`.
@@ -288,7 +289,10 @@ fn no_cache_leaves_nothing_on_the_targets_disk() {
         let tmp = TempDir::new("command-nocache");
         let router = Router::new(None).unwrap();
         let ctx = router
-            .command(CommandSpec { argv: with_cache(tmp.path(), &[]), no_cache: true }, Options::default())
+            .command(
+                CommandSpec { argv: with_cache(tmp.path(), &[]), no_cache: true, ..Default::default() },
+                Options::default(),
+            )
             .unwrap();
         let exe = ctx.call(whoami, ()).unwrap().2;
         assert!(exe.ends_with("(deleted)"), "it runs from a deleted file: {exe}");
@@ -360,6 +364,42 @@ fn the_command_method_works_through_via() {
         let c = router.command(spec(with_cache(tmp.path(), &[])), options).unwrap();
         assert_eq!(c.name(), Some("a.c"));
         assert_eq!(c.call(whoami, ()).unwrap().0, c.context_id());
+        router.shutdown_and_join();
+    });
+}
+
+fn has_controlling_tty() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").is_ok()
+}
+
+fn echo_blob(b: mitogen::core::Blob) -> mitogen::core::Blob {
+    b
+}
+
+mitogen::remote!(has_controlling_tty, echo_blob);
+
+#[test]
+fn every_transport_carries_binary_data_and_the_pty_ones_give_a_controlling_terminal() {
+    run(|| {
+        let tmp = TempDir::new("command-transports");
+        // Without a PTY a child has whatever terminal this test process has (none under CI).
+        let ours = has_controlling_tty();
+        let router = Router::new(None).unwrap();
+        let data: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
+        for (transport, tty) in [
+            (Transport::Socketpair, ours),
+            (Transport::Pipes, ours),
+            (Transport::Merged, ours),
+            (Transport::Pty, true),
+            (Transport::Hybrid, true),
+        ] {
+            let spec = CommandSpec { argv: with_cache(tmp.path(), &[]), transport, ..Default::default() };
+            let ctx = router.command(spec, Options::default()).unwrap_or_else(|e| panic!("{transport:?}: {e}"));
+            assert_eq!(ctx.call(has_controlling_tty, ()).unwrap(), tty, "{transport:?}");
+            let back = ctx.call(echo_blob, (mitogen::core::Blob(data.clone()),)).unwrap();
+            assert!(back.0 == data, "{transport:?}: every byte value crosses unchanged");
+            ctx.shutdown(true).unwrap();
+        }
         router.shutdown_and_join();
     });
 }

@@ -10,7 +10,7 @@ fn methods(tmp: &TempDir) -> Vec<(&'static str, Method)> {
     vec![
         ("local", Method::Local),
         ("fork", Method::Fork),
-        ("command", Method::Command(CommandSpec { argv: vec!["env".into(), cache.into()], no_cache: false })),
+        ("command", Method::Command(CommandSpec { argv: vec!["env".into(), cache.into()], ..Default::default() })),
     ]
 }
 

@@ -193,6 +193,12 @@ impl ExternalContext {
     pub fn redirect_stdio(&self) -> Result<()> {
         let fail = |e: std::io::Error| Error::stream_io("cannot redirect stdio", e);
         let null = sys::open_devnull().map_err(fail)?;
+        // A terminal on stderr is the parent's PTY (hybrid transport, or a method's own): keep
+        // it open, or the parent reading its master sees the last slave close and hangs up,
+        // which would SIGHUP this context (Mitogen keeps a dup of it for the same reason).
+        if sys::isatty(sys::borrow_std(2)) {
+            std::mem::forget(sys::dup_cloexec(sys::borrow_std(2)).map_err(fail)?);
+        }
         sys::dup2(null.as_fd(), 0).map_err(fail)?;
         for (fd, target) in [(1, "stdout"), (2, "stderr")] {
             let (r, w) = sys::pipe_blocking_write().map_err(fail)?;

@@ -39,6 +39,28 @@ pub fn pipe_blocking_write() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
+/// A pseudo-terminal `(master, slave)`, both close-on-exec, echo off on the slave; with `raw`
+/// the slave is in raw mode (no line editing, no CR/LF translation, no signals from bytes), so
+/// binary data crosses unchanged.
+pub fn openpty(raw: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let pty = nix::pty::openpty(None, None).map_err(io)?;
+    set_cloexec(pty.master.as_fd(), true)?;
+    set_cloexec(pty.slave.as_fd(), true)?;
+    let mut t = tcgetattr(&pty.slave).map_err(io)?;
+    if raw {
+        cfmakeraw(&mut t);
+    }
+    t.local_flags.remove(LocalFlags::ECHO | LocalFlags::ECHONL);
+    tcsetattr(&pty.slave, SetArg::TCSANOW, &t).map_err(io)?;
+    Ok((pty.master, pty.slave))
+}
+
+/// Whether `fd` is a terminal.
+pub fn isatty(fd: BorrowedFd<'_>) -> bool {
+    nix::unistd::isatty(fd.as_raw_fd()).unwrap_or(false)
+}
+
 /// Make `target` refer to what `fd` refers to (`dup2(2)`); the new descriptor is inherited
 /// across `exec`. `target` is a standard descriptor (0, 1 or 2) that no `OwnedFd` owns.
 pub fn dup2(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {

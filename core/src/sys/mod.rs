@@ -28,17 +28,17 @@ mod poll;
 mod process;
 
 pub use fd::{
-    borrow_std, close_fds_except, dup2, dup_cloexec, is_cloexec, is_nonblocking, null_fds_except, open_devnull, pipe,
-    pipe_blocking_write, read, read_into_spare, set_cloexec, set_nonblocking, socketpair, write, write_stderr, writev,
-    PIPE_BUF,
+    borrow_std, close_fds_except, dup2, dup_cloexec, is_cloexec, is_nonblocking, isatty, null_fds_except, open_devnull,
+    openpty, pipe, pipe_blocking_write, read, read_into_spare, set_cloexec, set_nonblocking, socketpair, write,
+    write_stderr, writev, PIPE_BUF,
 };
 pub use mem::{alloc_bytes, tune_malloc_for_bulk};
 pub use nix::errno::Errno;
 pub use nix::sys::signal::Signal;
 pub use poll::{is_ready, poll, readable, wait_readable, writable, PollFd};
 pub use process::{
-    check_waitable_child, describe_status, exit_now, fork, hostname, ignore_sigpipe, pidfd_kill, pidfd_open,
-    set_thread_title, setsid, try_wait, username, Forked,
+    become_session_leader_with_tty, check_waitable_child, describe_status, exit_now, fork, hostname, ignore_sigpipe,
+    pidfd_kill, pidfd_open, set_thread_title, setsid, try_wait, username, Forked,
 };
 
 /// Whether `e` means the other end of a descriptor went away: `EIO` (a TTY whose other end

@@ -144,6 +144,22 @@ pub fn set_thread_title(title: &str) {
     }
 }
 
+/// In a child between `fork` and `exec` (a `pre_exec` hook): start a new session and make
+/// `fd`, a terminal, its controlling terminal, so `/dev/tty` works for sudo, su and ssh. Only
+/// `setsid(2)` and `ioctl(TIOCSCTTY)`: async-signal-safe, no allocation.
+///
+/// # Errors
+/// The failing call's errno.
+pub fn become_session_leader_with_tty(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: setsid and ioctl(TIOCSCTTY) take no pointers; `fd` is a descriptor of this process.
+    unsafe {
+        if libc::setsid() < 0 || libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// This user's login name, for default context names.
 pub fn username() -> String {
     std::env::var("USER")
