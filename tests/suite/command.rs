@@ -40,9 +40,11 @@ fn spec(argv: Vec<OsString>) -> CommandSpec {
 /// The one cached executable under `cache`.
 fn cached_file(cache: &Path) -> PathBuf {
     let dir = cache.join("mitogen");
+    // Beside each verified copy sits its stamp, `<sha256>.ok`.
     let files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().map_or(true, |e| e != "ok"))
         .collect();
     assert_eq!(files.len(), 1, "one cached copy: {files:?}");
     files.into_iter().next().unwrap()
@@ -64,6 +66,9 @@ fn a_context_through_sh_runs_from_the_cache_and_the_second_connect_ships_nothing
         let second = router.command(spec(with_cache(tmp.path(), &[])), Options::default()).unwrap();
         assert_eq!(second.call(whoami, ()).unwrap().2, exe);
         assert_eq!(std::fs::metadata(&file).unwrap().ino(), meta.ino(), "not shipped again");
+        // The verified copy's stamp, so later starts need not hash it again.
+        let stamp = std::fs::read_to_string(file.with_extension("ok")).unwrap();
+        assert!(stamp.starts_with(&format!("{} {} ", meta.ino(), meta.size())), "{stamp}");
         router.shutdown_and_join();
     });
 }

@@ -300,17 +300,47 @@ pub(crate) fn run_exec_child() -> ! {
 
 /// When the parent shipped this executable: its sha256, and if that is not what was shipped (a
 /// corrupt or replaced cache entry), delete the file, so the next connect ships a fresh copy.
+///
+/// Hashing tens of MiB on every start would dominate a warm connect, so a verified copy gets a
+/// stamp beside it, `<file>.ok`, holding the file's inode, size and modification time: while
+/// those are unchanged (the cache directory is private to the account) the copy is trusted
+/// without hashing it again. A copy that deletes itself (`no_cache`) gets no stamp.
 fn check_own_executable(expected: Option<&str>) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
     let expected = expected?;
-    let exe = std::fs::read_link("/proc/self/exe").ok();
+    let exe = std::fs::read_link("/proc/self/exe").ok().filter(|p| p.exists());
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p).ok().map(|m| format!("{} {} {} {}\n", m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+    };
+    let stamp_path = exe.as_ref().map(|p| {
+        let mut s = p.clone().into_os_string();
+        s.push(".ok");
+        std::path::PathBuf::from(s)
+    });
+    if let (Some(exe), Some(sp)) = (&exe, &stamp_path) {
+        if stamp(exe).is_some() && std::fs::read_to_string(sp).ok() == stamp(exe) {
+            return Some(expected.to_owned());
+        }
+    }
     let actual = match config::executable_digest(std::path::Path::new("/proc/self/exe")) {
         Ok((_, sha)) => sha,
         Err(e) => format!("unreadable: {e}"),
     };
-    if actual != expected {
-        if let Some(path) = exe {
+    match (exe, stamp_path) {
+        (Some(path), Some(sp)) if actual != expected => {
             let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(sp);
         }
+        (Some(path), Some(sp)) => {
+            if let Some(st) = stamp(&path) {
+                // Written whole under a temporary name, then renamed: never a torn stamp.
+                let tmp = sp.with_extension(format!("ok.{}", std::process::id()));
+                if std::fs::write(&tmp, st).is_ok() {
+                    let _ = std::fs::rename(&tmp, &sp);
+                }
+            }
+        }
+        _ => {}
     }
     Some(actual)
 }
