@@ -217,7 +217,9 @@ fn a_missing_home_falls_back() {
         let ctx = router.command(spec(argv), Options::default()).unwrap();
         let exe = ctx.call(whoami, ()).unwrap().2;
         assert!(exe.starts_with("/dev/shm/mitogen-0/") || exe.starts_with(&tmpdir.display().to_string()), "{exe}");
+        ctx.shutdown(true).unwrap();
         let _ = std::fs::remove_file(&exe);
+        let _ = std::fs::remove_file(format!("{exe}.ok"));
         router.shutdown_and_join();
     });
 }
