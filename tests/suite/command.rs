@@ -333,6 +333,7 @@ fn another_account_gets_its_own_private_cache() {
         ctx.shutdown(true).unwrap();
         // Shipped again by the next run, whatever the build: nothing of the test stays behind.
         std::fs::remove_file(&exe).unwrap();
+        let _ = std::fs::remove_file(format!("{exe}.ok"));
         router.shutdown_and_join();
     });
 }
