@@ -401,7 +401,9 @@ fn every_transport_carries_binary_data_and_the_pty_ones_give_a_controlling_termi
             (Transport::Pty, true),
             (Transport::Hybrid, true),
         ] {
-            let spec = CommandSpec { argv: with_cache(tmp.path(), &[]), transport, ..Default::default() };
+            // A cache of its own per transport: each ships the executable through its wiring.
+            let cache = tmp.path().join(format!("{transport:?}"));
+            let spec = CommandSpec { argv: with_cache(&cache, &[]), transport, ..Default::default() };
             let ctx = router.command(spec, Options::default()).unwrap_or_else(|e| panic!("{transport:?}: {e}"));
             assert_eq!(ctx.call(has_controlling_tty, ()).unwrap(), tty, "{transport:?}");
             let back = ctx.call(echo_blob, (mitogen::core::Blob(data.clone()),)).unwrap();
