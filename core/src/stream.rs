@@ -571,15 +571,19 @@ impl Stream {
                     *slot = Some(f);
                 }
             }
-            None => {
-                let tx = self.inner.tx.lock();
-                if tx.queue.is_empty() {
-                    drop(tx);
-                    self.on_disconnect(broker);
-                } else {
-                    self.inner.close_when_drained.store(true, Ordering::Release);
-                }
-            }
+            None => self.disconnect_when_drained(broker),
+        }
+    }
+
+    /// Disconnect once every queued byte is written: at once when nothing is queued, else
+    /// when the transmit side drains (broker thread only, where `on_transmit` also runs).
+    pub(crate) fn disconnect_when_drained(&self, broker: &Broker) {
+        let tx = self.inner.tx.lock();
+        if tx.queue.is_empty() {
+            drop(tx);
+            self.on_disconnect(broker);
+        } else {
+            self.inner.close_when_drained.store(true, Ordering::Release);
         }
     }
 

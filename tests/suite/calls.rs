@@ -193,14 +193,20 @@ fn exited(pid: u32) -> bool {
 
 #[test]
 fn a_call_queued_when_the_childs_broker_exits_never_runs_as_an_orphan() {
-    // The child's main thread is still in on_start when a call arrives and its parent then
-    // disconnects: the broker exits with the call queued. The child must end itself at once,
-    // not run the call with no parent (the parent's reaper would only SIGTERM it after 1 s).
+    // The child's main thread is still in on_start, waiting for its broker to exit, when a call
+    // arrives and its parent then disconnects: the broker exits with the call queued. The child
+    // must end itself at once, not go on to run the call with no parent (the parent's reaper
+    // would only SIGTERM it after 1 s).
     run(|| {
         let router = Router::new(None).unwrap();
         let options = ForkOptions {
-            on_start: Some(Arc::new(|_: &mitogen::core::ExternalContext| {
-                std::thread::sleep(Duration::from_millis(500))
+            on_start: Some(Arc::new(|ec: &mitogen::core::ExternalContext| {
+                let exited = Arc::new(mitogen::core::Latch::new());
+                let e = exited.clone();
+                ec.broker().on_exit(move || {
+                    let _ = e.put(());
+                });
+                let _ = exited.get_timeout(WAIT);
             })),
             ..ForkOptions::default()
         };

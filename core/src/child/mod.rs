@@ -238,24 +238,26 @@ impl ExternalContext {
         self.inner.parent.send_await::<()>(msg, Some(Duration::from_secs(30)))?;
         self.inner.detached.store(true, Ordering::Release);
         log::info!("detaching from {stream:?}; parent is context {parent_id}");
-        // Mitogen polls the output queue 20 times, 50 ms apart.
-        for _ in 0..20 {
-            if stream.pending_bytes() == 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if stream.pending_bytes() > 0 {
-            log::error!("{stream:?} still had {} bytes queued after 1000 ms", stream.pending_bytes());
-        }
+        // Output queued for the parent leaves first: the stream disconnects once it drains,
+        // or after a second (Mitogen polls its queue 20 times, 50 ms apart).
+        let done = Arc::new(crate::latch::Latch::new());
+        let d = done.clone();
+        stream.on_disconnect_listener(move |_| {
+            let _ = d.put(());
+        });
+        let b = self.inner.broker.clone();
+        self.inner.broker.defer(move || {
+            stream.disconnect_when_drained(&b);
+            let (b2, s) = (b.clone(), stream.clone());
+            b.timer(Duration::from_secs(1), move || {
+                if !s.is_disconnected() {
+                    log::error!("{s:?} still had {} bytes queued after 1000 ms", s.pending_bytes());
+                    s.on_disconnect(&b2);
+                }
+            });
+        })?;
         // Return only once the stream is gone, so nothing this thread sends afterwards (the
         // reply of the call running detach) can still reach the parent.
-        let done = Arc::new(crate::latch::Latch::new());
-        let (b, d) = (self.inner.broker.clone(), done.clone());
-        self.inner.broker.defer(move || {
-            stream.on_disconnect(&b);
-            let _ = d.put(());
-        })?;
         done.get_timeout(Duration::from_secs(30))?;
         globals::set_identity(Identity { context_id: self.inner.config.context_id, parent_ids: Vec::new() });
         Ok(())
