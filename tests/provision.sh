@@ -18,3 +18,42 @@ fi
 if ! id mitogen-user >/dev/null 2>&1; then
     useradd --create-home --shell /bin/sh mitogen-user
 fi
+
+# --- ssh (issue 11): the server, keys and accounts the ssh tests log in to. The tests start
+# their own `sshd -D` on loopback ports with configs of their own, and stop them.
+command -v sshd >/dev/null || [[ -x /usr/sbin/sshd ]] || {
+    echo "tests/provision.sh: installing openssh-server" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssh-server openssh-client >/dev/null
+}
+install -d -m 755 /run/sshd                      # sshd's privilege separation directory
+MT=/var/lib/mitogen-tests
+install -d -m 755 "$MT" "$MT/ssh" "$MT/ssh/authorized_keys"
+[[ -f $MT/ssh/host_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -C mitogen-test-host -f "$MT/ssh/host_ed25519"
+[[ -f $MT/ssh/client_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -C mitogen-test-client -f "$MT/ssh/client_ed25519"
+
+# A login shell whose start-up talks on both streams, as a chatty profile does: a banner on
+# stdout, and a shell's "Permission denied" on stderr that is not an authentication failure.
+cat > "$MT/noisy-shell" <<'SH'
+#!/bin/sh
+echo "Welcome to mitogen-noisy. Have a nice day."
+echo "noisy-profile: /etc/mitogen-secret: Permission denied" >&2
+exec /bin/sh "$@"
+SH
+chmod 755 "$MT/noisy-shell"
+
+account() { # name shell
+    id "$1" >/dev/null 2>&1 || useradd --create-home --shell "$2" "$1"
+    [[ $(getent passwd "$1" | cut -d: -f7) == "$2" ]] || usermod --shell "$2" "$1"
+}
+account mitogen-user /bin/sh        # password login (also the bootstrap's other account)
+account mitogen-key /bin/bash       # key login; its password stays locked
+account mitogen-noisy "$MT/noisy-shell"
+account mitogen-rohome /bin/sh      # a HOME it cannot write: the cache falls back
+echo 'mitogen-user:userpw' | chpasswd
+chown root:root /home/mitogen-rohome && chmod 755 /home/mitogen-rohome
+for u in mitogen-key mitogen-noisy mitogen-rohome; do
+    install -m 644 "$MT/ssh/client_ed25519.pub" "$MT/ssh/authorized_keys/$u"
+done
+# mitogen-key logs in onward (ssh -> ssh chains) with its own copy of the client key.
+install -d -m 700 -o mitogen-key -g mitogen-key /home/mitogen-key/.ssh
+install -m 600 -o mitogen-key -g mitogen-key "$MT/ssh/client_ed25519" /home/mitogen-key/.ssh/id_ed25519

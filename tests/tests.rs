@@ -23,6 +23,8 @@ mod fuzz;
 mod lifetime;
 #[path = "suite/methods.rs"]
 mod methods;
+#[path = "suite/ssh.rs"]
+mod ssh;
 
 #[path = "suite/broker.rs"]
 mod broker;

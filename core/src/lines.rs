@@ -19,6 +19,11 @@ pub struct LineSplitter {
 }
 
 impl LineSplitter {
+    /// The bytes after the last line end: where a prompt that waits for an answer sits.
+    pub fn pending(&self) -> &[u8] {
+        &self.partial
+    }
+
     /// Add `data` and call `emit` for each complete line; an empty `data` means end of file and
     /// flushes a final partial line.
     pub fn feed(&mut self, data: &[u8], mut emit: impl FnMut(&str)) {

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mitogen_core::{BrokerOptions, Identity, Result};
-pub use mitogen_parent::{CallChain, CommandSpec, Context, ForkOptions, Method, Options};
+pub use mitogen_parent::{
+    CallChain, CheckHostKeys, CommandSpec, Context, ForkOptions, Method, Options, Password, SshOptions,
+};
 
 mod io;
 mod monitor;
@@ -126,6 +128,33 @@ impl Router {
     /// As [`connect_command`](mitogen_parent::connect_command).
     pub fn command(&self, spec: CommandSpec, options: Options) -> Result<Context> {
         self.connect(&Method::Command(spec), &options)
+    }
+
+    /// Start a context on another host through the system's `ssh` (Mitogen `Router.ssh()`): the
+    /// user's `~/.ssh/config`, agent, jump hosts and ControlMaster apply. Nothing needs to be
+    /// installed on the host but a POSIX shell: the executable ships itself there once per
+    /// account (see [`command`](Router::command)). Named `ssh.<host>` (`ssh.<host>:<port>` when
+    /// the port is not 22).
+    ///
+    /// ```no_run
+    /// fn hostname() -> String {
+    ///     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default()
+    /// }
+    /// mitogen_core::remote!(hostname);
+    ///
+    /// let router = mitogen_master::Router::new(None)?;
+    /// let ssh = mitogen_master::SshOptions { username: Some("deploy".into()), ..mitogen_master::SshOptions::new("web1") };
+    /// let web1 = router.ssh(ssh, Default::default())?;
+    /// println!("{}", web1.call(hostname, ())?);
+    /// router.shutdown_and_join();
+    /// # Ok::<(), mitogen_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`connect_ssh`](mitogen_parent::connect_ssh): a `Password` or `HostKey`
+    /// [`StreamError`](mitogen_core::StreamError), or the generic method's errors.
+    pub fn ssh(&self, ssh: SshOptions, options: Options) -> Result<Context> {
+        self.connect(&Method::Ssh(ssh), &options)
     }
 
     /// Start a context with `method` and `options`, through `options.via` when it is set.

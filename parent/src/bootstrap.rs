@@ -28,11 +28,14 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use mitogen_core::sys;
 use mitogen_core::{Error, Result, StreamErrorKind};
+
+use crate::prompt::{write_all, PromptReader};
 
 /// Stage 1, run as `sh -c STAGE1 mitogen-stage1`. POSIX shell only (dash, bash, busybox sh),
 /// and the tools every POSIX system has: `id`, `uname`, `mkdir`, `chmod`, `rm`, `mv`, `ln`,
@@ -176,26 +179,76 @@ pub(crate) struct Shipped {
     pub(crate) bytes_sent: usize,
 }
 
+/// What the bootstraps of this process did, since it started (Mitogen has no counterpart; its
+/// importer statistics play the same part).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootstrapStats {
+    /// Bootstraps that reached the handshake.
+    pub connects: u64,
+    /// Of those, how many ran a copy already cached on the target.
+    pub cached: u64,
+    /// How many shipped a copy.
+    pub shipped: u64,
+    /// Executable bytes sent (compressed when the target had `gzip`).
+    pub bytes_sent: u64,
+}
+
+static CONNECTS: AtomicU64 = AtomicU64::new(0);
+static CACHED: AtomicU64 = AtomicU64::new(0);
+static SHIPPED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// The bootstraps this process ran (through any router), for benchmarks and tests: whether a
+/// connect shipped the executable, and how many bytes.
+pub fn bootstrap_stats() -> BootstrapStats {
+    let (connects, cached) = (CONNECTS.load(Ordering::Relaxed), CACHED.load(Ordering::Relaxed));
+    BootstrapStats { connects, cached, shipped: connects - cached, bytes_sent: SHIPPED_BYTES.load(Ordering::Relaxed) }
+}
+
+/// Count a bootstrap that reached the handshake.
+pub(crate) fn count(shipped: &Shipped) {
+    CACHED.fetch_add(u64::from(shipped.cached), Ordering::Relaxed);
+    SHIPPED_BYTES.fetch_add(shipped.bytes_sent as u64, Ordering::Relaxed);
+    CONNECTS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// The parent's side of stage 1, reading the child's stdout on `fd` and writing its stdin on
-/// `wfd` (the same descriptor for a socket or a PTY), until the framed
-/// protocol may start. Lines that are not markers (banners, prompts) are passed to `other`.
+/// `wfd` (the same descriptor for a socket or a PTY), until the framed protocol may start.
+/// Lines on `fd` that are not markers (banners) are passed to `other`; meanwhile `side` reads
+/// the command's stderr or terminal, answering prompts. An error `side`'s prompts report (a
+/// wrong password, an unknown host key) wins over the end of output it causes.
 pub(crate) fn run(
     fd: BorrowedFd<'_>,
     wfd: BorrowedFd<'_>,
+    side: &mut PromptReader<'_>,
     mode: CacheMode,
     deadline: Instant,
     cancelled: &dyn Fn() -> bool,
     other: &mut dyn FnMut(&str),
 ) -> Result<Shipped> {
-    let mut lines = LineReader { fd, buf: Vec::new() };
-    let hello = lines.marker("MITO000", deadline, cancelled, other)?;
+    let mut lines = LineReader { fd, buf: Vec::new(), side, cancelled, deadline };
+    let result = ship(&mut lines, wfd, mode, other);
+    if matches!(result.as_ref().map_err(Error::stream_kind_of), Err(Some(StreamErrorKind::Eof { .. }))) {
+        // The command ended: what it said last on stderr may explain why.
+        lines.side.drain(Instant::now() + Duration::from_secs(2))?;
+    }
+    result
+}
+
+fn ship(
+    lines: &mut LineReader<'_, '_>,
+    wfd: BorrowedFd<'_>,
+    mode: CacheMode,
+    other: &mut dyn FnMut(&str),
+) -> Result<Shipped> {
+    let (deadline, cancelled) = (lines.deadline, lines.cancelled);
+    let hello = lines.marker("MITO000", other)?;
     let words: Vec<&str> = hello.split_whitespace().collect();
     let [os, machine, gzip] = words[..] else {
         return Err(Error::stream(format!("stage 1 sent a malformed report: {hello:?}")));
     };
     let exe = executable_for(&format!("{os} {machine}"))?;
-    write_all(wfd, format!("{} {} {}\n", exe.sha256, exe.size, mode as u8).as_bytes(), deadline)?;
-    let have = lines.marker("MITO001", deadline, cancelled, other)?;
+    write_all(wfd, format!("{} {} {}\n", exe.sha256, exe.size, mode as u8).as_bytes(), deadline, cancelled)?;
+    let have = lines.marker("MITO001", other)?;
     if have.trim() == "1" {
         return Ok(Shipped { sha256: exe.sha256.clone(), cached: true, bytes_sent: 0 });
     }
@@ -204,31 +257,28 @@ pub(crate) fn run(
     } else {
         Arc::new(std::fs::read(&exe.path).map_err(|e| Error::stream_io("cannot read executable", e))?)
     };
-    write_all(wfd, format!("{}\n", data.len()).as_bytes(), deadline)?;
-    write_all(wfd, &data, deadline)?;
-    lines.marker("MITO002", deadline, cancelled, other)?;
+    write_all(wfd, format!("{}\n", data.len()).as_bytes(), deadline, cancelled)?;
+    write_all(wfd, &data, deadline, cancelled)?;
+    lines.marker("MITO002", other)?;
     Ok(Shipped { sha256: exe.sha256.clone(), cached: false, bytes_sent: data.len() })
 }
 
 /// Reads lines from a descriptor, byte by byte past the last marker (nothing after it may be
-/// consumed: it belongs to the framed protocol).
-struct LineReader<'a> {
+/// consumed: it belongs to the framed protocol), while the command's stderr is read beside it.
+struct LineReader<'a, 'b> {
     fd: BorrowedFd<'a>,
     buf: Vec<u8>,
+    side: &'a mut PromptReader<'b>,
+    cancelled: &'a dyn Fn() -> bool,
+    deadline: Instant,
 }
 
-impl LineReader<'_> {
+impl LineReader<'_, '_> {
     /// Wait for a line starting with `marker`; returns the rest of it. `MITO009` is stage 1's
     /// own failure; end of output is [`StreamErrorKind::Eof`] (the caller adds the lines).
-    fn marker(
-        &mut self,
-        marker: &str,
-        deadline: Instant,
-        cancelled: &dyn Fn() -> bool,
-        other: &mut dyn FnMut(&str),
-    ) -> Result<String> {
+    fn marker(&mut self, marker: &str, other: &mut dyn FnMut(&str)) -> Result<String> {
         loop {
-            let line = self.line(deadline, cancelled)?;
+            let line = self.line()?;
             let line = line.trim_end_matches('\r');
             if let Some(rest) = line.strip_prefix(marker) {
                 return Ok(rest.trim_start().to_owned());
@@ -241,32 +291,52 @@ impl LineReader<'_> {
         }
     }
 
-    fn line(&mut self, deadline: Instant, cancelled: &dyn Fn() -> bool) -> Result<String> {
+    fn line(&mut self) -> Result<String> {
         loop {
             // One byte at a time: a read must never take bytes past the marker's newline.
             let mut byte = [0u8; 1];
             match sys::read(self.fd, &mut byte) {
-                Ok(0) => return Err(Error::stream_kind(StreamErrorKind::Eof { last_lines: Vec::new() }, "EOF")),
+                Ok(0) => return Err(eof()),
                 Ok(_) if byte[0] == b'\n' => {
                     let line = String::from_utf8_lossy(&self.buf).into_owned();
                     self.buf.clear();
                     return Ok(line);
                 }
                 Ok(_) => self.buf.push(byte[0]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait(self.fd, false, deadline, cancelled)?,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.wait()?,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if sys::is_disconnection(&e) => {
-                    return Err(Error::stream_kind(StreamErrorKind::Eof { last_lines: Vec::new() }, "EOF"))
-                }
+                Err(e) if sys::is_disconnection(&e) => return Err(eof()),
                 Err(e) => return Err(Error::stream_io("bootstrap read failed", e)),
+            }
+        }
+    }
+
+    /// Wait for stdout, reading stderr (and answering its prompts) meanwhile.
+    fn wait(&mut self) -> Result<()> {
+        loop {
+            let mut fds = vec![sys::readable(self.fd)];
+            fds.extend(self.side.fd().map(sys::readable));
+            wait(&mut fds, self.deadline, self.cancelled)?;
+            let side_ready = fds.get(1).is_some_and(|f| f.revents().is_some_and(|r| !r.is_empty()));
+            let data_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+            if side_ready {
+                self.side.read_ready()?;
+            }
+            if data_ready {
+                return Ok(());
             }
         }
     }
 }
 
-/// Wait until `fd` is ready (readable, or writable when `write`), the deadline passes, or the
-/// broker shuts down; polled in slices so a shutdown is noticed within 50 ms.
-fn wait(fd: BorrowedFd<'_>, write: bool, deadline: Instant, cancelled: &dyn Fn() -> bool) -> Result<()> {
+/// The end of the command's output, before the handshake (the caller adds its last lines).
+pub(crate) fn eof() -> Error {
+    Error::stream_kind(StreamErrorKind::Eof { last_lines: Vec::new() }, "EOF")
+}
+
+/// Wait until one of `fds` is ready, the deadline passes, or the broker shuts down; polled in
+/// slices so a shutdown is noticed within 50 ms.
+pub(crate) fn wait(fds: &mut [sys::PollFd<'_>], deadline: Instant, cancelled: &dyn Fn() -> bool) -> Result<()> {
     loop {
         if cancelled() {
             return Err(Error::stream_kind(StreamErrorKind::Cancelled, "connection cancelled"));
@@ -276,26 +346,10 @@ fn wait(fd: BorrowedFd<'_>, write: bool, deadline: Instant, cancelled: &dyn Fn()
             return Err(Error::timeout("no answer from stage 1"));
         }
         let slice = left.min(Duration::from_millis(50));
-        let mut pfd = [if write { sys::writable(fd) } else { sys::readable(fd) }];
-        if sys::poll(&mut pfd, Some(slice)).map_err(|e| Error::stream_io("poll", e))? > 0 {
+        if sys::poll(fds, Some(slice)).map_err(|e| Error::stream_io("poll", e))? > 0 {
             return Ok(());
         }
     }
-}
-
-fn write_all(fd: BorrowedFd<'_>, mut data: &[u8], deadline: Instant) -> Result<()> {
-    while !data.is_empty() {
-        match sys::write(fd, data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait(fd, true, deadline, &|| false)?,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if sys::is_disconnection(&e) => {
-                return Err(Error::stream_kind(StreamErrorKind::Eof { last_lines: Vec::new() }, "EOF"))
-            }
-            Err(e) => return Err(Error::stream_io("bootstrap write failed", e)),
-        }
-    }
-    Ok(())
 }
 
 /// One of our ends of the child's stdin and stdout, non-blocking for the bootstrap.

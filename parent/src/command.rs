@@ -6,14 +6,16 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mitogen_core::sys::{self, Signal};
+use mitogen_core::sys::Signal;
 use mitogen_core::{Error, Message, Result, Router, Stream, StreamError, StreamErrorKind};
 use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::{self, CacheMode};
 use crate::context::Context;
 use crate::local::{chain_name, handshake, hello_receiver, Options};
+use crate::process::shell_quote;
 use crate::process::ChildProcess;
+use crate::prompt::{self, NoPrompts, PromptReader, Prompts};
 use crate::transport::{Started, Transport};
 
 /// How a context is started through a command: the words before the boot command, and whether
@@ -44,14 +46,111 @@ pub struct CommandSpec {
 /// shipped; [`TimeoutError`](mitogen_core::TimeoutError) if nothing answers within
 /// `connect_timeout`.
 pub fn connect_command(router: &Router, context_id: u32, spec: &CommandSpec, options: &Options) -> Result<Context> {
-    let deadline = Instant::now() + options.connect_timeout;
-    let mode = if spec.no_cache { CacheMode::None } else { CacheMode::Use };
-    match attempt(router, context_id, spec, mode, options, deadline) {
-        Err(Attempt { error, cached: true }) if matches!(error.stream_kind_of(), Some(StreamErrorKind::Eof { .. })) => {
-            log::warn!("the cached executable did not start ({error}); shipping a fresh copy");
-            attempt(router, context_id, spec, CacheMode::Replace, options, deadline).map_err(|a| a.error)
+    let launch = Launch {
+        argv: spec.argv.clone(),
+        quote_boot: false,
+        transport: spec.transport,
+        no_cache: spec.no_cache,
+        name: None,
+        prompts: &|| Box::new(NoPrompts),
+    };
+    launch.connect(router, context_id, options)
+}
+
+/// How a method runs the boot command: what every connection method (the generic one, ssh,
+/// sudo, ...) hands to the one path they share.
+pub(crate) struct Launch<'a> {
+    /// The method's words; the boot command follows them.
+    pub(crate) argv: Vec<OsString>,
+    /// The command hands the rest of its argv to a shell as one string (ssh): quote each word.
+    pub(crate) quote_boot: bool,
+    pub(crate) transport: Transport,
+    pub(crate) no_cache: bool,
+    /// The context's default name; `None` names it `<program>.<pid>`.
+    pub(crate) name: Option<String>,
+    /// The method's prompt handling, fresh for each attempt.
+    pub(crate) prompts: &'a (dyn Fn() -> Box<dyn Prompts> + Sync),
+}
+
+impl Launch<'_> {
+    /// Start the context; a cached copy that fails to start is replaced once.
+    pub(crate) fn connect(&self, router: &Router, context_id: u32, options: &Options) -> Result<Context> {
+        let deadline = Instant::now() + options.connect_timeout;
+        let mode = if self.no_cache { CacheMode::None } else { CacheMode::Use };
+        match self.attempt(router, context_id, mode, options, deadline) {
+            Err(Attempt { error, cached: true })
+                if matches!(error.stream_kind_of(), Some(StreamErrorKind::Eof { .. })) =>
+            {
+                log::warn!("the cached executable did not start ({error}); shipping a fresh copy");
+                self.attempt(router, context_id, CacheMode::Replace, options, deadline).map_err(|a| a.error)
+            }
+            other => other.map_err(|a| a.error),
         }
-        other => other.map_err(|a| a.error),
+    }
+
+    fn attempt(
+        &self,
+        router: &Router,
+        context_id: u32,
+        mode: CacheMode,
+        options: &Options,
+        deadline: Instant,
+    ) -> std::result::Result<Context, Attempt> {
+        let fail = |error| Attempt { error, cached: false };
+        let mut argv = self.argv.clone();
+        let boot = bootstrap::stage1_argv();
+        if self.quote_boot {
+            argv.extend(boot.iter().map(|w| shell_quote(&w.to_string_lossy()).into()));
+        } else {
+            argv.extend(boot);
+        }
+        let hello = hello_receiver(router, context_id).map_err(fail)?;
+        let Started { proc, read, write, stderr } = self.transport.start(&argv).map_err(fail)?;
+        let proc = Arc::new(proc);
+        let default = || format!("{}.{}", self.argv.first().map_or("sh".into(), program_name), proc.pid());
+        let name = chain_name(router, options.name.clone().or_else(|| self.name.clone()).unwrap_or_else(default));
+        let broker = router.broker().clone();
+        let shipped = {
+            let mut prompts = (self.prompts)();
+            let mut on_line = |line: &str| {
+                log::debug!(target: "mitogen::stderr", "{name}: {line}");
+                proc.push_output(line.to_owned());
+            };
+            let mut stdout_line = on_line;
+            let mut side = PromptReader::new(stderr.as_ref().map(|f| f.as_fd()), &mut *prompts, &mut on_line);
+            [Some(&read), Some(&write), stderr.as_ref()]
+                .into_iter()
+                .flatten()
+                .try_for_each(bootstrap::prepare)
+                .and_then(|()| {
+                    let cancelled = || broker.shutting_down();
+                    bootstrap::run(read.as_fd(), write.as_fd(), &mut side, mode, deadline, &cancelled, &mut stdout_line)
+                })
+        };
+        let shipped = match shipped {
+            Ok(s) => s,
+            Err(e) => return Err(fail(bootstrap_failed(&name, &proc, stderr, e, options.connect_timeout))),
+        };
+        bootstrap::count(&shipped);
+        log::debug!(
+            "{name}: bootstrapped ({}, {} executable bytes sent)",
+            if shipped.cached { "cached copy" } else { "fresh copy" },
+            shipped.bytes_sent
+        );
+        let cached = shipped.cached;
+        let mut config = options.config(router, context_id, &name).map_err(fail)?;
+        config.handshake_handle = hello.handle();
+        config.expected_sha256 = Some(shipped.sha256);
+        let stream = Stream::message_pair(router, name, read, write).map_err(|error| {
+            proc.kill(Signal::SIGKILL);
+            proc.reap_blocking();
+            Attempt { error, cached }
+        })?;
+        let mut first = Message::pickled(&config, 0).map_err(fail)?;
+        (first.dst_id, first.src_id, first.auth_id) = (context_id, router.context_id(), router.context_id());
+        let _ = stream.send(first);
+        let left = deadline.saturating_duration_since(Instant::now());
+        handshake(router, proc, stream, stderr, hello, &config, left).map_err(|error| Attempt { error, cached })
     }
 }
 
@@ -59,54 +158,6 @@ pub fn connect_command(router: &Router, context_id: u32, spec: &CommandSpec, opt
 struct Attempt {
     error: Error,
     cached: bool,
-}
-
-fn attempt(
-    router: &Router,
-    context_id: u32,
-    spec: &CommandSpec,
-    mode: CacheMode,
-    options: &Options,
-    deadline: Instant,
-) -> std::result::Result<Context, Attempt> {
-    let fail = |error| Attempt { error, cached: false };
-    let mut argv = spec.argv.clone();
-    argv.extend(bootstrap::stage1_argv());
-    let hello = hello_receiver(router, context_id).map_err(fail)?;
-    let Started { proc, read, write, stderr } = spec.transport.start(&argv).map_err(fail)?;
-    let proc = Arc::new(proc);
-    let program = spec.argv.first().map_or("sh".into(), program_name);
-    let name = chain_name(router, options.name.clone().unwrap_or_else(|| format!("{program}.{}", proc.pid())));
-    let broker = router.broker().clone();
-    let shipped = bootstrap::prepare(&read).and_then(|()| bootstrap::prepare(&write)).and_then(|()| {
-        bootstrap::run(read.as_fd(), write.as_fd(), mode, deadline, &|| broker.shutting_down(), &mut |line| {
-            log::debug!(target: "mitogen::stderr", "{name}: {line}");
-            proc.push_output(line.to_owned());
-        })
-    });
-    let shipped = match shipped {
-        Ok(s) => s,
-        Err(e) => return Err(fail(bootstrap_failed(&name, &proc, stderr, e, options.connect_timeout))),
-    };
-    log::debug!(
-        "{name}: bootstrapped ({}, {} executable bytes sent)",
-        if shipped.cached { "cached copy" } else { "fresh copy" },
-        shipped.bytes_sent
-    );
-    let cached = shipped.cached;
-    let mut config = options.config(router, context_id, &name).map_err(fail)?;
-    config.handshake_handle = hello.handle();
-    config.expected_sha256 = Some(shipped.sha256);
-    let stream = Stream::message_pair(router, name, read, write).map_err(|error| {
-        proc.kill(Signal::SIGKILL);
-        proc.reap_blocking();
-        Attempt { error, cached }
-    })?;
-    let mut first = Message::pickled(&config, 0).map_err(fail)?;
-    (first.dst_id, first.src_id, first.auth_id) = (context_id, router.context_id(), router.context_id());
-    let _ = stream.send(first);
-    let left = deadline.saturating_duration_since(Instant::now());
-    handshake(router, proc, stream, stderr, hello, &config, left).map_err(|error| Attempt { error, cached })
 }
 
 /// The command's name for the context's default name: `env.1234`, `setpriv.1234`.
@@ -119,12 +170,12 @@ fn program_name(program: &OsString) -> String {
 fn bootstrap_failed(name: &str, proc: &ChildProcess, stderr: Option<OwnedFd>, e: Error, timeout: Duration) -> Error {
     let eof = matches!(e.stream_kind_of(), Some(StreamErrorKind::Eof { .. }));
     if eof {
-        // It ended by itself: its stderr ends too; keep what it said, then reap it.
-        drain_stderr(proc, stderr.as_ref(), Instant::now() + Duration::from_secs(2));
+        // It ended by itself, and the bootstrap read its stderr to the end: reap it.
         proc.wait_timeout(Duration::from_secs(2));
     } else {
         proc.kill(Signal::SIGKILL);
-        drain_stderr(proc, stderr.as_ref(), Instant::now() + Duration::from_millis(200));
+        let mut keep = |l: &str| proc.push_output(l.to_owned());
+        prompt::drain(stderr.as_ref().map(|f| f.as_fd()), Instant::now() + Duration::from_millis(200), &mut keep);
     }
     proc.reap_blocking();
     match e {
@@ -139,24 +190,16 @@ fn bootstrap_failed(name: &str, proc: &ChildProcess, stderr: Option<OwnedFd>, e:
             StreamErrorKind::Cancelled,
             format!("{name}: connection cancelled because the broker began to shut down"),
         ),
+        // What the method's prompts found (a wrong password, a host key) says it all.
+        e @ Error::StreamError(_)
+            if matches!(e.stream_kind_of(), Some(StreamErrorKind::Password | StreamErrorKind::HostKey)) =>
+        {
+            e.prefixed(name)
+        }
         Error::StreamError(s) => {
             let text = format!("{name}: {}; {}", s.reason(), proc.describe_exit());
             Error::StreamError(StreamError::with_kind(s.kind().clone(), text))
         }
         other => other.prefixed(name),
     }
-}
-
-/// Read what the process wrote to stderr, until end of file or `deadline`, into its tail.
-fn drain_stderr(proc: &ChildProcess, stderr: Option<&OwnedFd>, deadline: Instant) {
-    let Some(stderr) = stderr else { return };
-    let mut split = mitogen_core::LineSplitter::default();
-    let mut buf = [0u8; 4096];
-    while let Ok(true) = sys::wait_readable(stderr.as_fd(), Some(deadline)) {
-        match sys::read(stderr.as_fd(), &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => split.feed(&buf[..n], |l| proc.push_output(l.to_owned())),
-        }
-    }
-    split.feed(b"", |l| proc.push_output(l.to_owned()));
 }

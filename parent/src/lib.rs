@@ -13,15 +13,19 @@ mod context;
 mod fork;
 mod local;
 mod process;
+mod prompt;
+mod ssh;
 mod transport;
 mod via;
 
-pub use bootstrap::add_executable;
+pub use bootstrap::{add_executable, bootstrap_stats, BootstrapStats};
 pub use command::{connect_command, CommandSpec};
 pub use context::{CallChain, Context};
 pub use fork::{connect_fork, ForkOptions, OnFork, OnStart};
 pub use local::{connect_local, default_remote_name, Options};
 pub use process::{shell_join, watch_pidfd, ChildProcess};
+pub use prompt::Password;
+pub use ssh::{connect_ssh, CheckHostKeys, SshOptions};
 pub use transport::Transport;
 pub use via::{
     allocate_child_id, connect_method, connect_via, is_immediate_child, serve_allocate_id, upgrade_router, via_connect,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::{connect_command, CommandSpec};
 use crate::fork::{connect_fork, ForkOptions};
 use crate::local::{connect_local, Options};
+use crate::ssh::{connect_ssh, SshOptions};
 
 /// How many context ids the master hands a child per `ALLOCATE_ID` request.
 pub const ID_BLOCK: u32 = 1000;
@@ -190,6 +191,8 @@ pub enum Method {
     Fork,
     /// The generic command method: see [`CommandSpec`].
     Command(CommandSpec),
+    /// `ssh()`: see [`SshOptions`].
+    Ssh(SshOptions),
 }
 
 /// Start a context with `method` and `options` from this router, directly.
@@ -204,6 +207,7 @@ pub fn connect_method(router: &Router, context_id: u32, method: &Method, options
             connect_fork(router, context_id, &fork)
         }
         Method::Command(spec) => connect_command(router, context_id, spec, options),
+        Method::Ssh(ssh) => connect_ssh(router, context_id, ssh, options),
     }
 }
 

@@ -1,0 +1,183 @@
+//! What a method's command says before the bootstrap: password prompts, host-key questions,
+//! authentication failures (Mitogen's per-method `SetupProtocol` regexes over stderr or the
+//! terminal). A method supplies a [`Prompts`]; the bootstrap feeds it the command's stderr (or
+//! PTY) line by line and, for the unterminated text a prompt leaves waiting, partial line by
+//! partial line, and types what it answers.
+
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::time::Instant;
+
+use mitogen_core::{sys, Error, LineSplitter, Result};
+use serde::{Deserialize, Serialize};
+
+/// A password for a method's prompt (ssh, sudo, su, doas). It is typed at the prompt, never
+/// passed in argv, and never shown: `Debug` prints `Password(***)`. It is serialized as it is,
+/// so a `via=` context can type it (as Mitogen sends it in its connect request).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Password(String);
+
+impl Password {
+    /// Wrap a password.
+    pub fn new(password: impl Into<String>) -> Password {
+        Password(password.into())
+    }
+
+    /// The password followed by a newline, as typed at a prompt.
+    pub(crate) fn typed(&self) -> Vec<u8> {
+        let mut bytes = self.0.as_bytes().to_vec();
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+impl From<&str> for Password {
+    fn from(s: &str) -> Password {
+        Password::new(s)
+    }
+}
+
+impl From<String> for Password {
+    fn from(s: String) -> Password {
+        Password(s)
+    }
+}
+
+/// A method's reading of its command's output before the handshake.
+pub(crate) trait Prompts: Send {
+    /// A complete line (without its line end and surrounding `\r`). An error ends the connect.
+    fn line(&mut self, _line: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// The unterminated text since the last line end, where a prompt waits: the bytes to type
+    /// if it is one. Asked again only after a new line starts.
+    fn partial(&mut self, _text: &str) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+}
+
+/// The generic command method's: nothing to answer.
+pub(crate) struct NoPrompts;
+
+impl Prompts for NoPrompts {}
+
+/// Reads a command's stderr or PTY during the bootstrap and gives it to a [`Prompts`]; answers
+/// are written back to the same descriptor (a PTY master: the command's terminal).
+pub(crate) struct PromptReader<'a> {
+    fd: Option<BorrowedFd<'a>>,
+    split: LineSplitter,
+    answered: bool,
+    prompts: &'a mut dyn Prompts,
+    on_line: &'a mut dyn FnMut(&str),
+}
+
+impl<'a> PromptReader<'a> {
+    /// Read `fd` (non-blocking) for `prompts`; every complete line also goes to `on_line`.
+    pub(crate) fn new(
+        fd: Option<BorrowedFd<'a>>,
+        prompts: &'a mut dyn Prompts,
+        on_line: &'a mut dyn FnMut(&str),
+    ) -> PromptReader<'a> {
+        PromptReader { fd, split: LineSplitter::default(), answered: false, prompts, on_line }
+    }
+
+    /// The descriptor still to be read, until its end.
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'a>> {
+        self.fd
+    }
+
+    /// Read what has arrived; at end of file (or EIO: a PTY whose last slave closed) stop
+    /// reading and flush the partial line.
+    pub(crate) fn read_ready(&mut self) -> Result<()> {
+        let Some(fd) = self.fd else { return Ok(()) };
+        let mut buf = [0u8; 4096];
+        let n = match sys::read(fd, &mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
+            Err(_) => 0,
+        };
+        let mut result = Ok(());
+        let (prompts, on_line, answered) = (&mut *self.prompts, &mut *self.on_line, &mut self.answered);
+        self.split.feed(&buf[..n], |line| {
+            *answered = false;
+            let line = line.trim_matches('\r');
+            if !line.is_empty() {
+                on_line(line);
+                if result.is_ok() {
+                    result = prompts.line(line);
+                }
+            }
+        });
+        if n == 0 {
+            self.fd = None;
+        }
+        result?;
+        if !self.answered && !self.split.pending().is_empty() {
+            let text = String::from_utf8_lossy(self.split.pending()).into_owned();
+            if let Some(answer) = self.prompts.partial(text.trim_matches('\r'))? {
+                self.answered = true;
+                write_all(fd, &answer, Instant::now() + std::time::Duration::from_secs(5), &|| false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Read until end of file or `deadline`: the last words of a command that ended (a
+    /// `Permission denied` can arrive after its stdout closed).
+    pub(crate) fn drain(&mut self, deadline: Instant) -> Result<()> {
+        while let Some(fd) = self.fd {
+            match sys::wait_readable(fd, Some(deadline)) {
+                Ok(true) => self.read_ready()?,
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Read `fd` until end of file or `deadline`, passing each line to `on_line`.
+pub(crate) fn drain(fd: Option<BorrowedFd<'_>>, deadline: Instant, on_line: &mut dyn FnMut(&str)) {
+    let _ = PromptReader::new(fd, &mut NoPrompts, on_line).drain(deadline);
+}
+
+/// Write all of `data` to a non-blocking `fd` by `deadline`, unless `cancelled`.
+pub(crate) fn write_all(
+    fd: BorrowedFd<'_>,
+    mut data: &[u8],
+    deadline: Instant,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<()> {
+    while !data.is_empty() {
+        match sys::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                crate::bootstrap::wait(&mut [sys::writable(fd)], deadline, cancelled)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if sys::is_disconnection(&e) => return Err(crate::bootstrap::eof()),
+            Err(e) => return Err(Error::stream_io("write to the command failed", e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_never_shown() {
+        let p = Password::new("hunter2");
+        assert_eq!(format!("{p:?}"), "Password(***)");
+        assert_eq!(p.typed(), b"hunter2\n");
+    }
+}

@@ -1,0 +1,177 @@
+//! A real OpenSSH server for the ssh tests: `sshd -D` on a free loopback port with a config of
+//! its own, against the keys and accounts `tests/provision.sh` makes. Stopped, with every
+//! session process it started, when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mitogen::master::SshOptions;
+
+use crate::TempDir;
+
+/// Where `tests/provision.sh` keeps the test keys.
+pub const KEYS: &str = "/var/lib/mitogen-tests/ssh";
+
+/// The client's private key, authorized for the key accounts.
+pub fn client_key() -> PathBuf {
+    Path::new(KEYS).join("client_ed25519")
+}
+
+/// A running `sshd -D` on 127.0.0.1.
+#[derive(Debug)]
+pub struct Sshd {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Sshd {
+    /// Start one with the suite's config.
+    pub fn start(what: &str) -> Sshd {
+        Sshd::with_config(what, "")
+    }
+
+    /// Start one with `extra` lines appended to the suite's config.
+    pub fn with_config(what: &str, extra: &str) -> Sshd {
+        let dir = TempDir::new(&format!("sshd-{what}"));
+        // A port another test may take between our probe and sshd's bind: try a few.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let config = dir.path().join("sshd_config");
+            std::fs::write(&config, sshd_config(port, extra)).unwrap();
+            let log = dir.path().join("sshd.log");
+            let mut child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-f"])
+                .arg(&config)
+                .arg("-E")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("sshd (run tests/provision.sh as root)");
+            let ready = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Sshd { child, port, dir };
+                }
+                if child.try_wait().unwrap().is_some() || std::time::Instant::now() > ready {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    eprintln!(
+                        "sshd on port {port} did not start: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                    break;
+                }
+                // sshd binds within milliseconds of starting; nothing to wait on but the port.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        panic!("sshd did not start on any of 5 ports");
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `known_hosts` naming this server's key (for `CheckHostKeys::Enforce`).
+    pub fn known_hosts(&self) -> PathBuf {
+        let path = self.dir.path().join("known_hosts");
+        let key = std::fs::read_to_string(Path::new(KEYS).join("host_ed25519.pub")).unwrap();
+        let mut words = key.split_whitespace();
+        let (kind, blob) = (words.next().unwrap(), words.next().unwrap());
+        std::fs::write(&path, format!("[127.0.0.1]:{} {kind} {blob}\n", self.port)).unwrap();
+        path
+    }
+
+    /// An empty `known_hosts` of this test's own (the key is unknown).
+    pub fn empty_known_hosts(&self) -> PathBuf {
+        let path = self.dir.path().join("known_hosts.empty");
+        std::fs::write(&path, "").unwrap();
+        path
+    }
+
+    /// Options logging in as `user` with the client key, checking the host key against
+    /// [`known_hosts`](Sshd::known_hosts), ignoring root's own ssh config.
+    pub fn ssh(&self, user: &str) -> SshOptions {
+        SshOptions {
+            username: Some(user.into()),
+            port: Some(self.port),
+            identity_file: Some(client_key()),
+            ssh_args: ssh_args(&self.known_hosts()),
+            ..SshOptions::new("127.0.0.1")
+        }
+    }
+
+    /// What sshd logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// Kill sshd and every session process it started, at once (a host that dies).
+    pub fn kill(&mut self) {
+        let tree = descendants(self.child.id() as i32);
+        // SAFETY: kill has no memory-safety preconditions; the pids were just read.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        for pid in tree {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `-F /dev/null` (root's own config does not apply) and the known-hosts file to use.
+pub fn ssh_args(known_hosts: &Path) -> Vec<std::ffi::OsString> {
+    let known = format!("UserKnownHostsFile={}", known_hosts.display());
+    ["-F", "/dev/null", "-o", &known].iter().map(Into::into).collect()
+}
+
+fn sshd_config(port: u16, extra: &str) -> String {
+    format!(
+        "Port {port}\n\
+         ListenAddress 127.0.0.1\n\
+         HostKey {KEYS}/host_ed25519\n\
+         PidFile none\n\
+         AuthorizedKeysFile {KEYS}/authorized_keys/%u\n\
+         PubkeyAuthentication yes\n\
+         PasswordAuthentication yes\n\
+         KbdInteractiveAuthentication no\n\
+         UsePAM yes\n\
+         PrintMotd no\n\
+         MaxStartups 100:30:200\n\
+         MaxSessions 50\n\
+         LogLevel VERBOSE\n\
+         {extra}\n"
+    )
+}
+
+/// Every process below `pid`, read from `/proc`.
+fn descendants(pid: i32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|&&(_, pp)| pp == parent).map(|&(p, _)| p));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}

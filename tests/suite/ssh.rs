@@ -1,0 +1,253 @@
+//! The ssh method against a real OpenSSH server on loopback (`tests/sshd.rs`; the accounts and
+//! keys come from `tests/provision.sh`): key and password logins, every host-key mode, the
+//! errors ssh reports, chains through `via=`, a host that dies mid-call, a port that never
+//! answers, and the executable shipped once per account.
+
+use std::time::{Duration, Instant};
+
+use mitogen::core::{Blob, StreamErrorKind};
+use mitogen::master::{CheckHostKeys, Options, Router, SshOptions};
+use mitogen_tests::sshd::{ssh_args, Sshd};
+use mitogen_tests::{run, WAIT};
+
+/// `(uid, user name, $HOME)` of the process it runs in.
+fn account() -> (u32, String, String) {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    (
+        uid,
+        std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default(),
+        std::env::var("HOME").unwrap_or_default(),
+    )
+}
+
+fn exe_path() -> String {
+    std::fs::read_link("/proc/self/exe").map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+fn echo(b: Blob) -> Blob {
+    b
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+mitogen::remote!(account, exe_path, echo, nap);
+
+fn uid_of(user: &str) -> u32 {
+    let out = std::process::Command::new("id").args(["-u", user]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("no account {user}"))
+}
+
+fn kind(e: &mitogen::core::Error) -> Option<StreamErrorKind> {
+    e.stream_kind_of().cloned()
+}
+
+#[test]
+fn a_key_login_runs_calls_as_the_account_on_the_host() {
+    run(|| {
+        let sshd = Sshd::start("key");
+        let router = Router::new(None).unwrap();
+        let ctx = router.ssh(sshd.ssh("mitogen-key"), Options::default()).unwrap();
+        assert_eq!(ctx.name(), Some(format!("ssh.127.0.0.1:{}", sshd.port()).as_str()));
+        let (uid, user, home) = ctx.call(account, ()).unwrap();
+        assert_eq!((uid, user.as_str(), home.as_str()), (uid_of("mitogen-key"), "mitogen-key", "/home/mitogen-key"));
+        assert!(ctx.call(exe_path, ()).unwrap().starts_with("/home/mitogen-key/.cache/mitogen/"));
+        ctx.shutdown(true).unwrap();
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_password_is_typed_at_the_prompt_on_a_pty() {
+    run(|| {
+        let sshd = Sshd::start("password");
+        let router = Router::new(None).unwrap();
+        let ssh = SshOptions { identity_file: None, password: Some("userpw".into()), ..sshd.ssh("mitogen-user") };
+        let ctx = router.ssh(ssh, Options::default()).unwrap();
+        assert_eq!(ctx.call(account, ()).unwrap().0, uid_of("mitogen-user"));
+        assert!(sshd.log().contains("Accepted password for mitogen-user"), "{}", sshd.log());
+        ctx.shutdown(true).unwrap();
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_wrong_password_is_a_password_error_that_does_not_show_it() {
+    run(|| {
+        let sshd = Sshd::start("wrong-password");
+        let router = Router::new(None).unwrap();
+        let ssh = SshOptions { identity_file: None, password: Some("not-it-x9".into()), ..sshd.ssh("mitogen-user") };
+        let e = router.ssh(ssh, Options::default()).unwrap_err();
+        assert_eq!(kind(&e), Some(StreamErrorKind::Password), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("SSH password is incorrect"), "{text}");
+        assert!(!text.contains("not-it-x9") && !format!("{e:?}").contains("not-it-x9"), "{text}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_password_account_without_a_password_says_one_is_needed() {
+    run(|| {
+        let sshd = Sshd::start("no-password");
+        let router = Router::new(None).unwrap();
+        // BatchMode: ssh does not ask; the server's refusal names the password method.
+        let e = router.ssh(sshd.ssh("mitogen-user"), Options::default()).unwrap_err();
+        assert_eq!(kind(&e), Some(StreamErrorKind::Password), "{e}");
+        assert!(e.to_string().contains("SSH password was requested, but none specified"), "{e}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn an_unknown_host_key_is_refused_accepted_or_ignored_as_asked() {
+    run(|| {
+        let sshd = Sshd::start("host-keys");
+        let router = Router::new(None).unwrap();
+        let unknown = sshd.empty_known_hosts();
+        let with = |mode| SshOptions { check_host_keys: mode, ssh_args: ssh_args(&unknown), ..sshd.ssh("mitogen-key") };
+
+        let e = router.ssh(with(CheckHostKeys::Enforce), Options::default()).unwrap_err();
+        assert_eq!(kind(&e), Some(StreamErrorKind::HostKey), "{e}");
+        assert!(e.to_string().contains("mismatching host key"), "{e}");
+
+        let ctx = router.ssh(with(CheckHostKeys::Ignore), Options::default()).unwrap();
+        ctx.call(account, ()).unwrap();
+        assert_eq!(std::fs::read_to_string(&unknown).unwrap(), "", "ignore remembers nothing");
+
+        // accept: ssh asks on the PTY, the answer is typed, and the key is remembered.
+        let ctx = router.ssh(with(CheckHostKeys::Accept), Options::default()).unwrap();
+        ctx.call(account, ()).unwrap();
+        let known = std::fs::read_to_string(&unknown).unwrap();
+        assert!(known.contains(&format!("[127.0.0.1]:{}", sshd.port())), "{known:?}");
+        // ...so enforce now passes.
+        router.ssh(with(CheckHostKeys::Enforce), Options::default()).unwrap().call(account, ()).unwrap();
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn permission_denied_printed_by_a_login_shell_is_not_an_authentication_failure() {
+    run(|| {
+        let sshd = Sshd::start("noisy");
+        let router = Router::new(None).unwrap();
+        // Its shell prints a banner on stdout and "...: Permission denied" on stderr first.
+        let ctx = router.ssh(sshd.ssh("mitogen-noisy"), Options::default()).unwrap();
+        assert_eq!(ctx.call(account, ()).unwrap().0, uid_of("mitogen-noisy"));
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn ssh_args_reach_ssh_and_compression_on_or_off_carries_every_byte() {
+    run(|| {
+        let sshd = Sshd::start("args");
+        let router = Router::new(None).unwrap();
+        let data: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
+        for compression in [true, false] {
+            // The account comes from ssh_args, not `username`.
+            let mut ssh = SshOptions { username: None, compression, ..sshd.ssh("-") };
+            ssh.ssh_args.extend(["-o".into(), "User=mitogen-key".into()]);
+            let ctx = router.ssh(ssh, Options::default()).unwrap();
+            assert_eq!(ctx.call(account, ()).unwrap().0, uid_of("mitogen-key"));
+            let back = ctx.call(echo, (Blob(data.clone()),)).unwrap();
+            assert!(back.0 == data, "compression {compression}: 1 MiB of every byte value crosses unchanged");
+            ctx.shutdown(true).unwrap();
+        }
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn ssh_then_ssh_then_local_chains_through_via() {
+    run(|| {
+        let (a, b) = (Sshd::start("chain-a"), Sshd::start("chain-b"));
+        let router = Router::new(None).unwrap();
+        let first = router.ssh(a.ssh("mitogen-key"), Options::default()).unwrap();
+        // The second hop runs from mitogen-key's account on "host a", with that account's key.
+        let hop = SshOptions {
+            port: Some(b.port()),
+            username: Some("mitogen-noisy".into()),
+            identity_file: Some("/home/mitogen-key/.ssh/id_ed25519".into()),
+            check_host_keys: CheckHostKeys::Ignore,
+            ssh_args: vec!["-F".into(), "/dev/null".into()],
+            ..SshOptions::new("127.0.0.1")
+        };
+        let second = router.ssh(hop, Options { via: Some(first.core().clone()), ..Options::default() }).unwrap();
+        let third = router.local(Options { via: Some(second.core().clone()), ..Options::default() }).unwrap();
+        let names = [a.port(), b.port()].map(|p| format!("ssh.127.0.0.1:{p}"));
+        assert_eq!(second.name(), Some(format!("{}.{}", names[0], names[1]).as_str()));
+        assert!(third.name().unwrap().starts_with(&format!("{}.{}.local.", names[0], names[1])), "{:?}", third.name());
+        assert_eq!(third.call(account, ()).unwrap().0, uid_of("mitogen-noisy"));
+        let (_, _, parents) = third.call(crate::local_whoami, ()).unwrap();
+        assert_eq!(parents, vec![second.context_id(), first.context_id(), 0]);
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn every_caller_wakes_with_an_error_when_sshd_dies_mid_call() {
+    run(|| {
+        let mut sshd = Sshd::start("killed");
+        let router = Router::new(None).unwrap();
+        let ctx = router.ssh(sshd.ssh("mitogen-key"), Options::default()).unwrap();
+        let calls: Vec<_> = (0..3).map(|_| ctx.call_async(nap, (60_000u64,)).unwrap()).collect();
+        let start = Instant::now();
+        sshd.kill();
+        for call in calls {
+            let e = call.get_timeout(WAIT).unwrap_err();
+            assert!(e.is_channel(), "{e}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "woke after {:?}", start.elapsed());
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_port_that_never_answers_is_a_timeout_error_within_connect_timeout() {
+    run(|| {
+        // The kernel accepts the connection; nothing ever speaks on it.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let router = Router::new(None).unwrap();
+        let ssh = SshOptions {
+            port: Some(port),
+            username: Some("mitogen-key".into()),
+            check_host_keys: CheckHostKeys::Ignore,
+            ..SshOptions::new("127.0.0.1")
+        };
+        let start = Instant::now();
+        let e = router.ssh(ssh, Options { connect_timeout: Duration::from_secs(2), ..Options::default() }).unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(4), "took {:?}", start.elapsed());
+        assert!(e.to_string().contains(&format!("ssh.127.0.0.1:{port}")), "{e}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn the_executable_crosses_once_per_account_and_a_read_only_home_caches_elsewhere() {
+    run(|| {
+        let sshd = Sshd::start("once");
+        // Only this test uses mitogen-rohome: its HOME is not writable, so the cache is in
+        // /dev/shm; start from none.
+        let cache = format!("/dev/shm/mitogen-{}", uid_of("mitogen-rohome"));
+        let _ = std::fs::remove_dir_all(&cache);
+        let router = Router::new(None).unwrap();
+        let before = mitogen::parent::bootstrap_stats();
+        let first = router.ssh(sshd.ssh("mitogen-rohome"), Options::default()).unwrap();
+        assert!(first.call(exe_path, ()).unwrap().starts_with(&cache));
+        let shipped = mitogen::parent::bootstrap_stats();
+        assert_eq!((shipped.connects - before.connects, shipped.shipped - before.shipped), (1, 1));
+        assert!(shipped.bytes_sent > before.bytes_sent);
+        let second = router.ssh(sshd.ssh("mitogen-rohome"), Options::default()).unwrap();
+        second.call(account, ()).unwrap();
+        let after = mitogen::parent::bootstrap_stats();
+        assert_eq!((after.cached - shipped.cached, after.bytes_sent), (1, shipped.bytes_sent), "nothing sent again");
+        router.shutdown_and_join();
+        let _ = std::fs::remove_dir_all(&cache);
+    });
+}
