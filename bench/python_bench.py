@@ -39,6 +39,12 @@ Scenarios and the measures they print:
                       the deepest context (200 calls after 20 warm-up calls).
 ``idle``              ``idle_child_rss_mib``, ``idle_child_pss_mib``: memory of
                       one idle child after a single call.
+``ssh``               over a real sshd on loopback that ``bench/run`` starts
+                      (``MITOGEN_BENCH_SSH_{PORT,KEY,KNOWN}``): ``ssh_cold_s``,
+                      ``ssh_warm_s``, ``ssh_controlmaster_warm_s`` (connect and
+                      one call), ``ssh_roundtrip_s``, ``ssh_pipelined_calls_per_s``,
+                      ``ssh_bulk_arg_{1mib_x64,64mib}_{plain,zlib}_MBps``
+                      (random bytes; ssh compression off and on).
 ``call_error``        ``call_error_s``: time for a call whose remote function
                       raises ``ValueError`` until ``mitogen.core.CallError`` is
                       caught here (1000 calls).
@@ -345,6 +351,69 @@ def scenario_call_error(router, contexts):
     emit("call_error_s", samples, "s")
 
 
+def _ssh_target():
+    port = int(os.environ["MITOGEN_BENCH_SSH_PORT"])
+    key = os.environ["MITOGEN_BENCH_SSH_KEY"]
+    known = os.environ["MITOGEN_BENCH_SSH_KNOWN"]
+    return port, key, ["-F", "/dev/null", "-o", "UserKnownHostsFile=%s" % (known,)]
+
+
+def scenario_ssh(router, contexts):
+    """Over the same sshd as the Rust side (bench/run starts it): Mitogen ships its core
+    source on every connect (it has no cache), so cold and warm are the same measure here."""
+    port, key, args = _ssh_target()
+    cm_dir = "/tmp/mitogen-bench-pycm-%d" % (os.getpid(),)
+    os.makedirs(cm_dir, exist_ok=True)
+    cm = ["-o", "ControlMaster=auto", "-o", "ControlPath=%s/%%C" % (cm_dir,), "-o", "ControlPersist=60"]
+
+    def connect(compression=True, extra=()):
+        ctx = router.ssh(hostname="127.0.0.1", port=port, username="mitogen-key", identity_file=key,
+                         compression=compression, ssh_args=args + list(extra), python_path="python3")
+        ctx.call(noop)
+        return ctx
+
+    connect().shutdown(wait=True)
+    for measure, count, extra in (("ssh_cold_s", 5, ()), ("ssh_warm_s", 20, ()),
+                                  ("ssh_controlmaster_warm_s", 20, cm)):
+        samples = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            ctx = connect(extra=extra)
+            samples.append(time.perf_counter() - t0)
+            ctx.shutdown(wait=True)
+        emit(measure, samples, "s")
+    for compression in (False, True):
+        z = "zlib" if compression else "plain"
+        ctx = connect(compression=compression)
+        contexts.append(ctx)
+        if not compression:
+            timed_calls(ctx, noop, 100)
+            emit("ssh_roundtrip_s", timed_calls(ctx, noop, 2000), "s")
+            rates = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                recvs = [ctx.call_async(noop) for _ in range(10000)]
+                for recv in recvs:
+                    recv.get().unpickle()
+                rates.append(10000 / (time.perf_counter() - t0))
+            emit("ssh_pipelined_calls_per_s", rates, "calls/s")
+        one, big = os.urandom(MIB), os.urandom(64 * MIB)
+        for measure, calls, arg in (("ssh_bulk_arg_1mib_x64_%s_MBps" % z, 64, one),
+                                    ("ssh_bulk_arg_64mib_%s_MBps" % z, 1, big)):
+            def run():
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    got = ctx.call(bytes_len, arg)
+                if got != len(arg):
+                    raise AssertionError("bytes_len returned %r" % (got,))
+                return calls * len(arg) / (time.perf_counter() - t0) / 1e6
+            run()
+            emit(measure, [run() for _ in range(3)], "MB/s")
+    import subprocess
+    subprocess.call(["ssh"] + args + cm + ["-O", "exit", "-p", str(port), "mitogen-key@127.0.0.1"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 SCENARIOS = {
     "bootstrap": scenario_bootstrap,
     "command": scenario_command,
@@ -356,6 +425,7 @@ SCENARIOS = {
     "via": scenario_via,
     "idle": scenario_idle,
     "call_error": scenario_call_error,
+    "ssh": scenario_ssh,
 }
 
 

@@ -135,22 +135,8 @@ pub fn ssh_args(known_hosts: &Path) -> Vec<std::ffi::OsString> {
 }
 
 fn sshd_config(port: u16, extra: &str) -> String {
-    format!(
-        "Port {port}\n\
-         ListenAddress 127.0.0.1\n\
-         HostKey {KEYS}/host_ed25519\n\
-         PidFile none\n\
-         AuthorizedKeysFile {KEYS}/authorized_keys/%u\n\
-         PubkeyAuthentication yes\n\
-         PasswordAuthentication yes\n\
-         KbdInteractiveAuthentication no\n\
-         UsePAM yes\n\
-         PrintMotd no\n\
-         MaxStartups 100:30:200\n\
-         MaxSessions 50\n\
-         LogLevel VERBOSE\n\
-         {extra}\n"
-    )
+    let template = include_str!("sshd_config.in");
+    format!("{}{extra}\n", template.replace("@PORT@", &port.to_string()).replace("@KEYS@", KEYS))
 }
 
 /// Every process below `pid`, read from `/proc`.

@@ -126,6 +126,203 @@ fn command() -> R {
     })
 }
 
+/// The bench's sshd (started by `bench/run`): port, client key and known-hosts file.
+struct SshTarget {
+    port: u16,
+    key: String,
+    known_hosts: String,
+}
+
+impl SshTarget {
+    fn from_env() -> Result<SshTarget, mitogen::Error> {
+        let var = |k: &str| {
+            std::env::var(k).map_err(|_| mitogen::Error::general(format!("{k} is not set (bench/run sets it)")))
+        };
+        let port = var("MITOGEN_BENCH_SSH_PORT")?.parse().map_err(|_| mitogen::Error::general("bad port"))?;
+        Ok(SshTarget { port, key: var("MITOGEN_BENCH_SSH_KEY")?, known_hosts: var("MITOGEN_BENCH_SSH_KNOWN")? })
+    }
+
+    /// ssh's own options for this target, as the library passes them.
+    fn args(&self, extra: &[String]) -> Vec<String> {
+        let mut args: Vec<String> = ["-F", "/dev/null", "-o"].map(String::from).to_vec();
+        args.push(format!("UserKnownHostsFile={}", self.known_hosts));
+        args.extend_from_slice(extra);
+        args
+    }
+
+    fn options(&self, compression: bool, extra: &[String]) -> mitogen::master::SshOptions {
+        mitogen::master::SshOptions {
+            username: Some("mitogen-key".into()),
+            port: Some(self.port),
+            identity_file: Some(self.key.clone().into()),
+            compression,
+            ssh_args: self.args(extra).into_iter().map(Into::into).collect(),
+            ..mitogen::master::SshOptions::new("127.0.0.1")
+        }
+    }
+
+    /// `ssh ... 127.0.0.1 <command>` as a user would type it.
+    fn command(&self, compression: bool, extra: &[String], remote: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("ssh");
+        cmd.args(self.args(extra)).args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", &self.key]);
+        cmd.args(["-o", if compression { "Compression=yes" } else { "Compression=no" }]);
+        cmd.args(["-p", &self.port.to_string(), "mitogen-key@127.0.0.1", remote]);
+        cmd
+    }
+}
+
+/// `n` bytes that do not compress (xorshift), so compression is measured at its cost.
+fn incompressible(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Through the system's ssh to a real sshd on loopback (`bench/run` starts it), as Python
+/// Mitogen's `ssh()` is measured over the same server: bootstrap to the first call with a
+/// cold executable cache (the account's cache emptied each time), a warm one, and a warm one
+/// over an open ControlMaster; round trip; pipelined calls; 1 MiB and 64 MiB arguments with
+/// ssh's compression on and off. Floors: `ssh host true` (also over the ControlMaster) and a
+/// raw `cat` of the same bytes over ssh.
+fn ssh() -> R {
+    let target = SshTarget::from_env()?;
+    let home_cache = "/home/mitogen-key/.cache/mitogen";
+    let cm_dir = std::env::temp_dir().join(format!("mitogen-bench-cm-{}", std::process::id()));
+    std::fs::create_dir_all(&cm_dir).map_err(|e| mitogen::Error::general(e.to_string()))?;
+    let cm: Vec<String> = ["ControlMaster=auto", &format!("ControlPath={}/%C", cm_dir.display()), "ControlPersist=60"]
+        .iter()
+        .flat_map(|o| ["-o".to_owned(), o.to_string()])
+        .collect();
+    let run_ssh = |extra: &[String], remote: &str| -> Result<(), mitogen::Error> {
+        let status =
+            target.command(true, extra, remote).status().map_err(|e| mitogen::Error::general(e.to_string()))?;
+        status.success().then_some(()).ok_or_else(|| mitogen::Error::general(format!("ssh {remote}: {status}")))
+    };
+    // Floors.
+    run_ssh(&[], "true")?;
+    let mut samples = (0..20).map(|_| timed(|| run_ssh(&[], "true")).0).collect::<Vec<_>>();
+    emit("floor_ssh_true_s", &mut samples, "s");
+    run_ssh(&cm, "true")?; // opens the master
+    let mut samples = (0..20).map(|_| timed(|| run_ssh(&cm, "true")).0).collect::<Vec<_>>();
+    emit("floor_ssh_controlmaster_true_s", &mut samples, "s");
+    const MIB: usize = 1 << 20;
+    let big = incompressible(64 * MIB);
+    for compression in [false, true] {
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            // Timed from the remote shell's first word, so ssh's own connect is not counted.
+            let mut child = target
+                .command(compression, &[], "echo ready; exec cat > /dev/null")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| mitogen::Error::general(e.to_string()))?;
+            let mut ready = [0u8; 6];
+            child.stdout.take().unwrap().read_exact(&mut ready).map_err(|e| mitogen::Error::general(e.to_string()))?;
+            let t0 = Instant::now();
+            child.stdin.take().unwrap().write_all(&big).map_err(|e| mitogen::Error::general(e.to_string()))?;
+            child.wait().map_err(|e| mitogen::Error::general(e.to_string()))?;
+            rates.push(big.len() as f64 / t0.elapsed().as_secs_f64() / 1e6);
+        }
+        let z = if compression { "zlib" } else { "plain" };
+        emit(&format!("floor_ssh_cat_64mib_{z}_MBps"), &mut rates, "MB/s");
+    }
+
+    let result = mitogen::utils::run_with_router(|router| {
+        let connect = |compression: bool, extra: &[String]| -> Result<Context, mitogen::Error> {
+            let ctx = router.ssh(target.options(compression, extra), Options::default())?;
+            ctx.call(noop, ())?;
+            Ok(ctx)
+        };
+        connect(true, &[])?.shutdown(true)?; // compresses this executable once
+        let before = mitogen::parent::bootstrap_stats();
+        let mut cold = Vec::new();
+        for _ in 0..5 {
+            let _ = std::fs::remove_dir_all(home_cache);
+            let (t, ctx) = timed(|| connect(true, &[]));
+            cold.push(t);
+            ctx?.shutdown(true)?;
+        }
+        let after = mitogen::parent::bootstrap_stats();
+        emit("ssh_cold_s", &mut cold, "s");
+        let mut sent = vec![(after.bytes_sent - before.bytes_sent) as f64 / 5.0];
+        emit("ssh_cold_executable_bytes_sent", &mut sent, "bytes");
+        let mut warm = Vec::new();
+        for _ in 0..20 {
+            let (t, ctx) = timed(|| connect(true, &[]));
+            warm.push(t);
+            ctx?.shutdown(true)?;
+        }
+        let mut sent = vec![(mitogen::parent::bootstrap_stats().bytes_sent - after.bytes_sent) as f64 / 20.0];
+        emit("ssh_warm_s", &mut warm, "s");
+        emit("ssh_warm_executable_bytes_sent", &mut sent, "bytes");
+        let mut warm_cm = Vec::new();
+        for _ in 0..20 {
+            let (t, ctx) = timed(|| connect(true, &cm));
+            warm_cm.push(t);
+            ctx?.shutdown(true)?;
+        }
+        emit("ssh_controlmaster_warm_s", &mut warm_cm, "s");
+
+        for compression in [false, true] {
+            let z = if compression { "zlib" } else { "plain" };
+            let ctx = connect(compression, &[])?;
+            if !compression {
+                for _ in 0..100 {
+                    ctx.call(noop, ())?;
+                }
+                let mut samples = Vec::with_capacity(2000);
+                for _ in 0..2000 {
+                    let (t, r) = timed(|| ctx.call(noop, ()));
+                    r?;
+                    samples.push(t);
+                }
+                emit("ssh_roundtrip_s", &mut samples, "s");
+                let mut rates = Vec::new();
+                for _ in 0..3 {
+                    let (t, r) = timed(|| -> R {
+                        let recvs = (0..10_000).map(|_| ctx.call_async(noop, ())).collect::<Result<Vec<_>, _>>()?;
+                        recvs.into_iter().try_for_each(|r| r.get()?.unpickle::<()>())
+                    });
+                    r?;
+                    rates.push(10_000.0 / t);
+                }
+                emit("ssh_pipelined_calls_per_s", &mut rates, "calls/s");
+            }
+            let one = (Blob(incompressible(MIB)),);
+            let big = (Blob(big.clone()),);
+            let cases: [(String, u32, &dyn Fn() -> R); 2] = [
+                (format!("ssh_bulk_arg_1mib_x64_{z}_MBps"), 64, &|| ctx.call(bulk_arg, &one).map(drop)),
+                (format!("ssh_bulk_arg_64mib_{z}_MBps"), 1, &|| ctx.call(bulk_arg, &big).map(drop)),
+            ];
+            for (name, calls, call) in cases {
+                let bytes = f64::from(calls) * if calls == 1 { 64.0 * MIB as f64 } else { MIB as f64 };
+                let run = || -> Result<f64, mitogen::Error> {
+                    let (t, r) = timed(|| (0..calls).try_for_each(|_| call()));
+                    r?;
+                    Ok(bytes / t / 1e6)
+                };
+                run()?;
+                let mut rates = (0..3).map(|_| run()).collect::<Result<Vec<f64>, _>>()?;
+                emit(&name, &mut rates, "MB/s");
+            }
+            ctx.shutdown(true)?;
+        }
+        Ok(())
+    });
+    let mut exit = std::process::Command::new("ssh");
+    exit.args(target.args(&cm)).args(["-O", "exit", "-p", &target.port.to_string(), "mitogen-key@127.0.0.1"]);
+    let _ = exit.output();
+    let _ = std::fs::remove_dir_all(&cm_dir);
+    result
+}
+
 fn roundtrip(name: &str) -> R {
     mitogen::utils::run_with_router(|router| {
         let ctx = router.local(Options::default())?;
@@ -380,6 +577,7 @@ fn main() {
         "via",
         "idle",
         "call_error",
+        "ssh",
     ];
     let chosen: Vec<&str> = if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
     let mut failed = false;
@@ -397,6 +595,7 @@ fn main() {
             "via" => via(),
             "idle" => idle(),
             "call_error" => call_error(),
+            "ssh" => ssh(),
             other => Err(mitogen::Error::general(format!("unknown scenario {other:?}"))),
         };
         if let Err(e) = r {

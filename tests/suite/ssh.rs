@@ -251,3 +251,38 @@ fn the_executable_crosses_once_per_account_and_a_read_only_home_caches_elsewhere
         let _ = std::fs::remove_dir_all(&cache);
     });
 }
+
+/// `tests/stubs/stub-ssh`: a stand-in for ssh for what OpenSSH 9 cannot show (the pre-7.5
+/// refusal text, a host-key question where none was expected); its mode is the host name.
+fn stub(host: &str) -> SshOptions {
+    SshOptions { ssh_path: concat!(env!("CARGO_MANIFEST_DIR"), "/stubs/stub-ssh").into(), ..SshOptions::new(host) }
+}
+
+#[test]
+fn the_stub_ssh_shows_the_cases_a_real_sshd_cannot() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        // The boot command, quoted word by word, survives the shell a server hands it to.
+        let ctx = router.ssh(stub("plain"), Options::default()).unwrap();
+        assert_eq!(ctx.name(), Some("ssh.plain"));
+        ctx.call(account, ()).unwrap();
+
+        // OpenSSH before 7.5 printed no "user@host: " before its refusal.
+        let e = router.ssh(stub("permdenied-classic"), Options::default()).unwrap_err();
+        assert_eq!(kind(&e), Some(StreamErrorKind::Password), "{e}");
+        assert!(e.to_string().contains("SSH password was requested, but none specified"), "{e}");
+        let with_password = SshOptions { password: Some("pw".into()), ..stub("permdenied-classic") };
+        let e = router.ssh(with_password, Options::default()).unwrap_err();
+        assert!(e.to_string().contains("SSH authentication is incorrect"), "never typed, so not 'incorrect': {e}");
+
+        // A host-key question in enforce mode means ssh_args or a config overrode ours.
+        let asks = SshOptions { password: Some("pw".into()), ..stub("hostkey-ask") };
+        let e = router.ssh(asks.clone(), Options::default()).unwrap_err();
+        assert_eq!(kind(&e), Some(StreamErrorKind::HostKey), "{e}");
+        assert!(e.to_string().contains("conflicting with check_host_keys"), "{e}");
+        // In accept mode the same question is answered on the terminal.
+        let accept = SshOptions { check_host_keys: CheckHostKeys::Accept, ..asks };
+        router.ssh(accept, Options::default()).unwrap().call(account, ()).unwrap();
+        router.shutdown_and_join();
+    });
+}
