@@ -48,3 +48,8 @@ pub fn main<T>(func: impl FnOnce(&master::Router) -> Result<T, Error>) -> Result
     init();
     utils::run_with_router(func)
 }
+
+/// The README's examples, compiled as doc tests so they cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
