@@ -57,3 +57,39 @@ done
 # mitogen-key logs in onward (ssh -> ssh chains) with its own copy of the client key.
 install -d -m 700 -o mitogen-key -g mitogen-key /home/mitogen-key/.ssh
 install -m 600 -o mitogen-key -g mitogen-key "$MT/ssh/client_ed25519" /home/mitogen-key/.ssh/id_ed25519
+
+# --- sudo, su, doas (issue 12): accounts with passwords and the rules the tests use. The tests
+# run as root, where sudo and su never ask: they first drop to mitogen-user (setpriv).
+need=()
+command -v sudo >/dev/null || need+=(sudo)
+command -v doas >/dev/null || need+=(opendoas)
+if ((${#need[@]})); then
+    echo "tests/provision.sh: installing ${need[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >/dev/null
+fi
+account mitogen-other /bin/sh
+account mitogen-tty /bin/sh
+account mitogen-fb /bin/sh
+printf '%s\n' mitogen-other:otherpw mitogen-tty:ttypw mitogen-fb:fbpw | chpasswd
+sudoers=$(mktemp)
+cat > "$sudoers" <<'SUDOERS'
+# Written by mitogen's tests/provision.sh.
+mitogen-user ALL=(root) NOPASSWD: ALL
+mitogen-user ALL=(mitogen-other) ALL
+Defaults:mitogen-tty requiretty
+mitogen-tty ALL=(ALL) NOPASSWD: ALL
+Defaults:mitogen-fb pwfeedback
+mitogen-fb ALL=(ALL) ALL
+SUDOERS
+visudo -c -q -f "$sudoers"
+install -m 440 "$sudoers" /etc/sudoers.d/mitogen-test
+rm -f "$sudoers"
+# doas: a rule without a password (to root) and one with the invoking user's (to mitogen-other).
+if [[ ! -e /etc/doas.conf ]] || grep -q '^# Written by mitogen' /etc/doas.conf; then
+    printf '%s\n' '# Written by mitogen tests/provision.sh.' \
+        'permit nopass mitogen-user as root' 'permit mitogen-user as mitogen-other' > /etc/doas.conf
+    chmod 400 /etc/doas.conf
+    doas -C /etc/doas.conf
+else
+    echo "tests/provision.sh: /etc/doas.conf is not ours; the doas tests need its rules" >&2
+fi

@@ -9,6 +9,8 @@ pub(crate) fn local_whoami() -> (u32, u32, Vec<u32>) {
 }
 mitogen::remote!(local_whoami);
 
+#[path = "suite/accounts.rs"]
+mod accounts;
 #[path = "suite/calls.rs"]
 mod calls;
 #[path = "suite/command.rs"]

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use mitogen_core::{BrokerOptions, Identity, Result};
 pub use mitogen_parent::{
-    CallChain, CheckHostKeys, CommandSpec, Context, ForkOptions, Method, Options, Password, SshOptions,
+    CallChain, CheckHostKeys, CommandSpec, Context, DoasOptions, ForkOptions, Method, Options, Password, SshOptions,
+    SuOptions, SudoOptions,
 };
 
 mod io;
@@ -155,6 +156,39 @@ impl Router {
     /// [`StreamError`](mitogen_core::StreamError), or the generic method's errors.
     pub fn ssh(&self, ssh: SshOptions, options: Options) -> Result<Context> {
         self.connect(&Method::Ssh(ssh), &options)
+    }
+
+    /// Start a context in another account through `sudo` (Mitogen `Router.sudo()`): sudo's
+    /// prompt is answered on a PTY with `sudo.password`. Named `sudo.<user>`.
+    ///
+    /// ```no_run
+    /// let router = mitogen_master::Router::new(None)?;
+    /// let root = router.sudo(mitogen_master::SudoOptions::default(), Default::default())?;
+    /// # Ok::<(), mitogen_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`connect_sudo`](mitogen_parent::connect_sudo).
+    pub fn sudo(&self, sudo: SudoOptions, options: Options) -> Result<Context> {
+        self.connect(&Method::Sudo(sudo), &options)
+    }
+
+    /// Start a context in another account through `su` on a PTY (Mitogen `Router.su()`).
+    /// Named `su.<user>`.
+    ///
+    /// # Errors
+    /// As [`connect_su`](mitogen_parent::connect_su).
+    pub fn su(&self, su: SuOptions, options: Options) -> Result<Context> {
+        self.connect(&Method::Su(su), &options)
+    }
+
+    /// Start a context in another account through `doas` (Mitogen `Router.doas()`). Named
+    /// `doas.<user>`.
+    ///
+    /// # Errors
+    /// As [`connect_doas`](mitogen_parent::connect_doas).
+    pub fn doas(&self, doas: DoasOptions, options: Options) -> Result<Context> {
+        self.connect(&Method::Doas(doas), &options)
     }
 
     /// Start a context with `method` and `options`, through `options.via` when it is set.

@@ -39,29 +39,31 @@ use crate::prompt::{write_all, PromptReader};
 
 /// Stage 1, run as `sh -c STAGE1 mitogen-stage1`. POSIX shell only (dash, bash, busybox sh),
 /// and the tools every POSIX system has: `id`, `uname`, `mkdir`, `chmod`, `rm`, `mv`, `ln`,
-/// `head`, `wc`, `cat` (and `gzip` when there is one). Under 1 KiB, so every method's command
-/// line stays short.
+/// `head`, `wc`, `cat` (and `gzip` when there is one). About 1 KiB, so every method's command
+/// line stays short. One line, and every variable written `${name}`: `sudo -i` hands its
+/// command to a login shell with every character but `$` escaped, joining lines at escaped
+/// newlines and expanding `$name` (but not `${name}`) before stage 1 runs.
 pub(crate) const STAGE1: &str = concat!(
-    "umask 077;u=$(id -u);f=;T=;c=${XDG_CACHE_HOME:-${HOME:+$HOME/.cache}}\n",
-    "z(){ [ -f \"$1\" ]&&[ \"$(wc -c<\"$1\")\" -eq \"$S\" ];}\n",
-    "for d in ${c:+\"$c/mitogen\"} \"/dev/shm/mitogen-$u\" \"${TMPDIR:-/tmp}/mitogen-$u\";do\n",
-    "mkdir -p \"$d\" 2>/dev/null&&[ -d \"$d\" ]&&[ ! -h \"$d\" ]&&[ -O \"$d\" ]&&chmod 700 \"$d\"&&t=\"$d/.t$$\"&&printf '#!/bin/sh\\n'>\"$t\"&&chmod 700 \"$t\"&&\"$t\"&&{ rm -f \"$t\";f=$d;break;}\n",
-    "rm -f \"$d/.t$$\";T=\"$T $d\"\n",
-    "done\n",
-    "[ \"$f\" ]||{ echo \"MITO009 nowhere to execute from:$T\";exit 1;}\n",
-    "command -v gzip>/dev/null&&g=1||g=0\n",
-    "echo \"MITO000 $(uname -s) $(uname -m) $g\"\n",
-    "read H S C\n",
-    "x=\"$f/$H\";a=\n",
-    "[ \"$C\" = 1 ]&&{ x=\"$f/.n$$\";a=--mitogen-unlink;}\n",
-    "[ \"$C\" = 2 ]&&rm -f \"$x\"\n",
-    "[ \"$C\" = 0 ]&&z \"$x\"&&{ echo MITO001 1;exec \"$x\" --mitogen-child;}\n",
-    "echo MITO001 0\n",
-    "read n;t=\"$x.$$\";D=cat;[ $g = 1 ]&&D='gzip -dc'\n",
-    "head -c \"$n\"|$D>\"$t\"\n",
-    "z \"$t\"&&chmod 700 \"$t\"&&{ ln \"$t\" \"$x\" 2>/dev/null||z \"$x\"||mv -f \"$t\" \"$x\";}||{ rm -f \"$t\";echo \"MITO009 cannot write $x\";exit 1;}\n",
-    "rm -f \"$t\"\n",
-    "echo MITO002;exec \"$x\" --mitogen-child $a\n",
+    "umask 077;u=$(id -u);f=;T=;c=${XDG_CACHE_HOME:-${HOME:+${HOME}/.cache}};",
+    "z(){ [ -f \"${1}\" ]&&[ \"$(wc -c<\"${1}\")\" -eq \"${S}\" ];};",
+    "for d in ${c:+\"${c}/mitogen\"} \"/dev/shm/mitogen-${u}\" \"${TMPDIR:-/tmp}/mitogen-${u}\";do ",
+    "mkdir -p \"${d}\"&&[ ! -h \"${d}\" ]&&[ -O \"${d}\" ]&&chmod 700 \"${d}\"&&t=\"${d}/.t${$}\"&&echo>\"${t}\"&&chmod 700 \"${t}\"&&\"${t}\"&&{ rm -f \"${t}\";f=${d};break;};",
+    "rm -f \"${d}/.t${$}\";T=\"${T} ${d}\";",
+    "done;",
+    "[ \"${f}\" ]||{ echo \"MITO009 nowhere to execute from:${T}\";exit 1;};",
+    "command -v gzip>/dev/null&&g=1||g=0;",
+    "echo \"MITO000 $(uname -s) $(uname -m) ${g}\";",
+    "read H S C;",
+    "x=\"${f}/${H}\";a=;",
+    "[ \"${C}\" = 1 ]&&{ x=\"${f}/.n${$}\";a=--mitogen-unlink;};",
+    "[ \"${C}\" = 2 ]&&rm -f \"${x}\";",
+    "[ \"${C}\" = 0 ]&&z \"${x}\"&&{ echo MITO001 1;exec \"${x}\" --mitogen-child;};",
+    "echo MITO001 0;",
+    "read n;t=\"${x}.${$}\";D=cat;[ ${g} = 1 ]&&D='gzip -dc';",
+    "head -c \"${n}\"|${D}>\"${t}\";",
+    "z \"${t}\"&&chmod 700 \"${t}\"&&{ ln \"${t}\" \"${x}\" 2>/dev/null||z \"${x}\"||mv -f \"${t}\" \"${x}\";}||{ rm -f \"${t}\";echo \"MITO009 cannot write ${x}\";exit 1;};",
+    "rm -f \"${t}\";",
+    "echo MITO002;exec \"${x}\" --mitogen-child ${a}",
 );
 
 /// The words that run stage 1: `sh -c STAGE1 mitogen-stage1`, appended to a method's command.
@@ -225,7 +227,7 @@ pub(crate) fn run(
     cancelled: &dyn Fn() -> bool,
     other: &mut dyn FnMut(&str),
 ) -> Result<Shipped> {
-    let mut lines = LineReader { fd, buf: Vec::new(), side, cancelled, deadline };
+    let mut lines = LineReader { fd, wfd, buf: Vec::new(), side, cancelled, deadline };
     let result = ship(&mut lines, wfd, mode, other);
     if matches!(result.as_ref().map_err(Error::stream_kind_of), Err(Some(StreamErrorKind::Eof { .. }))) {
         // The command ended: what it said last on stderr may explain why.
@@ -267,6 +269,7 @@ fn ship(
 /// consumed: it belongs to the framed protocol), while the command's stderr is read beside it.
 struct LineReader<'a, 'b> {
     fd: BorrowedFd<'a>,
+    wfd: BorrowedFd<'a>,
     buf: Vec<u8>,
     side: &'a mut PromptReader<'b>,
     cancelled: &'a dyn Fn() -> bool,
@@ -288,6 +291,7 @@ impl LineReader<'_, '_> {
                 return Err(Error::stream(format!("bootstrap failed on the target: {}", why.trim())));
             }
             other(line);
+            self.side.data_line(line)?;
         }
     }
 
@@ -296,19 +300,34 @@ impl LineReader<'_, '_> {
             // One byte at a time: a read must never take bytes past the marker's newline.
             let mut byte = [0u8; 1];
             match sys::read(self.fd, &mut byte) {
-                Ok(0) => return Err(eof()),
+                Ok(0) => return self.eof(),
                 Ok(_) if byte[0] == b'\n' => {
                     let line = String::from_utf8_lossy(&self.buf).into_owned();
                     self.buf.clear();
                     return Ok(line);
                 }
                 Ok(_) => self.buf.push(byte[0]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.wait()?,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !self.buf.is_empty() {
+                        let text = String::from_utf8_lossy(&self.buf).into_owned();
+                        self.side.data_partial(&text, self.wfd, self.cancelled)?;
+                    }
+                    self.wait()?
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if sys::is_disconnection(&e) => return Err(eof()),
+                Err(e) if sys::is_disconnection(&e) => return self.eof(),
                 Err(e) => return Err(Error::stream_io("bootstrap read failed", e)),
             }
         }
+    }
+
+    /// The end of the data channel: its last, unterminated words may still be a failure.
+    fn eof(&mut self) -> Result<String> {
+        if !self.buf.is_empty() {
+            let text = String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned();
+            self.side.data_line(&text)?;
+        }
+        Err(eof())
     }
 
     /// Wait for stdout, reading stderr (and answering its prompts) meanwhile.
@@ -362,7 +381,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stage1_is_short() {
-        assert!(STAGE1.len() < 1024, "stage 1 is {} bytes", STAGE1.len());
+    fn stage1_is_short_one_line_and_safe_from_sudo_i() {
+        assert!(STAGE1.len() < 1100, "stage 1 is {} bytes", STAGE1.len());
+        assert!(!STAGE1.contains('\n'));
+        // `$` may only start `${...}` or `$(...)` (or be the name in `${$}`): sudo -i expands
+        // `$name` and `$$` early.
+        let b = STAGE1.as_bytes();
+        for (i, _) in STAGE1.match_indices('$') {
+            assert!(matches!(b[i + 1], b'{' | b'(') || b[i - 1] == b'{', "{}", &STAGE1[i..]);
+        }
     }
 }

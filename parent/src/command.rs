@@ -48,7 +48,7 @@ pub struct CommandSpec {
 pub fn connect_command(router: &Router, context_id: u32, spec: &CommandSpec, options: &Options) -> Result<Context> {
     let launch = Launch {
         argv: spec.argv.clone(),
-        quote_boot: false,
+        boot: Boot::Words,
         transport: spec.transport,
         no_cache: spec.no_cache,
         name: None,
@@ -62,8 +62,8 @@ pub fn connect_command(router: &Router, context_id: u32, spec: &CommandSpec, opt
 pub(crate) struct Launch<'a> {
     /// The method's words; the boot command follows them.
     pub(crate) argv: Vec<OsString>,
-    /// The command hands the rest of its argv to a shell as one string (ssh): quote each word.
-    pub(crate) quote_boot: bool,
+    /// How the boot command follows the method's words.
+    pub(crate) boot: Boot,
     pub(crate) transport: Transport,
     pub(crate) no_cache: bool,
     /// The context's default name; `None` names it `<program>.<pid>`.
@@ -99,10 +99,11 @@ impl Launch<'_> {
         let fail = |error| Attempt { error, cached: false };
         let mut argv = self.argv.clone();
         let boot = bootstrap::stage1_argv();
-        if self.quote_boot {
-            argv.extend(boot.iter().map(|w| shell_quote(&w.to_string_lossy()).into()));
-        } else {
-            argv.extend(boot);
+        let quoted = || boot.iter().map(|w| shell_quote(&w.to_string_lossy()));
+        match self.boot {
+            Boot::Words => argv.extend(boot.iter().cloned()),
+            Boot::Quoted => argv.extend(quoted().map(OsString::from)),
+            Boot::Joined => argv.push(quoted().collect::<Vec<_>>().join(" ").into()),
         }
         let hello = hello_receiver(router, context_id).map_err(fail)?;
         let Started { proc, read, write, stderr } = self.transport.start(&argv).map_err(fail)?;
@@ -117,7 +118,8 @@ impl Launch<'_> {
                 proc.push_output(line.to_owned());
             };
             let mut stdout_line = on_line;
-            let mut side = PromptReader::new(stderr.as_ref().map(|f| f.as_fd()), &mut *prompts, &mut on_line);
+            let on_data = self.transport == Transport::Pty;
+            let mut side = PromptReader::new(stderr.as_ref().map(|f| f.as_fd()), &mut *prompts, &mut on_line, on_data);
             [Some(&read), Some(&write), stderr.as_ref()]
                 .into_iter()
                 .flatten()
@@ -152,6 +154,17 @@ impl Launch<'_> {
         let left = deadline.saturating_duration_since(Instant::now());
         handshake(router, proc, stream, stderr, hello, &config, left).map_err(|error| Attempt { error, cached })
     }
+}
+
+/// How a method's command takes the boot command (`sh -c <stage 1> mitogen-stage1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Boot {
+    /// As separate words, run as they are (`env`, `sudo ... --`, `doas ... --`).
+    Words,
+    /// As separate words, each quoted: the command joins them for a shell (ssh).
+    Quoted,
+    /// As one word, quoted for the shell that runs it (`su <user> -c <word>`).
+    Joined,
 }
 
 /// A failed attempt, and whether the target ran a cached copy.

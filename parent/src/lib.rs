@@ -10,22 +10,28 @@
 mod bootstrap;
 mod command;
 mod context;
+mod doas;
 mod fork;
 mod local;
 mod process;
 mod prompt;
 mod ssh;
+mod su;
+mod sudo;
 mod transport;
 mod via;
 
 pub use bootstrap::{add_executable, bootstrap_stats, BootstrapStats};
 pub use command::{connect_command, CommandSpec};
 pub use context::{CallChain, Context};
+pub use doas::{connect_doas, DoasOptions};
 pub use fork::{connect_fork, ForkOptions, OnFork, OnStart};
 pub use local::{connect_local, default_remote_name, Options};
 pub use process::{shell_join, watch_pidfd, ChildProcess};
 pub use prompt::Password;
 pub use ssh::{connect_ssh, CheckHostKeys, SshOptions};
+pub use su::{connect_su, SuOptions};
+pub use sudo::{connect_sudo, SudoOptions, SUDO_PROMPT};
 pub use transport::Transport;
 pub use via::{
     allocate_child_id, connect_method, connect_via, is_immediate_child, serve_allocate_id, upgrade_router, via_connect,

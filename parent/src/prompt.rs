@@ -50,6 +50,78 @@ impl From<String> for Password {
     }
 }
 
+/// A [`Password`] [`StreamError`](mitogen_core::StreamError) (Mitogen's per-method
+/// `PasswordError`).
+pub(crate) fn password_error(text: &str) -> Error {
+    Error::stream_kind(mitogen_core::StreamErrorKind::Password, text)
+}
+
+/// The password a method types at its prompt, once (Mitogen's `password_sent`): a second
+/// prompt means it was wrong, a prompt with none given means one is required.
+pub(crate) struct PasswordState {
+    password: Option<Password>,
+    sent: bool,
+    incorrect: String,
+    required: String,
+}
+
+impl PasswordState {
+    /// For `method` (`"sudo"`, `"su"`, `"doas"`): "<method> password is incorrect", "<method>
+    /// password is required".
+    pub(crate) fn new(password: Option<Password>, method: &str) -> PasswordState {
+        let (incorrect, required) =
+            (format!("{method} password is incorrect"), format!("{method} password is required"));
+        PasswordState::with_texts(password, incorrect, required)
+    }
+
+    /// With the method's own error texts.
+    pub(crate) fn with_texts(password: Option<Password>, incorrect: String, required: String) -> PasswordState {
+        PasswordState { password, sent: false, incorrect, required }
+    }
+
+    /// A password prompt appeared (`at`, for the debug log): the bytes to type, or why not.
+    pub(crate) fn prompt(&mut self, method: &str, at: &str) -> Result<Option<Vec<u8>>> {
+        match (&self.password, self.sent) {
+            (None, _) => Err(self.required()),
+            (Some(_), true) => Err(self.incorrect()),
+            (Some(p), false) => {
+                log::debug!("{method}: typing the password at {at:?}");
+                self.sent = true;
+                Ok(Some(p.typed()))
+            }
+        }
+    }
+
+    /// Whether a password was given.
+    pub(crate) fn given(&self) -> bool {
+        self.password.is_some()
+    }
+
+    /// Whether it was typed.
+    pub(crate) fn sent(&self) -> bool {
+        self.sent
+    }
+
+    /// The "incorrect" error.
+    pub(crate) fn incorrect(&self) -> Error {
+        password_error(&self.incorrect)
+    }
+
+    /// The "required" error.
+    pub(crate) fn required(&self) -> Error {
+        password_error(&self.required)
+    }
+
+    /// The command said the password was wrong (or, with none typed, that one is needed).
+    pub(crate) fn refused(&self) -> Error {
+        if self.sent || self.given() {
+            self.incorrect()
+        } else {
+            self.required()
+        }
+    }
+}
+
 /// A method's reading of its command's output before the handshake.
 pub(crate) trait Prompts: Send {
     /// A complete line (without its line end and surrounding `\r`). An error ends the connect.
@@ -75,18 +147,47 @@ pub(crate) struct PromptReader<'a> {
     fd: Option<BorrowedFd<'a>>,
     split: LineSplitter,
     answered: bool,
+    /// Prompts also arrive on the data channel (a full PTY: `su` has nowhere else).
+    on_data: bool,
+    data_answered: bool,
     prompts: &'a mut dyn Prompts,
     on_line: &'a mut dyn FnMut(&str),
 }
 
 impl<'a> PromptReader<'a> {
     /// Read `fd` (non-blocking) for `prompts`; every complete line also goes to `on_line`.
+    /// With `on_data`, what stage 1's channel carries before its markers is offered to
+    /// `prompts` too ([`data_line`](Self::data_line), [`data_partial`](Self::data_partial)).
     pub(crate) fn new(
         fd: Option<BorrowedFd<'a>>,
         prompts: &'a mut dyn Prompts,
         on_line: &'a mut dyn FnMut(&str),
+        on_data: bool,
     ) -> PromptReader<'a> {
-        PromptReader { fd, split: LineSplitter::default(), answered: false, prompts, on_line }
+        let split = LineSplitter::default();
+        PromptReader { fd, split, answered: false, on_data, data_answered: false, prompts, on_line }
+    }
+
+    /// A complete line on the data channel that is not a marker.
+    pub(crate) fn data_line(&mut self, line: &str) -> Result<()> {
+        self.data_answered = false;
+        match self.on_data {
+            true => self.prompts.line(line.trim_matches('\r')),
+            false => Ok(()),
+        }
+    }
+
+    /// The data channel waits after `text`, with no line end: answer it on `wfd` if it is a
+    /// prompt.
+    pub(crate) fn data_partial(&mut self, text: &str, wfd: BorrowedFd<'_>, cancelled: &dyn Fn() -> bool) -> Result<()> {
+        if !self.on_data || self.data_answered {
+            return Ok(());
+        }
+        if let Some(answer) = self.prompts.partial(text.trim_matches('\r'))? {
+            self.data_answered = true;
+            write_all(wfd, &answer, Instant::now() + std::time::Duration::from_secs(5), cancelled)?;
+        }
+        Ok(())
     }
 
     /// The descriptor still to be read, until its end.
@@ -146,7 +247,7 @@ impl<'a> PromptReader<'a> {
 
 /// Read `fd` until end of file or `deadline`, passing each line to `on_line`.
 pub(crate) fn drain(fd: Option<BorrowedFd<'_>>, deadline: Instant, on_line: &mut dyn FnMut(&str)) {
-    let _ = PromptReader::new(fd, &mut NoPrompts, on_line).drain(deadline);
+    let _ = PromptReader::new(fd, &mut NoPrompts, on_line, false).drain(deadline);
 }
 
 /// Write all of `data` to a non-blocking `fd` by `deadline`, unless `cancelled`.

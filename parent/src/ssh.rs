@@ -15,10 +15,10 @@ use std::path::PathBuf;
 use mitogen_core::{Error, Result, Router, StreamErrorKind};
 use serde::{Deserialize, Serialize};
 
-use crate::command::Launch;
+use crate::command::{Boot, Launch};
 use crate::context::Context;
 use crate::local::Options;
-use crate::prompt::{Password, Prompts};
+use crate::prompt::{password_error, Password, PasswordState, Prompts};
 use crate::transport::Transport;
 
 /// What ssh does with a host key it does not know (Mitogen's `check_host_keys`).
@@ -179,7 +179,7 @@ impl SshOptions {
 pub fn connect_ssh(router: &Router, context_id: u32, ssh: &SshOptions, options: &Options) -> Result<Context> {
     let launch = Launch {
         argv: ssh.argv(),
-        quote_boot: true,
+        boot: Boot::Quoted,
         transport: if ssh.requires_pty() { Transport::Hybrid } else { Transport::Socketpair },
         no_cache: false,
         name: Some(ssh.default_name()),
@@ -197,23 +197,18 @@ const HOSTKEY_CONFIG: &str = "SSH requested permission to accept unknown host ke
 
 /// ssh's prompts and failures (Mitogen `ssh.SetupProtocol`).
 struct SshPrompts {
-    password: Option<Password>,
+    password: PasswordState,
     accept: bool,
-    password_sent: bool,
 }
 
 impl SshPrompts {
     fn new(ssh: &SshOptions) -> SshPrompts {
+        let (incorrect, required) = (PASSWORD_INCORRECT.to_owned(), PASSWORD_REQUIRED.to_owned());
         SshPrompts {
-            password: ssh.password.clone(),
+            password: PasswordState::with_texts(ssh.password.clone(), incorrect, required),
             accept: ssh.check_host_keys == CheckHostKeys::Accept,
-            password_sent: false,
         }
     }
-}
-
-fn password_error(text: &str) -> Error {
-    Error::stream_kind(StreamErrorKind::Password, text)
 }
 
 fn host_key_error(text: &str) -> Error {
@@ -251,13 +246,13 @@ impl Prompts for SshPrompts {
             return Err(host_key_error(HOSTKEY_FAILED));
         }
         if permission_denied(line) {
-            return Err(password_error(if self.password.is_some() && self.password_sent {
-                PASSWORD_INCORRECT
-            } else if self.password.is_none() && line.to_ascii_lowercase().contains("password") {
-                PASSWORD_REQUIRED
+            return Err(if self.password.sent() {
+                self.password.incorrect()
+            } else if !self.password.given() && line.to_ascii_lowercase().contains("password") {
+                self.password.required()
             } else {
-                AUTH_INCORRECT
-            }));
+                password_error(AUTH_INCORRECT)
+            });
         }
         Ok(())
     }
@@ -273,15 +268,7 @@ impl Prompts for SshPrompts {
             };
         }
         if password_prompt(text) {
-            return match (&self.password, self.password_sent) {
-                (None, _) => Err(password_error(PASSWORD_REQUIRED)),
-                (Some(_), true) => Err(password_error(PASSWORD_INCORRECT)),
-                (Some(p), false) => {
-                    log::debug!("ssh: typing the password at {text:?}");
-                    self.password_sent = true;
-                    Ok(Some(p.typed()))
-                }
-            };
+            return self.password.prompt("ssh", text);
         }
         Ok(None)
     }

@@ -11,9 +11,12 @@ use mitogen_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::command::{connect_command, CommandSpec};
+use crate::doas::{connect_doas, DoasOptions};
 use crate::fork::{connect_fork, ForkOptions};
 use crate::local::{connect_local, Options};
 use crate::ssh::{connect_ssh, SshOptions};
+use crate::su::{connect_su, SuOptions};
+use crate::sudo::{connect_sudo, SudoOptions};
 
 /// How many context ids the master hands a child per `ALLOCATE_ID` request.
 pub const ID_BLOCK: u32 = 1000;
@@ -193,6 +196,12 @@ pub enum Method {
     Command(CommandSpec),
     /// `ssh()`: see [`SshOptions`].
     Ssh(SshOptions),
+    /// `sudo()`: see [`SudoOptions`].
+    Sudo(SudoOptions),
+    /// `su()`: see [`SuOptions`].
+    Su(SuOptions),
+    /// `doas()`: see [`DoasOptions`].
+    Doas(DoasOptions),
 }
 
 /// Start a context with `method` and `options` from this router, directly.
@@ -208,6 +217,9 @@ pub fn connect_method(router: &Router, context_id: u32, method: &Method, options
         }
         Method::Command(spec) => connect_command(router, context_id, spec, options),
         Method::Ssh(ssh) => connect_ssh(router, context_id, ssh, options),
+        Method::Sudo(sudo) => connect_sudo(router, context_id, sudo, options),
+        Method::Su(su) => connect_su(router, context_id, su, options),
+        Method::Doas(doas) => connect_doas(router, context_id, doas, options),
     }
 }
 

@@ -380,7 +380,7 @@ fn has_controlling_tty() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").is_ok()
 }
 
-fn echo_blob(b: mitogen::core::Blob) -> mitogen::core::Blob {
+pub(crate) fn echo_blob(b: mitogen::core::Blob) -> mitogen::core::Blob {
     b
 }
 
