@@ -45,6 +45,8 @@ Scenarios and the measures they print:
                       one call), ``ssh_roundtrip_s``, ``ssh_pipelined_calls_per_s``,
                       ``ssh_bulk_arg_{1mib_x64,64mib}_{plain,zlib}_MBps``
                       (random bytes; ssh compression off and on).
+``sudo``              ``sudo_cold_s``, ``sudo_warm_s`` (connect and one call
+                      through ``sudo -u mitogen-key`` from root), ``sudo_roundtrip_s``.
 ``call_error``        ``call_error_s``: time for a call whose remote function
                       raises ``ValueError`` until ``mitogen.core.CallError`` is
                       caught here (1000 calls).
@@ -414,6 +416,29 @@ def scenario_ssh(router, contexts):
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def scenario_sudo(router, contexts):
+    """sudo -u mitogen-key from root (no password): Mitogen ships its core on every connect,
+    so cold and warm are the same measure here."""
+    def connect():
+        ctx = router.sudo(username="mitogen-key", python_path="python3")
+        ctx.call(noop)
+        return ctx
+
+    connect().shutdown(wait=True)
+    for measure, count in (("sudo_cold_s", 5), ("sudo_warm_s", 20)):
+        samples = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            ctx = connect()
+            samples.append(time.perf_counter() - t0)
+            ctx.shutdown(wait=True)
+        emit(measure, samples, "s")
+    ctx = connect()
+    contexts.append(ctx)
+    timed_calls(ctx, noop, 100)
+    emit("sudo_roundtrip_s", timed_calls(ctx, noop, 2000), "s")
+
+
 SCENARIOS = {
     "bootstrap": scenario_bootstrap,
     "command": scenario_command,
@@ -426,6 +451,7 @@ SCENARIOS = {
     "idle": scenario_idle,
     "call_error": scenario_call_error,
     "ssh": scenario_ssh,
+    "sudo": scenario_sudo,
 }
 
 

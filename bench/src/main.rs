@@ -106,6 +106,7 @@ fn command() -> R {
         };
         // The first connect of a process compresses the executable; later cold connects reuse it.
         connect(&root.join("warm-up"))?.shutdown(true)?;
+        let before = mitogen::parent::bootstrap_stats();
         let mut cold = Vec::new();
         for i in 0..5 {
             let dir = root.join(format!("cold-{i}"));
@@ -113,7 +114,9 @@ fn command() -> R {
             cold.push(t);
             ctx?.shutdown(true)?;
         }
+        let after = mitogen::parent::bootstrap_stats();
         emit("command_cold_s", &mut cold, "s");
+        emit("command_cold_executable_bytes_sent", &mut [(after.bytes_sent - before.bytes_sent) as f64 / 5.0], "bytes");
         let mut warm = Vec::new();
         for _ in 0..20 {
             let (t, ctx) = timed(|| connect(&root.join("warm-up")));
@@ -121,6 +124,8 @@ fn command() -> R {
             ctx?.shutdown(true)?;
         }
         emit("command_warm_s", &mut warm, "s");
+        let sent = (mitogen::parent::bootstrap_stats().bytes_sent - after.bytes_sent) as f64 / 20.0;
+        emit("command_warm_executable_bytes_sent", &mut [sent], "bytes");
         let _ = std::fs::remove_dir_all(&root);
         Ok(())
     })
@@ -321,6 +326,59 @@ fn ssh() -> R {
     let _ = exit.output();
     let _ = std::fs::remove_dir_all(&cm_dir);
     result
+}
+
+/// Through `sudo -u mitogen-key` from root (no password is asked), as Python Mitogen's `sudo()`
+/// is measured: bootstrap to the first call with the account's cache emptied each time (cold)
+/// and kept (warm), the round trip, and the floor `sudo -u mitogen-key true`.
+fn sudo() -> R {
+    let home_cache = "/home/mitogen-key/.cache/mitogen";
+    let sudo_true = || -> R {
+        let status = std::process::Command::new("sudo")
+            .args(["-u", "mitogen-key", "--", "true"])
+            .status()
+            .map_err(|e| mitogen::Error::general(e.to_string()))?;
+        status.success().then_some(()).ok_or_else(|| mitogen::Error::general(format!("sudo true: {status}")))
+    };
+    sudo_true()?;
+    let mut samples = (0..20).map(|_| timed(sudo_true).0).collect::<Vec<_>>();
+    emit("floor_sudo_true_s", &mut samples, "s");
+    mitogen::utils::run_with_router(|router| {
+        let options = || mitogen::master::SudoOptions::new("mitogen-key");
+        let connect = || -> Result<Context, mitogen::Error> {
+            let ctx = router.sudo(options(), Options::default())?;
+            ctx.call(noop, ())?;
+            Ok(ctx)
+        };
+        connect()?.shutdown(true)?; // compresses this executable once
+        let mut cold = Vec::new();
+        for _ in 0..5 {
+            let _ = std::fs::remove_dir_all(home_cache);
+            let (t, ctx) = timed(connect);
+            cold.push(t);
+            ctx?.shutdown(true)?;
+        }
+        emit("sudo_cold_s", &mut cold, "s");
+        let mut warm = Vec::new();
+        for _ in 0..20 {
+            let (t, ctx) = timed(connect);
+            warm.push(t);
+            ctx?.shutdown(true)?;
+        }
+        emit("sudo_warm_s", &mut warm, "s");
+        let ctx = connect()?;
+        for _ in 0..100 {
+            ctx.call(noop, ())?;
+        }
+        let mut samples = Vec::with_capacity(2000);
+        for _ in 0..2000 {
+            let (t, r) = timed(|| ctx.call(noop, ()));
+            r?;
+            samples.push(t);
+        }
+        emit("sudo_roundtrip_s", &mut samples, "s");
+        Ok(())
+    })
 }
 
 fn roundtrip(name: &str) -> R {
@@ -578,6 +636,7 @@ fn main() {
         "idle",
         "call_error",
         "ssh",
+        "sudo",
     ];
     let chosen: Vec<&str> = if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
     let mut failed = false;
@@ -596,6 +655,7 @@ fn main() {
             "idle" => idle(),
             "call_error" => call_error(),
             "ssh" => ssh(),
+            "sudo" => sudo(),
             other => Err(mitogen::Error::general(format!("unknown scenario {other:?}"))),
         };
         if let Err(e) = r {

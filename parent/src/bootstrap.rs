@@ -1,14 +1,14 @@
 //! The bootstrap: this executable shipping itself through a command to a target where nothing
 //! is installed but a POSIX shell (Mitogen's first stage and `BootstrapProtocol`).
 //!
-//! The method's command runs `sh -c <STAGE1>`. Stage 1 finds a private place it may execute
-//! from, then the two sides talk in lines, each marker 8 bytes with its newline so no password
-//! prompt or banner can be taken for one:
+//! The method's command runs `sh -c <STAGE1>`. The two sides talk in lines, each marker 8 bytes
+//! with its newline so no password prompt or banner can be taken for one:
 //!
 //! ```text
 //! stage 1                                   parent
 //! MITO000 <uname -s> <uname -m> <gzip 0|1>
 //!                                           <sha256> <size> <mode>     (the executable for that machine)
+//!   (a whole, executable copy in the usual place: run it; else find a private place to run from)
 //! MITO001 1, then exec of the cached copy   (mode 0: use the cache; 1: no cache; 2: replace it)
 //! MITO001 0
 //!                                           <n>, then exactly n bytes (gzip when the target has it)
@@ -44,20 +44,25 @@ use crate::prompt::{write_all, PromptReader};
 /// command to a login shell with every character but `$` escaped, joining lines at escaped
 /// newlines and expanding `$name` (but not `${name}`) before stage 1 runs.
 pub(crate) const STAGE1: &str = concat!(
-    "umask 077;u=$(id -u);f=;T=;c=${XDG_CACHE_HOME:-${HOME:+${HOME}/.cache}};",
+    "umask 077;c=${XDG_CACHE_HOME:-${HOME:+${HOME}/.cache}};c=${c:+${c}/mitogen};",
+    "e(){ echo MITO001 1;exec \"${1}\" --mitogen-child;};",
     "z(){ [ -f \"${1}\" ]&&[ \"$(wc -c<\"${1}\")\" -eq \"${S}\" ];};",
-    "for d in ${c:+\"${c}/mitogen\"} \"/dev/shm/mitogen-${u}\" \"${TMPDIR:-/tmp}/mitogen-${u}\";do ",
+    "command -v gzip>/dev/null&&g=1||g=0;",
+    "echo \"MITO000 $(uname -sm) ${g}\";",
+    "read H S C;",
+    // The warm path: the usual place holds a whole copy that may run (`-x` is false on a
+    // noexec mount), so nothing is probed.
+    "[ \"${C}\" = 0 ]&&[ -O \"${c}\" ]&&[ ! -h \"${c}\" ]&&[ -x \"${c}/${H}\" ]&&z \"${c}/${H}\"&&e \"${c}/${H}\";",
+    "u=$(id -u);f=;T=;",
+    "for d in ${c:+\"${c}\"} \"/dev/shm/mitogen-${u}\" \"${TMPDIR:-/tmp}/mitogen-${u}\";do ",
     "mkdir -p \"${d}\"&&[ ! -h \"${d}\" ]&&[ -O \"${d}\" ]&&chmod 700 \"${d}\"&&t=\"${d}/.t${$}\"&&echo>\"${t}\"&&chmod 700 \"${t}\"&&\"${t}\"&&{ rm -f \"${t}\";f=${d};break;};",
     "rm -f \"${d}/.t${$}\";T=\"${T} ${d}\";",
     "done;",
     "[ \"${f}\" ]||{ echo \"MITO009 nowhere to execute from:${T}\";exit 1;};",
-    "command -v gzip>/dev/null&&g=1||g=0;",
-    "echo \"MITO000 $(uname -s) $(uname -m) ${g}\";",
-    "read H S C;",
     "x=\"${f}/${H}\";a=;",
     "[ \"${C}\" = 1 ]&&{ x=\"${f}/.n${$}\";a=--mitogen-unlink;};",
     "[ \"${C}\" = 2 ]&&rm -f \"${x}\";",
-    "[ \"${C}\" = 0 ]&&z \"${x}\"&&{ echo MITO001 1;exec \"${x}\" --mitogen-child;};",
+    "[ \"${C}\" = 0 ]&&z \"${x}\"&&e \"${x}\";",
     "echo MITO001 0;",
     "read n;t=\"${x}.${$}\";D=cat;[ ${g} = 1 ]&&D='gzip -dc';",
     "head -c \"${n}\"|${D}>\"${t}\";",
@@ -382,7 +387,7 @@ mod tests {
 
     #[test]
     fn stage1_is_short_one_line_and_safe_from_sudo_i() {
-        assert!(STAGE1.len() < 1100, "stage 1 is {} bytes", STAGE1.len());
+        assert!(STAGE1.len() < 1200, "stage 1 is {} bytes", STAGE1.len());
         assert!(!STAGE1.contains('\n'));
         // `$` may only start `${...}` or `$(...)` (or be the name in `${$}`): sudo -i expands
         // `$name` and `$$` early.
