@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+pub mod containers;
 pub mod sshd;
 
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
@@ -66,6 +67,16 @@ impl log::Log for Capture {
 pub fn logged(target: &str) -> Vec<(log::Level, String, String)> {
     let all = CAPTURED.lock().unwrap_or_else(|e| e.into_inner());
     all.iter().filter(|(_, t, _)| t.starts_with(target)).cloned().collect()
+}
+
+/// The pids of every process on the machine whose command line is `argv`.
+pub fn processes_running(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    listdir("/proc")
+        .iter()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
 }
 
 /// What a process holds that a test could leak.

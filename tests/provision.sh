@@ -93,3 +93,47 @@ if [[ ! -e /etc/doas.conf ]] || grep -q '^# Written by mitogen' /etc/doas.conf; 
 else
     echo "tests/provision.sh: /etc/doas.conf is not ours; the doas tests need its rules" >&2
 fi
+
+# --- containers (issue 13): the engines, their settings, and a Debian minbase root filesystem
+# with nothing of ours and no Python, imported as the test image by tests/engines.sh.
+need=()
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v podman >/dev/null || need+=(podman)
+command -v buildah >/dev/null || need+=(buildah)
+command -v runc >/dev/null || need+=(runc)
+command -v lxc-attach >/dev/null || need+=(lxc)
+command -v lxd >/dev/null || need+=(lxd lxd-client)
+if ((${#need[@]})); then
+    echo "tests/provision.sh: installing ${need[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >/dev/null
+fi
+# podman and buildah read these through CONTAINERS_CONF / CONTAINERS_STORAGE_CONF: runc (crun
+# refuses this machine's hybrid cgroups), cgroupfs, ulimits root may set here, no network.
+cat > "$MT/containers.conf" <<'CONF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+netns = "none"
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+CONF
+cat > "$MT/storage.conf" <<'CONF'
+[storage]
+driver = "overlay"
+graphroot = "/var/lib/mitogen-podman"
+runroot = "/run/mitogen-podman"
+CONF
+if [[ ! -f $MT/rootfs.tar.gz ]]; then
+    mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    mirror=${mirror:-$(awk '/^deb / { print $2; exit }' /etc/apt/sources.list)}
+    echo "tests/provision.sh: debootstrap of a minbase bookworm from $mirror (about a minute)" >&2
+    rm -rf "$MT/rootfs.tmp"
+    debootstrap --variant=minbase bookworm "$MT/rootfs.tmp" "$mirror" >"$MT/debootstrap.log" 2>&1 ||
+        { tail -20 "$MT/debootstrap.log" >&2; exit 1; }
+    tar -C "$MT/rootfs.tmp" -c --numeric-owner . | gzip -1 > "$MT/rootfs.tar.gz.tmp"
+    rm -rf "$MT/rootfs"
+    mv "$MT/rootfs.tmp" "$MT/rootfs"
+    mv "$MT/rootfs.tar.gz.tmp" "$MT/rootfs.tar.gz"
+fi

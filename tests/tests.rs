@@ -15,6 +15,8 @@ mod accounts;
 mod calls;
 #[path = "suite/command.rs"]
 mod command;
+#[path = "suite/containers.rs"]
+mod containers;
 #[path = "suite/fork.rs"]
 mod fork;
 #[path = "suite/fork_safety.rs"]

@@ -297,6 +297,15 @@ impl Error {
         }
     }
 
+    /// The same error with `hint` after a [`StreamError`]'s reason (what a connection method
+    /// knows usually went wrong, as Mitogen's `eof_error_hint`); other errors unchanged.
+    pub fn suffixed(self, hint: &str) -> Error {
+        match self {
+            Error::StreamError(e) => Error::StreamError(StreamError { reason: format!("{}. {hint}", e.reason), ..e }),
+            other => other,
+        }
+    }
+
     /// Whether this is a [`CallError`].
     pub fn is_call(&self) -> bool {
         matches!(self, Error::CallError(_))

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use mitogen_core::{BrokerOptions, Identity, Result};
 pub use mitogen_parent::{
-    CallChain, CheckHostKeys, CommandSpec, Context, DoasOptions, ForkOptions, Method, Options, Password, SshOptions,
-    SuOptions, SudoOptions,
+    BuildahOptions, CallChain, CheckHostKeys, CommandSpec, Context, DoasOptions, DockerOptions, ForkOptions,
+    JailOptions, KubectlOptions, LxcOptions, LxdOptions, Method, Options, Password, PodmanOptions, SetnsKind,
+    SetnsOptions, SshOptions, SuOptions, SudoOptions,
 };
 
 mod io;
@@ -189,6 +190,70 @@ impl Router {
     /// As [`connect_doas`](mitogen_parent::connect_doas).
     pub fn doas(&self, doas: DoasOptions, options: Options) -> Result<Context> {
         self.connect(&Method::Doas(doas), &options)
+    }
+
+    /// Start a context in a docker container (Mitogen `Router.docker()`): `docker exec` into a running one, or `docker run --rm` of an image. Named `docker.<container or image>`.
+    ///
+    /// # Errors
+    /// As [`connect_docker`](mitogen_parent::connect_docker).
+    pub fn docker(&self, o: DockerOptions, options: Options) -> Result<Context> {
+        self.connect(&Method::Docker(o), &options)
+    }
+
+    /// Start a context in a podman container (current Mitogen's `Router.podman()`). Named `podman.<container>`.
+    ///
+    /// # Errors
+    /// As [`connect_podman`](mitogen_parent::connect_podman).
+    pub fn podman(&self, o: PodmanOptions, options: Options) -> Result<Context> {
+        self.connect(&Method::Podman(o), &options)
+    }
+
+    /// Start a context in a buildah working container (current Mitogen's `Router.buildah()`). Named `buildah.<container>`.
+    ///
+    /// # Errors
+    /// As [`connect_buildah`](mitogen_parent::connect_buildah).
+    pub fn buildah(&self, o: BuildahOptions, options: Options) -> Result<Context> {
+        self.connect(&Method::Buildah(o), &options)
+    }
+
+    /// Start a context in an LXC container through `lxc-attach` (Mitogen `Router.lxc()`). Named `lxc.<container>`.
+    ///
+    /// # Errors
+    /// As [`connect_lxc`](mitogen_parent::connect_lxc).
+    pub fn lxc(&self, o: LxcOptions, options: Options) -> Result<Context> {
+        self.connect(&Method::Lxc(o), &options)
+    }
+
+    /// Start a context in an LXD instance through `lxc exec` (Mitogen `Router.lxd()`), or an Incus one with `LxdOptions::incus` (`Router.incus()`). Named `lxd.<container>` / `incus.<container>`.
+    ///
+    /// # Errors
+    /// As [`connect_lxd`](mitogen_parent::connect_lxd).
+    pub fn lxd(&self, o: LxdOptions, options: Options) -> Result<Context> {
+        self.connect(&Method::Lxd(o), &options)
+    }
+
+    /// Start a context in a FreeBSD jail through `jexec` (Mitogen `Router.jail()`). Named `jail.<container>`.
+    ///
+    /// # Errors
+    /// As [`connect_jail`](mitogen_parent::connect_jail).
+    pub fn jail(&self, o: JailOptions, options: Options) -> Result<Context> {
+        self.connect(&Method::Jail(o), &options)
+    }
+
+    /// Start a context in a Kubernetes pod through `kubectl exec` (Mitogen `Router.kubectl()`). Named `kubectl.<pod>`.
+    ///
+    /// # Errors
+    /// As [`connect_kubectl`](mitogen_parent::connect_kubectl).
+    pub fn kubectl(&self, o: KubectlOptions, options: Options) -> Result<Context> {
+        self.connect(&Method::Kubectl(o), &options)
+    }
+
+    /// Start a context inside a container by entering its namespaces directly, with no container tool in the data path (Mitogen `Router.setns()`; needs root). Named `setns.<container>`.
+    ///
+    /// # Errors
+    /// As [`connect_setns`](mitogen_parent::connect_setns).
+    pub fn setns(&self, o: SetnsOptions, options: Options) -> Result<Context> {
+        self.connect(&Method::Setns(o), &options)
     }
 
     /// Start a context with `method` and `options`, through `options.via` when it is set.

@@ -44,7 +44,9 @@ use crate::prompt::{write_all, PromptReader};
 /// command to a login shell with every character but `$` escaped, joining lines at escaped
 /// newlines and expanding `$name` (but not `${name}`) before stage 1 runs.
 pub(crate) const STAGE1: &str = concat!(
-    "umask 077;c=${XDG_CACHE_HOME:-${HOME:+${HOME}/.cache}};c=${c:+${c}/mitogen};",
+    // No HOME (`env -i`, `lxc-attach --clear-env`): the account's, from its passwd entry.
+    "umask 077;[ \"${HOME}\" ]||eval \"HOME=~$(id -un)\";case ${HOME} in /*);;*)HOME=;;esac;",
+    "c=${XDG_CACHE_HOME:-${HOME:+${HOME}/.cache}};c=${c:+${c}/mitogen};",
     "e(){ echo MITO001 1;exec \"${1}\" --mitogen-child;};",
     "z(){ [ -f \"${1}\" ]&&[ \"$(wc -c<\"${1}\")\" -eq \"${S}\" ];};",
     "command -v gzip>/dev/null&&g=1||g=0;",
@@ -247,14 +249,13 @@ fn ship(
     mode: CacheMode,
     other: &mut dyn FnMut(&str),
 ) -> Result<Shipped> {
-    let (deadline, cancelled) = (lines.deadline, lines.cancelled);
     let hello = lines.marker("MITO000", other)?;
     let words: Vec<&str> = hello.split_whitespace().collect();
     let [os, machine, gzip] = words[..] else {
         return Err(Error::stream(format!("stage 1 sent a malformed report: {hello:?}")));
     };
     let exe = executable_for(&format!("{os} {machine}"))?;
-    write_all(wfd, format!("{} {} {}\n", exe.sha256, exe.size, mode as u8).as_bytes(), deadline, cancelled)?;
+    send(lines, wfd, other, format!("{} {} {}\n", exe.sha256, exe.size, mode as u8).as_bytes())?;
     let have = lines.marker("MITO001", other)?;
     if have.trim() == "1" {
         return Ok(Shipped { sha256: exe.sha256.clone(), cached: true, bytes_sent: 0 });
@@ -264,10 +265,23 @@ fn ship(
     } else {
         Arc::new(std::fs::read(&exe.path).map_err(|e| Error::stream_io("cannot read executable", e))?)
     };
-    write_all(wfd, format!("{}\n", data.len()).as_bytes(), deadline, cancelled)?;
-    write_all(wfd, &data, deadline, cancelled)?;
+    send(lines, wfd, other, format!("{}\n", data.len()).as_bytes())?;
+    send(lines, wfd, other, &data)?;
     lines.marker("MITO002", other)?;
     Ok(Shipped { sha256: exe.sha256.clone(), cached: false, bytes_sent: data.len() })
+}
+
+/// Send `data` to stage 1. It may stop reading and say why (a full disk: `MITO009 cannot
+/// write`) while the executable is still being sent: read what it said before calling it the
+/// end of its output.
+fn send(lines: &mut LineReader<'_, '_>, wfd: BorrowedFd<'_>, other: &mut dyn FnMut(&str), data: &[u8]) -> Result<()> {
+    match write_all(wfd, data, lines.deadline, lines.cancelled) {
+        Err(e) if matches!(e.stream_kind_of(), Some(StreamErrorKind::Eof { .. })) => {
+            // No marker comes any more: this returns MITO009's error, or the end of output.
+            lines.marker("MITO\u{0}", other).and(Err(e))
+        }
+        other => other,
+    }
 }
 
 /// Reads lines from a descriptor, byte by byte past the last marker (nothing after it may be
@@ -387,7 +401,7 @@ mod tests {
 
     #[test]
     fn stage1_is_short_one_line_and_safe_from_sudo_i() {
-        assert!(STAGE1.len() < 1200, "stage 1 is {} bytes", STAGE1.len());
+        assert!(STAGE1.len() < 1280, "stage 1 is {} bytes", STAGE1.len());
         assert!(!STAGE1.contains('\n'));
         // `$` may only start `${...}` or `$(...)` (or be the name in `${$}`): sudo -i expands
         // `$name` and `$$` early.

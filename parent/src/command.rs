@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::bootstrap::{self, CacheMode};
 use crate::context::Context;
 use crate::local::{chain_name, handshake, hello_receiver, Options};
-use crate::process::shell_quote;
 use crate::process::ChildProcess;
+use crate::process::{shell_quote, Setup};
 use crate::prompt::{self, NoPrompts, PromptReader, Prompts};
 use crate::transport::{Started, Transport};
 
@@ -53,6 +53,7 @@ pub fn connect_command(router: &Router, context_id: u32, spec: &CommandSpec, opt
         no_cache: spec.no_cache,
         name: None,
         prompts: &|| Box::new(NoPrompts),
+        setup: Default::default(),
     };
     launch.connect(router, context_id, options)
 }
@@ -70,6 +71,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) name: Option<String>,
     /// The method's prompt handling, fresh for each attempt.
     pub(crate) prompts: &'a (dyn Fn() -> Box<dyn Prompts> + Sync),
+    /// Environment and namespaces for the command (setns); default: none.
+    pub(crate) setup: Setup,
 }
 
 impl Launch<'_> {
@@ -104,9 +107,10 @@ impl Launch<'_> {
             Boot::Words => argv.extend(boot.iter().cloned()),
             Boot::Quoted => argv.extend(quoted().map(OsString::from)),
             Boot::Joined => argv.push(quoted().collect::<Vec<_>>().join(" ").into()),
+            Boot::Forked => argv.push(format!("{}; exit $?", quoted().collect::<Vec<_>>().join(" ")).into()),
         }
         let hello = hello_receiver(router, context_id).map_err(fail)?;
-        let Started { proc, read, write, stderr } = self.transport.start(&argv).map_err(fail)?;
+        let Started { proc, read, write, stderr } = self.transport.start(&argv, &self.setup).map_err(fail)?;
         let proc = Arc::new(proc);
         let default = || format!("{}.{}", self.argv.first().map_or("sh".into(), program_name), proc.pid());
         let name = chain_name(router, options.name.clone().or_else(|| self.name.clone()).unwrap_or_else(default));
@@ -165,6 +169,9 @@ pub(crate) enum Boot {
     Quoted,
     /// As one word, quoted for the shell that runs it (`su <user> -c <word>`).
     Joined,
+    /// As one word followed by `; exit $?`, so the shell forks it instead of replacing itself
+    /// (`/bin/sh -c <word>` after `setns`: a PID namespace applies to children only).
+    Forked,
 }
 
 /// A failed attempt, and whether the target ran a cached copy.

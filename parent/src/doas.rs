@@ -77,6 +77,7 @@ pub fn connect_doas(router: &Router, context_id: u32, doas: &DoasOptions, option
         prompts: &|| {
             Box::new(PromptTexts::new(&doas.password_prompt, &doas.incorrect_prompts, doas.password.clone(), "doas"))
         },
+        setup: Default::default(),
     };
     launch.connect(router, context_id, options)
 }

@@ -9,12 +9,14 @@
 
 mod bootstrap;
 mod command;
+mod containers;
 mod context;
 mod doas;
 mod fork;
 mod local;
 mod process;
 mod prompt;
+mod setns;
 mod ssh;
 mod su;
 mod sudo;
@@ -23,12 +25,17 @@ mod via;
 
 pub use bootstrap::{add_executable, bootstrap_stats, BootstrapStats};
 pub use command::{connect_command, CommandSpec};
+pub use containers::{
+    connect_buildah, connect_docker, connect_jail, connect_kubectl, connect_lxc, connect_lxd, connect_podman,
+    BuildahOptions, DockerOptions, JailOptions, KubectlOptions, LxcOptions, LxdOptions, PodmanOptions,
+};
 pub use context::{CallChain, Context};
 pub use doas::{connect_doas, DoasOptions};
 pub use fork::{connect_fork, ForkOptions, OnFork, OnStart};
 pub use local::{connect_local, default_remote_name, Options};
 pub use process::{shell_join, watch_pidfd, ChildProcess};
 pub use prompt::Password;
+pub use setns::{connect_setns, SetnsKind, SetnsOptions};
 pub use ssh::{connect_ssh, CheckHostKeys, SshOptions};
 pub use su::{connect_su, SuOptions};
 pub use sudo::{connect_sudo, SudoOptions, SUDO_PROMPT};

@@ -134,7 +134,7 @@ pub fn connect_local(router: &Router, context_id: u32, options: &Options) -> Res
     let hello = hello_receiver(router, context_id)?;
     let out = theirs.try_clone().map_err(|e| Error::stream_io("dup", e))?;
     let stdio = crate::process::Stdio3 { stdin: theirs, stdout: out, stderr: err_w };
-    let proc = Arc::new(ChildProcess::spawn(&argv, arg0, stdio, None)?);
+    let proc = Arc::new(ChildProcess::spawn(&argv, arg0, stdio, None, &Default::default())?);
     let name = chain_name(router, options.name.clone().unwrap_or_else(|| format!("local.{}", proc.pid())));
     let mut config = options.config(router, context_id, &name)?;
     config.handshake_handle = hello.handle();

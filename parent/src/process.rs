@@ -25,6 +25,14 @@ pub(crate) struct Stdio3 {
     pub(crate) stderr: OwnedFd,
 }
 
+/// How a command is started beyond its argv and stdio: a replaced environment, and the
+/// namespaces and account to enter between `fork` and `exec` (the setns method).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Setup {
+    pub(crate) env: Option<Vec<(OsString, OsString)>>,
+    pub(crate) enter: Option<Arc<sys::NamespaceEntry>>,
+}
+
 /// A child process this context started: its pid, a pidfd, the command, its exit status once
 /// reaped, and the last lines it wrote to stderr before taking over its own stdio.
 #[derive(Debug)]
@@ -35,6 +43,8 @@ pub struct ChildProcess {
     argv: Vec<String>,
     status: Mutex<Option<i32>>,
     tail: Mutex<VecDeque<String>>,
+    /// It leads its own process group, which a kill reaches as a whole.
+    group_leader: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -53,6 +63,7 @@ impl ChildProcess {
         arg0: Option<&str>,
         stdio: Stdio3,
         ctty: Option<i32>,
+        setup: &Setup,
     ) -> Result<ChildProcess> {
         let shown: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let fail = |e: std::io::Error| {
@@ -69,6 +80,20 @@ impl ChildProcess {
             std::os::unix::process::CommandExt::arg0(&mut cmd, a);
         }
         cmd.stdin(Stdio::from(stdio.stdin)).stdout(Stdio::from(stdio.stdout)).stderr(Stdio::from(stdio.stderr));
+        if let Some(env) = &setup.env {
+            cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+        }
+        if let Some(entry) = setup.enter.clone() {
+            // SAFETY: `enter` makes only async-signal-safe system calls on what was prepared
+            // before the fork, allocating nothing.
+            unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || entry.enter()) };
+        }
+        // Its own process group (a new session, with a terminal), so that a kill reaches what
+        // it started too: `sh -c` waiting on a command, a tool's helpers.
+        let leader = true;
+        if ctty.is_none() {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
         if let Some(fd) = ctty {
             // SAFETY: the hook runs between fork and exec and makes only async-signal-safe
             // system calls (setsid, ioctl), allocating nothing.
@@ -78,7 +103,9 @@ impl ChildProcess {
         let pid = child.id() as i32;
         // std's Child neither waits nor kills on drop; this type reaps the pid itself.
         drop(child);
-        ChildProcess::adopt(pid, shown)
+        let mut proc = ChildProcess::adopt(pid, shown)?;
+        proc.group_leader = leader;
+        Ok(proc)
     }
 
     /// Track an already-started child `pid` (a forked one).
@@ -90,6 +117,7 @@ impl ChildProcess {
             argv,
             status: Mutex::new(None),
             tail: Mutex::new(VecDeque::new()),
+            group_leader: false,
         })
     }
 
@@ -144,12 +172,17 @@ impl ChildProcess {
         }
     }
 
-    /// Send `signal` unless already reaped.
+    /// Send `signal` unless already reaped; to its whole process group when it leads one (an
+    /// unreaped leader keeps its pid, and so the group id, from being reused).
     pub fn kill(&self, signal: Signal) {
         if !self.try_reap() {
-            if let Some(fd) = lock(&self.pidfd).as_ref() {
+            let pidfd = lock(&self.pidfd);
+            if let Some(fd) = pidfd.as_ref() {
                 if let Err(e) = sys::pidfd_kill(fd.as_fd(), signal) {
                     log::debug!("kill({}, {signal}): {e}", self.pid);
+                }
+                if self.group_leader {
+                    let _ = sys::kill_group(self.pid, signal);
                 }
             }
         }

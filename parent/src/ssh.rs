@@ -184,6 +184,7 @@ pub fn connect_ssh(router: &Router, context_id: u32, ssh: &SshOptions, options: 
         no_cache: false,
         name: Some(ssh.default_name()),
         prompts: &|| Box::new(SshPrompts::new(ssh)),
+        setup: Default::default(),
     };
     launch.connect(router, context_id, options)
 }

@@ -82,6 +82,7 @@ pub fn connect_su(router: &Router, context_id: u32, su: &SuOptions, options: &Op
         no_cache: false,
         name: Some(su.default_name()),
         prompts: &|| Box::new(PromptTexts::new(&su.password_prompt, &su.incorrect_prompts, su.password.clone(), "su")),
+        setup: Default::default(),
     };
     launch.connect(router, context_id, options)
 }

@@ -197,6 +197,7 @@ pub fn connect_sudo(router: &Router, context_id: u32, sudo: &SudoOptions, option
         no_cache: false,
         name: Some(sudo.default_name()?),
         prompts: &|| Box::new(SudoPrompts { password: PasswordState::new(sudo.password.clone(), "sudo") }),
+        setup: Default::default(),
     };
     launch.connect(router, context_id, options)
 }

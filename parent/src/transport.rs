@@ -21,7 +21,7 @@ use std::os::fd::OwnedFd;
 use mitogen_core::{sys, Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::process::{ChildProcess, Stdio3};
+use crate::process::{ChildProcess, Setup, Stdio3};
 
 /// How the command's stdin, stdout and stderr reach the parent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +62,7 @@ fn pty_error(e: std::io::Error) -> Error {
 
 impl Transport {
     /// Start `argv` wired as this transport says.
-    pub(crate) fn start(self, argv: &[OsString]) -> Result<Started> {
+    pub(crate) fn start(self, argv: &[OsString], setup: &Setup) -> Result<Started> {
         let io = |what: &'static str| move |e| Error::stream_io(what, e);
         match self {
             Transport::Socketpair | Transport::Merged => {
@@ -74,7 +74,8 @@ impl Transport {
                     (Some(r), w)
                 };
                 let out = theirs.try_clone().map_err(io("dup"))?;
-                let proc = ChildProcess::spawn(argv, None, Stdio3 { stdin: theirs, stdout: out, stderr: err_w }, None)?;
+                let proc =
+                    ChildProcess::spawn(argv, None, Stdio3 { stdin: theirs, stdout: out, stderr: err_w }, None, setup)?;
                 let write = ours.try_clone().map_err(io("dup"))?;
                 Ok(Started { proc, read: ours, write, stderr })
             }
@@ -82,13 +83,15 @@ impl Transport {
                 let (in_r, in_w) = sys::pipe(false).map_err(io("pipe"))?;
                 let (out_r, out_w) = sys::pipe(false).map_err(io("pipe"))?;
                 let (err_r, err_w) = sys::pipe(false).map_err(io("pipe"))?;
-                let proc = ChildProcess::spawn(argv, None, Stdio3 { stdin: in_r, stdout: out_w, stderr: err_w }, None)?;
+                let proc =
+                    ChildProcess::spawn(argv, None, Stdio3 { stdin: in_r, stdout: out_w, stderr: err_w }, None, setup)?;
                 Ok(Started { proc, read: out_r, write: in_w, stderr: Some(err_r) })
             }
             Transport::Pty => {
                 let (master, slave) = sys::openpty(true).map_err(pty_error)?;
                 let (s1, s2) = (slave.try_clone().map_err(io("dup"))?, slave.try_clone().map_err(io("dup"))?);
-                let proc = ChildProcess::spawn(argv, None, Stdio3 { stdin: slave, stdout: s1, stderr: s2 }, Some(0))?;
+                let proc =
+                    ChildProcess::spawn(argv, None, Stdio3 { stdin: slave, stdout: s1, stderr: s2 }, Some(0), setup)?;
                 let write = master.try_clone().map_err(io("dup"))?;
                 Ok(Started { proc, read: master, write, stderr: None })
             }
@@ -96,8 +99,13 @@ impl Transport {
                 let (ours, theirs) = sys::socketpair(false).map_err(io("socketpair"))?;
                 let (master, slave) = pty()?;
                 let out = theirs.try_clone().map_err(io("dup"))?;
-                let proc =
-                    ChildProcess::spawn(argv, None, Stdio3 { stdin: theirs, stdout: out, stderr: slave }, Some(2))?;
+                let proc = ChildProcess::spawn(
+                    argv,
+                    None,
+                    Stdio3 { stdin: theirs, stdout: out, stderr: slave },
+                    Some(2),
+                    setup,
+                )?;
                 let write = ours.try_clone().map_err(io("dup"))?;
                 Ok(Started { proc, read: ours, write, stderr: Some(master) })
             }

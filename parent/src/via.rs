@@ -11,9 +11,14 @@ use mitogen_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::command::{connect_command, CommandSpec};
+use crate::containers::{
+    connect_buildah, connect_docker, connect_jail, connect_kubectl, connect_lxc, connect_lxd, connect_podman,
+    BuildahOptions, DockerOptions, JailOptions, KubectlOptions, LxcOptions, LxdOptions, PodmanOptions,
+};
 use crate::doas::{connect_doas, DoasOptions};
 use crate::fork::{connect_fork, ForkOptions};
 use crate::local::{connect_local, Options};
+use crate::setns::{connect_setns, SetnsOptions};
 use crate::ssh::{connect_ssh, SshOptions};
 use crate::su::{connect_su, SuOptions};
 use crate::sudo::{connect_sudo, SudoOptions};
@@ -202,6 +207,22 @@ pub enum Method {
     Su(SuOptions),
     /// `doas()`: see [`DoasOptions`].
     Doas(DoasOptions),
+    /// `docker()`: see [`DockerOptions`].
+    Docker(DockerOptions),
+    /// `podman()`: see [`PodmanOptions`].
+    Podman(PodmanOptions),
+    /// `buildah()`: see [`BuildahOptions`].
+    Buildah(BuildahOptions),
+    /// `lxc()`: see [`LxcOptions`].
+    Lxc(LxcOptions),
+    /// `lxd()` and `incus()`: see [`LxdOptions`].
+    Lxd(LxdOptions),
+    /// `jail()`: see [`JailOptions`].
+    Jail(JailOptions),
+    /// `kubectl()`: see [`KubectlOptions`].
+    Kubectl(KubectlOptions),
+    /// `setns()`: see [`SetnsOptions`].
+    Setns(SetnsOptions),
 }
 
 /// Start a context with `method` and `options` from this router, directly.
@@ -220,6 +241,14 @@ pub fn connect_method(router: &Router, context_id: u32, method: &Method, options
         Method::Sudo(sudo) => connect_sudo(router, context_id, sudo, options),
         Method::Su(su) => connect_su(router, context_id, su, options),
         Method::Doas(doas) => connect_doas(router, context_id, doas, options),
+        Method::Docker(o) => connect_docker(router, context_id, o, options),
+        Method::Podman(o) => connect_podman(router, context_id, o, options),
+        Method::Buildah(o) => connect_buildah(router, context_id, o, options),
+        Method::Lxc(o) => connect_lxc(router, context_id, o, options),
+        Method::Lxd(o) => connect_lxd(router, context_id, o, options),
+        Method::Jail(o) => connect_jail(router, context_id, o, options),
+        Method::Kubectl(o) => connect_kubectl(router, context_id, o, options),
+        Method::Setns(o) => connect_setns(router, context_id, o, options),
     }
 }
 

@@ -206,17 +206,27 @@ fn a_read_only_home_falls_back_to_tmpdir() {
 }
 
 #[test]
-fn a_missing_home_falls_back() {
+fn a_missing_home_is_the_accounts_own_and_one_that_does_not_exist_falls_back() {
     run(|| {
         let tmp = TempDir::new("command-nohome");
         let tmpdir = tmp.path().join("tmp");
         std::fs::create_dir(&tmpdir).unwrap();
+        std::fs::set_permissions(&tmpdir, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
         let router = Router::new(None).unwrap();
-        // No HOME, no XDG_CACHE_HOME: /dev/shm (private) is the next place.
-        let argv = words(&["env", "-u", "HOME", "-u", "XDG_CACHE_HOME", &format!("TMPDIR={}", tmpdir.display())]);
-        let ctx = router.command(spec(argv), Options::default()).unwrap();
+        // No HOME (`env -i`, `lxc-attach --clear-env`): the home of the account's passwd entry.
+        let as_user = |user: &str, group: &str| {
+            let mut argv =
+                words(&["setpriv", &format!("--reuid={user}"), &format!("--regid={group}"), "--init-groups"]);
+            argv.extend(words(&["env", "-u", "HOME", "-u", "XDG_CACHE_HOME", &format!("TMPDIR={}", tmpdir.display())]));
+            argv
+        };
+        let ctx = router.command(spec(as_user("mitogen-user", "mitogen-user")), Options::default()).unwrap();
         let exe = ctx.call(whoami, ()).unwrap().2;
-        assert!(exe.starts_with("/dev/shm/mitogen-0/") || exe.starts_with(&tmpdir.display().to_string()), "{exe}");
+        assert!(exe.starts_with("/home/mitogen-user/.cache/mitogen/"), "{exe}");
+        // nobody's home (/nonexistent) cannot be made: /dev/shm (private) is the next place.
+        let ctx = router.command(spec(as_user("nobody", "nogroup")), Options::default()).unwrap();
+        let exe = ctx.call(whoami, ()).unwrap().2;
+        assert!(exe.starts_with("/dev/shm/mitogen-65534/") || exe.starts_with(&tmpdir.display().to_string()), "{exe}");
         ctx.shutdown(true).unwrap();
         let _ = std::fs::remove_file(&exe);
         let _ = std::fs::remove_file(format!("{exe}.ok"));

@@ -180,14 +180,19 @@ fn a_command_that_cannot_be_started_is_a_child_start_error_with_errno_argv_and_s
 }
 
 #[test]
-fn no_handshake_within_connect_timeout_is_a_timeout_error_and_the_child_is_reaped() {
+fn no_handshake_within_connect_timeout_is_a_timeout_error_and_the_child_is_reaped_with_its_own_children() {
     run(|| {
         let router = Router::new(None).unwrap();
-        let prefix = vec!["sh".into(), "-c".into(), "sleep 60".into(), "--".into()];
+        // sh waits for a sleep of its own: killing sh alone would leave the sleep behind.
+        let sleep = format!("60.{}", std::process::id());
+        let prefix = vec!["sh".into(), "-c".into(), format!("sleep {sleep}").into(), "--".into()];
         let opts =
             Options { command_prefix: prefix, connect_timeout: Duration::from_millis(300), ..Options::default() };
         let err = router.local(opts).unwrap_err();
         assert!(err.is_timeout() && err.to_string().contains("no handshake"), "{err}");
+        mitogen_tests::wait_until("the command's own child to go", Duration::from_secs(5), || {
+            mitogen_tests::processes_running(&["sleep", &sleep]).is_empty()
+        });
         router.shutdown_and_join();
     });
 }

@@ -38,7 +38,7 @@ pub use nix::sys::signal::Signal;
 pub use poll::{is_ready, poll, readable, wait_readable, writable, PollFd};
 pub use process::{
     become_session_leader_with_tty, check_waitable_child, describe_status, exit_now, fork, hostname, ignore_sigpipe,
-    pidfd_kill, pidfd_open, set_thread_title, setsid, try_wait, username, Forked,
+    kill_group, pidfd_kill, pidfd_open, set_thread_title, setsid, try_wait, username, Forked, NamespaceEntry,
 };
 
 /// Whether `e` means the other end of a descriptor went away: `EIO` (a TTY whose other end

@@ -57,6 +57,14 @@ pub fn pidfd_kill(pidfd: BorrowedFd<'_>, signal: Signal) -> io::Result<()> {
     }
 }
 
+/// Send `signal` to every process of the process group `pgid` (`killpg(2)`).
+///
+/// # Errors
+/// `ESRCH` when no process is in that group.
+pub fn kill_group(pgid: i32, signal: Signal) -> io::Result<()> {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal).map_err(io)
+}
+
 /// `waitpid(pid, WNOHANG)`: `Some(raw status)` once the child has exited and is reaped, `None`
 /// while it runs; `EINTR` is retried. libc, not nix: callers keep the raw status (it is what
 /// `ProcessMonitor` hands its callbacks), which nix's decoded `WaitStatus` does not give back.
@@ -195,5 +203,77 @@ mod tests {
         crate::sys::wait_readable(std::os::fd::AsFd::as_fd(&pidfd), None).unwrap();
         let status = try_wait(pid).unwrap().expect("reaped");
         assert_eq!(describe_status(status), "killed by signal 9 (SIGKILL)");
+    }
+}
+
+/// What a child needs to enter another process's namespaces and root and become an account
+/// there, all opened and converted before `fork`, so that [`enter`](Self::enter) makes only
+/// async-signal-safe system calls and allocates nothing between `fork` and `exec`.
+#[derive(Debug)]
+pub struct NamespaceEntry {
+    /// `/proc/<pid>/ns/<kind>` of each namespace that differs from ours, in the order entered
+    /// (user first, mount last).
+    namespaces: Vec<OwnedFd>,
+    root: OwnedFd,
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+    cwd: CString,
+}
+
+impl NamespaceEntry {
+    /// Open the namespaces of `pid` that differ from this process's and its root directory;
+    /// the child will run as `uid`/`gid` with `groups`, in `cwd` (inside that root).
+    ///
+    /// # Errors
+    /// If a namespace or the root cannot be opened (no such process, not permitted).
+    pub fn open(pid: i32, uid: u32, gid: u32, groups: &[u32], cwd: &str) -> io::Result<NamespaceEntry> {
+        let mut namespaces = Vec::new();
+        for kind in ["user", "ipc", "uts", "net", "pid", "cgroup", "mnt"] {
+            let theirs = format!("/proc/{pid}/ns/{kind}");
+            let (ours, target) = (std::fs::read_link(format!("/proc/self/ns/{kind}")), std::fs::read_link(&theirs));
+            match (ours, target) {
+                (Ok(a), Ok(b)) if a == b => continue,
+                (_, Err(e)) if kind == "cgroup" || kind == "user" => {
+                    // Kernels without these namespaces.
+                    if e.kind() == io::ErrorKind::NotFound {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                _ => namespaces.push(std::fs::File::open(&theirs)?.into()),
+            }
+        }
+        let root = std::fs::File::open(format!("/proc/{pid}/root"))?.into();
+        let cwd = CString::new(cwd).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        Ok(NamespaceEntry { namespaces, root, uid, gid, groups: groups.to_vec(), cwd })
+    }
+
+    /// In the forked child, before `exec`: enter each namespace, make the target's root ours,
+    /// become the account, and change to its directory (or `/`). The PID namespace applies
+    /// to this process's children only: the command must fork once more.
+    ///
+    /// # Errors
+    /// The first system call that fails (`setns` of a mount namespace fails with `EINVAL` in
+    /// a process with more than one thread: call this only after `fork`).
+    pub fn enter(&self) -> io::Result<()> {
+        let check = |r: libc::c_int| if r == -1 { Err(io::Error::last_os_error()) } else { Ok(()) };
+        // SAFETY: plain system calls on descriptors and buffers this struct owns; none of them
+        // allocates or takes a lock, so they are safe between fork and exec.
+        unsafe {
+            for ns in &self.namespaces {
+                check(libc::setns(ns.as_raw_fd(), 0))?;
+            }
+            check(libc::fchdir(self.root.as_raw_fd()))?;
+            check(libc::chroot(c".".as_ptr()))?;
+            check(libc::chdir(c"/".as_ptr()))?;
+            check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
+            check(libc::setgid(self.gid))?;
+            check(libc::setuid(self.uid))?;
+            if libc::chdir(self.cwd.as_ptr()) == -1 {
+                check(libc::chdir(c"/".as_ptr()))?;
+            }
+        }
+        Ok(())
     }
 }

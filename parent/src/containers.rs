@@ -1,0 +1,364 @@
+//! Container methods (Mitogen `mitogen.docker`, `podman`, `buildah`, `lxc`, `lxd`, `incus`,
+//! `jail`, `kubectl`): a context inside a container, started through the engine's own tool.
+//! Each is an argv builder over the generic method with stdio merged onto one socket: with a
+//! terminal on any descriptor, these tools put a proxy PTY of their own in between, which
+//! buffers and mangles the protocol. The executable ships itself into the container and is
+//! cached there per account, as on any target.
+
+use std::ffi::OsString;
+
+use mitogen_core::{Error, Result, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Boot, Launch};
+use crate::context::Context;
+use crate::local::Options;
+use crate::prompt::NoPrompts;
+use crate::transport::Transport;
+
+/// Mitogen's hint on an LXC or LXD tool's early end: they report a failed start poorly.
+const LXC_HINT: &str = "Note: many versions of LXC do not report program execution failure meaningfully. \
+     Please check the host logs (/var/log) for more information.";
+
+/// Start `argv` + the boot command on merged stdio, named `name`.
+fn connect_tool(
+    router: &Router,
+    context_id: u32,
+    argv: Vec<OsString>,
+    name: String,
+    eof_hint: Option<&'static str>,
+    options: &Options,
+) -> Result<Context> {
+    let launch = Launch {
+        argv,
+        boot: Boot::Words,
+        transport: Transport::Merged,
+        no_cache: false,
+        name: Some(name),
+        prompts: &|| Box::new(NoPrompts),
+        setup: Default::default(),
+    };
+    launch.connect(router, context_id, options).map_err(|e| match (eof_hint, e.stream_kind_of()) {
+        (Some(hint), Some(mitogen_core::StreamErrorKind::Eof { .. })) => e.suffixed(hint),
+        _ => e,
+    })
+}
+
+fn words<const N: usize>(w: [&str; N]) -> Vec<OsString> {
+    w.iter().map(OsString::from).collect()
+}
+
+/// `docker()` (Mitogen `Router.docker()`): in a running container (`docker exec`), or in a new
+/// one from an image, removed when the context ends (`docker run --rm`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerOptions {
+    /// An existing, running container.
+    pub container: Option<String>,
+    /// An image to start a temporary container from (when `container` is `None`).
+    pub image: Option<String>,
+    /// The docker program; default `docker`.
+    pub docker_path: OsString,
+    /// The account inside the container (`--user`); default: the image's.
+    pub username: Option<String>,
+}
+
+impl DockerOptions {
+    /// Options for the running `container`.
+    pub fn container(container: impl Into<String>) -> DockerOptions {
+        DockerOptions { container: Some(container.into()), image: None, docker_path: "docker".into(), username: None }
+    }
+
+    /// Options for a temporary container from `image`.
+    pub fn image(image: impl Into<String>) -> DockerOptions {
+        DockerOptions { image: Some(image.into()), container: None, docker_path: "docker".into(), username: None }
+    }
+
+    /// `docker.<container or image>`.
+    pub fn default_name(&self) -> String {
+        format!("docker.{}", self.container.as_deref().or(self.image.as_deref()).unwrap_or_default())
+    }
+
+    /// `docker exec --interactive [--user=U] <container>` or `docker run --interactive
+    /// [--user=U] --rm <image>`; the boot command follows.
+    ///
+    /// # Errors
+    /// A `StreamError` unless exactly one of `container` and `image` is given.
+    pub fn argv(&self) -> Result<Vec<OsString>> {
+        let mut argv = vec![self.docker_path.clone()];
+        let mut common = words(["--interactive"]);
+        if let Some(u) = &self.username {
+            common.push(format!("--user={u}").into());
+        }
+        match (&self.container, &self.image) {
+            (Some(c), None) => {
+                argv.push("exec".into());
+                argv.extend(common);
+                argv.push(c.into());
+            }
+            (None, Some(i)) => {
+                argv.push("run".into());
+                argv.extend(common);
+                argv.extend(words(["--rm", i]));
+            }
+            _ => return Err(Error::stream("docker: give exactly one of container and image")),
+        }
+        Ok(argv)
+    }
+}
+
+/// Start a context in a docker container (Mitogen `Router.docker()`).
+///
+/// # Errors
+/// A `StreamError` for conflicting options; the generic method's errors otherwise, an `Eof`
+/// one with what docker printed (`No such container`, ...).
+pub fn connect_docker(router: &Router, context_id: u32, o: &DockerOptions, options: &Options) -> Result<Context> {
+    connect_tool(router, context_id, o.argv()?, o.default_name(), None, options)
+}
+
+/// `podman()` (current Mitogen's `Router.podman()`): in a running container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodmanOptions {
+    /// The container.
+    pub container: String,
+    /// The podman program; default `podman`.
+    pub podman_path: OsString,
+    /// The account inside the container (`--user`).
+    pub username: Option<String>,
+}
+
+impl PodmanOptions {
+    /// Options for `container`.
+    pub fn new(container: impl Into<String>) -> PodmanOptions {
+        PodmanOptions { container: container.into(), podman_path: "podman".into(), username: None }
+    }
+
+    /// `podman exec [--user=U] --interactive -- <container>`; the boot command follows.
+    pub fn argv(&self) -> Vec<OsString> {
+        let mut argv = vec![self.podman_path.clone(), "exec".into()];
+        if let Some(u) = &self.username {
+            argv.push(format!("--user={u}").into());
+        }
+        argv.extend(words(["--interactive", "--", &self.container]));
+        argv
+    }
+}
+
+/// Start a context in a podman container.
+///
+/// # Errors
+/// The generic method's errors.
+pub fn connect_podman(router: &Router, context_id: u32, o: &PodmanOptions, options: &Options) -> Result<Context> {
+    connect_tool(router, context_id, o.argv(), format!("podman.{}", o.container), None, options)
+}
+
+/// `buildah()` (current Mitogen's `Router.buildah()`): in a working container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildahOptions {
+    /// The working container.
+    pub container: String,
+    /// The buildah program; default `buildah`.
+    pub buildah_path: OsString,
+    /// The account inside the container (`--user`).
+    pub username: Option<String>,
+}
+
+impl BuildahOptions {
+    /// Options for `container`.
+    pub fn new(container: impl Into<String>) -> BuildahOptions {
+        BuildahOptions { container: container.into(), buildah_path: "buildah".into(), username: None }
+    }
+
+    /// `buildah run [--user=U] -- <container>`; the boot command follows.
+    pub fn argv(&self) -> Vec<OsString> {
+        let mut argv = vec![self.buildah_path.clone(), "run".into()];
+        if let Some(u) = &self.username {
+            argv.push(format!("--user={u}").into());
+        }
+        argv.extend(words(["--", &self.container]));
+        argv
+    }
+}
+
+/// Start a context in a buildah working container.
+///
+/// # Errors
+/// The generic method's errors.
+pub fn connect_buildah(router: &Router, context_id: u32, o: &BuildahOptions, options: &Options) -> Result<Context> {
+    connect_tool(router, context_id, o.argv(), format!("buildah.{}", o.container), None, options)
+}
+
+/// `lxc()` (Mitogen `Router.lxc()`): in a running LXC container, through `lxc-attach`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LxcOptions {
+    /// The container.
+    pub container: String,
+    /// The lxc-attach program; default `lxc-attach`.
+    pub lxc_attach_path: OsString,
+}
+
+impl LxcOptions {
+    /// Options for `container`.
+    pub fn new(container: impl Into<String>) -> LxcOptions {
+        LxcOptions { container: container.into(), lxc_attach_path: "lxc-attach".into() }
+    }
+
+    /// `lxc-attach --clear-env --name <container> --`; the boot command follows.
+    pub fn argv(&self) -> Vec<OsString> {
+        let mut argv = vec![self.lxc_attach_path.clone()];
+        argv.extend(words(["--clear-env", "--name", &self.container, "--"]));
+        argv
+    }
+}
+
+/// Start a context in an LXC container.
+///
+/// # Errors
+/// The generic method's errors; an `Eof` one ends with Mitogen's hint to read the host's logs.
+pub fn connect_lxc(router: &Router, context_id: u32, o: &LxcOptions, options: &Options) -> Result<Context> {
+    connect_tool(router, context_id, o.argv(), format!("lxc.{}", o.container), Some(LXC_HINT), options)
+}
+
+/// `lxd()` (Mitogen `Router.lxd()`), and `incus()` with [`LxdOptions::incus`]: in a running
+/// LXD (or Incus) instance, through its client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LxdOptions {
+    /// The instance.
+    pub container: String,
+    /// The client program; default `lxc` (LXD's client), `incus` for Incus.
+    pub lxc_path: OsString,
+    /// Incus spells the mode `non-interactive`; LXD `noninteractive`.
+    pub incus: bool,
+}
+
+impl LxdOptions {
+    /// Options for the LXD instance `container`.
+    pub fn new(container: impl Into<String>) -> LxdOptions {
+        LxdOptions { container: container.into(), lxc_path: "lxc".into(), incus: false }
+    }
+
+    /// Options for the Incus instance `container` (current Mitogen's `Router.incus()`).
+    pub fn incus(container: impl Into<String>) -> LxdOptions {
+        LxdOptions { container: container.into(), lxc_path: "incus".into(), incus: true }
+    }
+
+    /// `lxc exec --mode=noninteractive <container> --` (`incus exec --mode=non-interactive`);
+    /// the boot command follows.
+    pub fn argv(&self) -> Vec<OsString> {
+        let mode = if self.incus { "--mode=non-interactive" } else { "--mode=noninteractive" };
+        let mut argv = vec![self.lxc_path.clone()];
+        argv.extend(words(["exec", mode, &self.container, "--"]));
+        argv
+    }
+}
+
+/// Start a context in an LXD or Incus instance.
+///
+/// # Errors
+/// The generic method's errors; an `Eof` one ends with Mitogen's hint to read the host's logs.
+pub fn connect_lxd(router: &Router, context_id: u32, o: &LxdOptions, options: &Options) -> Result<Context> {
+    let name = format!("{}.{}", if o.incus { "incus" } else { "lxd" }, o.container);
+    connect_tool(router, context_id, o.argv(), name, Some(LXC_HINT), options)
+}
+
+/// `jail()` (Mitogen `Router.jail()`): in a FreeBSD jail, through `jexec`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailOptions {
+    /// The jail.
+    pub container: String,
+    /// The jexec program; default `/usr/sbin/jexec`.
+    pub jexec_path: OsString,
+    /// The account inside the jail (`-U`).
+    pub username: Option<String>,
+}
+
+impl JailOptions {
+    /// Options for `container`.
+    pub fn new(container: impl Into<String>) -> JailOptions {
+        JailOptions { container: container.into(), jexec_path: "/usr/sbin/jexec".into(), username: None }
+    }
+
+    /// `jexec [-U <user>] <jail>`; the boot command follows.
+    pub fn argv(&self) -> Vec<OsString> {
+        let mut argv = vec![self.jexec_path.clone()];
+        if let Some(u) = &self.username {
+            argv.extend(words(["-U", u]));
+        }
+        argv.push(self.container.clone().into());
+        argv
+    }
+}
+
+/// Start a context in a jail.
+///
+/// # Errors
+/// The generic method's errors.
+pub fn connect_jail(router: &Router, context_id: u32, o: &JailOptions, options: &Options) -> Result<Context> {
+    connect_tool(router, context_id, o.argv(), format!("jail.{}", o.container), None, options)
+}
+
+/// `kubectl()` (Mitogen `Router.kubectl()`): in a Kubernetes pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubectlOptions {
+    /// The pod.
+    pub pod: String,
+    /// The kubectl program; default `kubectl`.
+    pub kubectl_path: OsString,
+    /// Words before `exec`: `--context`, `--namespace`, `--container`, ...
+    pub kubectl_args: Vec<OsString>,
+}
+
+impl KubectlOptions {
+    /// Options for `pod`.
+    pub fn new(pod: impl Into<String>) -> KubectlOptions {
+        KubectlOptions { pod: pod.into(), kubectl_path: "kubectl".into(), kubectl_args: Vec::new() }
+    }
+
+    /// `kubectl <kubectl_args> exec -it <pod> --`; the boot command follows.
+    pub fn argv(&self) -> Vec<OsString> {
+        let mut argv = vec![self.kubectl_path.clone()];
+        argv.extend(self.kubectl_args.iter().cloned());
+        argv.extend(words(["exec", "-it", &self.pod, "--"]));
+        argv
+    }
+}
+
+/// Start a context in a pod.
+///
+/// # Errors
+/// The generic method's errors.
+pub fn connect_kubectl(router: &Router, context_id: u32, o: &KubectlOptions, options: &Options) -> Result<Context> {
+    connect_tool(router, context_id, o.argv(), format!("kubectl.{}", o.pod), None, options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(argv: Vec<OsString>) -> String {
+        argv.iter().map(|w| w.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn every_tools_argv_is_mitogens() {
+        let user = |mut o: DockerOptions| {
+            o.username = Some("u".into());
+            o
+        };
+        assert_eq!(shown(DockerOptions::container("c").argv().unwrap()), "docker exec --interactive c");
+        assert_eq!(shown(user(DockerOptions::container("c")).argv().unwrap()), "docker exec --interactive --user=u c");
+        assert_eq!(shown(user(DockerOptions::image("i")).argv().unwrap()), "docker run --interactive --user=u --rm i");
+        assert!(DockerOptions { image: Some("i".into()), ..DockerOptions::container("c") }.argv().is_err());
+        assert_eq!(DockerOptions::image("i").default_name(), "docker.i");
+        let podman = PodmanOptions { username: Some("u".into()), ..PodmanOptions::new("c") };
+        assert_eq!(shown(podman.argv()), "podman exec --user=u --interactive -- c");
+        let buildah = BuildahOptions { username: Some("u".into()), ..BuildahOptions::new("c") };
+        assert_eq!(shown(buildah.argv()), "buildah run --user=u -- c");
+        assert_eq!(shown(LxcOptions::new("c").argv()), "lxc-attach --clear-env --name c --");
+        assert_eq!(shown(LxdOptions::new("c").argv()), "lxc exec --mode=noninteractive c --");
+        assert_eq!(shown(LxdOptions::incus("c").argv()), "incus exec --mode=non-interactive c --");
+        let jail = JailOptions { username: Some("u".into()), ..JailOptions::new("j") };
+        assert_eq!(shown(jail.argv()), "/usr/sbin/jexec -U u j");
+        let kubectl = KubectlOptions { kubectl_args: vec!["-n".into(), "ns".into()], ..KubectlOptions::new("p") };
+        assert_eq!(shown(kubectl.argv()), "kubectl -n ns exec -it p --");
+    }
+}

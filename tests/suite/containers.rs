@@ -1,0 +1,227 @@
+//! Container methods against the real engines (docker, podman, buildah, LXC, LXD) and
+//! namespaces (setns), on a test image with no Python and nothing of ours (`tests/containers.rs`,
+//! `tests/engines.sh`). kubectl, incus and jexec cannot run here (no cluster; not packaged for
+//! Debian 12; FreeBSD only): `tests/stubs/{kubectl,incus,jexec}` stand in for them, check the
+//! argv the library builds, and run the boot command in a real podman container.
+
+use std::time::{Duration, Instant};
+
+use mitogen::core::StreamErrorKind;
+use mitogen::master::{
+    BuildahOptions, Context, DockerOptions, JailOptions, KubectlOptions, LxcOptions, LxdOptions, Options,
+    PodmanOptions, Router, SetnsKind, SetnsOptions,
+};
+use mitogen_tests::containers::{Container, Engine, IMAGE};
+use mitogen_tests::{run, WAIT};
+
+/// `(host name, uid, pid 1's command line, this process's pid, the executable it runs from)`.
+fn inside() -> (String, u32, String, u32, String) {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned();
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    let pid1 = std::fs::read("/proc/1/cmdline").unwrap_or_default();
+    let pid1 = String::from_utf8_lossy(&pid1).replace('\0', " ").trim().to_owned();
+    let exe = std::fs::read_link("/proc/self/exe").map(|p| p.display().to_string()).unwrap_or_default();
+    (hostname, uid, pid1, std::process::id(), exe)
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+mitogen::remote!(inside, nap);
+
+fn via(ctx: &Context) -> Options {
+    Options { via: Some(ctx.core().clone()), ..Options::default() }
+}
+
+/// The context runs in `c`: its host name, and the container's own `sleep infinity` as pid 1.
+fn runs_in(ctx: &Context, c: &Container) -> (u32, String) {
+    let (hostname, uid, pid1, _, exe) = ctx.call(inside, ()).unwrap();
+    assert_eq!(hostname, c.name);
+    assert!(pid1.ends_with("sleep infinity"), "pid 1 of the container's PID namespace: {pid1}");
+    (uid, exe)
+}
+
+fn stub(name: &str) -> std::ffi::OsString {
+    format!("{}/stubs/{name}", env!("CARGO_MANIFEST_DIR")).into()
+}
+
+#[test]
+fn docker_exec_runs_calls_in_the_container_as_root_and_as_another_account() {
+    run(|| {
+        let c = Container::start(Engine::Docker, "docker");
+        let router = Router::new(None).unwrap();
+        let root = router.docker(DockerOptions::container(&c.name), Options::default()).unwrap();
+        assert_eq!(root.name(), Some(format!("docker.{}", c.name).as_str()));
+        let (uid, exe) = runs_in(&root, &c);
+        assert_eq!(uid, 0);
+        assert!(exe.starts_with("/root/.cache/mitogen/"), "{exe}");
+        // nobody's HOME does not exist and docker mounts /dev/shm noexec: the cache falls back
+        // to a private dir in /tmp.
+        let nobody = DockerOptions { username: Some("nobody".into()), ..DockerOptions::container(&c.name) };
+        let ctx = router.docker(nobody, Options::default()).unwrap();
+        let (uid, exe) = runs_in(&ctx, &c);
+        assert_eq!(uid, 65534);
+        assert!(exe.starts_with("/tmp/mitogen-65534/"), "{exe}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn docker_run_starts_a_temporary_container_from_an_image() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let ctx = router.docker(DockerOptions::image(IMAGE), Options::default()).unwrap();
+        assert_eq!(ctx.name(), Some(format!("docker.{IMAGE}").as_str()));
+        // The boot command is the container's first process, and the context replaced it.
+        let (_, uid, _, pid, _) = ctx.call(inside, ()).unwrap();
+        assert_eq!((uid, pid), (0, 1));
+        ctx.shutdown(true).unwrap();
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_missing_or_stopped_container_is_a_clear_error_within_connect_timeout() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let options = Options { connect_timeout: Duration::from_secs(20), ..Options::default() };
+        let start = Instant::now();
+        let e = router.docker(DockerOptions::container("mt-no-such-container"), options.clone()).unwrap_err();
+        assert!(matches!(e.stream_kind_of(), Some(StreamErrorKind::Eof { .. })), "{e}");
+        assert!(e.to_string().contains("No such container"), "{e}");
+        let c = Container::start(Engine::Docker, "stopped");
+        mitogen_tests::containers::sh(&["docker", "stop", "-t", "0", &c.name]);
+        let e = router.docker(DockerOptions::container(&c.name), options.clone()).unwrap_err();
+        assert!(e.to_string().contains("is not running"), "{e}");
+        let e = router.lxc(LxcOptions::new("mt-no-such-container"), options).unwrap_err();
+        assert!(e.to_string().contains("Please check the host logs (/var/log)"), "Mitogen's hint: {e}");
+        assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn callers_wake_with_an_error_when_the_container_is_killed_mid_call() {
+    run(|| {
+        let mut c = Container::start(Engine::Docker, "killed");
+        let router = Router::new(None).unwrap();
+        let ctx = router.docker(DockerOptions::container(&c.name), Options::default()).unwrap();
+        let calls: Vec<_> = (0..3).map(|_| ctx.call_async(nap, (60_000u64,)).unwrap()).collect();
+        let start = Instant::now();
+        c.remove();
+        for call in calls {
+            let e = call.get_timeout(WAIT).unwrap_err();
+            assert!(e.is_channel(), "{e}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "woke after {:?}", start.elapsed());
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn master_to_local_to_docker_to_local_chains_through_via() {
+    run(|| {
+        let c = Container::start(Engine::Docker, "chain");
+        let router = Router::new(None).unwrap();
+        let local = router.local(Options::default()).unwrap();
+        let docker = router.docker(DockerOptions::container(&c.name), via(&local)).unwrap();
+        let child = router.local(via(&docker)).unwrap();
+        assert!(child.name().unwrap().starts_with(&format!("{}.docker.{}.local.", local.name().unwrap(), c.name)));
+        runs_in(&child, &c);
+        let (_, _, parents) = child.call(crate::local_whoami, ()).unwrap();
+        assert_eq!(parents, vec![docker.context_id(), local.context_id(), 0]);
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn podman_and_buildah_run_calls_in_their_containers() {
+    run(|| {
+        let c = Container::start(Engine::Podman, "podman");
+        let router = Router::new(None).unwrap();
+        let ctx = router.podman(PodmanOptions::new(&c.name), Options::default()).unwrap();
+        assert_eq!(ctx.name(), Some(format!("podman.{}", c.name).as_str()));
+        assert_eq!(runs_in(&ctx, &c).0, 0);
+        let nobody = PodmanOptions { username: Some("nobody".into()), ..PodmanOptions::new(&c.name) };
+        assert_eq!(runs_in(&router.podman(nobody, Options::default()).unwrap(), &c).0, 65534);
+        let e = router.podman(PodmanOptions::new("mt-no-such-container"), Options::default()).unwrap_err();
+        assert!(e.to_string().contains("no such container"), "{e}");
+
+        // buildah runs each command in a fresh process of the working container.
+        let b = Container::start(Engine::Buildah, "buildah");
+        let ctx = router.buildah(BuildahOptions::new(&b.name), Options::default()).unwrap();
+        assert_eq!(ctx.name(), Some(format!("buildah.{}", b.name).as_str()));
+        assert_eq!(ctx.call(inside, ()).unwrap().1, 0);
+        let nobody = BuildahOptions { username: Some("nobody".into()), ..BuildahOptions::new(&b.name) };
+        assert_eq!(router.buildah(nobody, Options::default()).unwrap().call(inside, ()).unwrap().1, 65534);
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn lxc_and_lxd_run_calls_in_their_containers() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let c = Container::start(Engine::Lxc, "lxc");
+        let ctx = router.lxc(LxcOptions::new(&c.name), Options::default()).unwrap();
+        assert_eq!(ctx.name(), Some(format!("lxc.{}", c.name).as_str()));
+        assert_eq!(runs_in(&ctx, &c).0, 0);
+        let d = Container::start(Engine::Lxd, "lxd");
+        let ctx = router.lxd(LxdOptions::new(&d.name), Options::default()).unwrap();
+        assert_eq!(ctx.name(), Some(format!("lxd.{}", d.name).as_str()));
+        assert_eq!(runs_in(&ctx, &d).0, 0);
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn setns_enters_docker_and_lxc_containers_and_plain_namespaces_directly() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let d = Container::start(Engine::Docker, "setns-docker");
+        let ctx = router.setns(SetnsOptions::new(&d.name, SetnsKind::Docker), Options::default()).unwrap();
+        assert_eq!(ctx.name(), Some(format!("setns.{}", d.name).as_str()));
+        let (uid, exe) = runs_in(&ctx, &d);
+        assert_eq!(uid, 0);
+        assert!(exe.starts_with("/root/.cache/mitogen/"), "cached inside the container's root: {exe}");
+        let nobody = SetnsOptions { username: "nobody".into(), ..SetnsOptions::new(&d.name, SetnsKind::Docker) };
+        assert_eq!(runs_in(&router.setns(nobody, Options::default()).unwrap(), &d).0, 65534);
+
+        let l = Container::start(Engine::Lxc, "setns-lxc");
+        let ctx = router.setns(SetnsOptions::new(&l.name, SetnsKind::Lxc), Options::default()).unwrap();
+        runs_in(&ctx, &l);
+
+        // A stopped container has no leader: a clear error.
+        let e = router.setns(SetnsOptions::new("mt-no-such-container", SetnsKind::Docker), Options::default());
+        assert!(e.unwrap_err().to_string().contains("mt-no-such-container"));
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn the_stub_kubectl_incus_and_jexec_reach_a_real_container() {
+    run(|| {
+        let c = Container::start(Engine::Podman, "stubs");
+        let router = Router::new(None).unwrap();
+        let kubectl = KubectlOptions {
+            kubectl_path: stub("kubectl"),
+            kubectl_args: vec!["--namespace".into(), "default".into()],
+            ..KubectlOptions::new(&c.name)
+        };
+        let ctx = router.kubectl(kubectl, Options::default()).unwrap();
+        assert_eq!(ctx.name(), Some(format!("kubectl.{}", c.name).as_str()));
+        runs_in(&ctx, &c);
+        let incus = LxdOptions { lxc_path: stub("incus"), ..LxdOptions::incus(&c.name) };
+        let ctx = router.lxd(incus, Options::default()).unwrap();
+        assert_eq!(ctx.name(), Some(format!("incus.{}", c.name).as_str()));
+        runs_in(&ctx, &c);
+        let jail =
+            JailOptions { jexec_path: stub("jexec"), username: Some("nobody".into()), ..JailOptions::new(&c.name) };
+        let ctx = router.jail(jail, Options::default()).unwrap();
+        assert_eq!(ctx.name(), Some(format!("jail.{}", c.name).as_str()));
+        assert_eq!(runs_in(&ctx, &c).0, 65534);
+        router.shutdown_and_join();
+    });
+}
