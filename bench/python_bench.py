@@ -47,6 +47,9 @@ Scenarios and the measures they print:
                       (random bytes; ssh compression off and on).
 ``sudo``              ``sudo_cold_s``, ``sudo_warm_s`` (connect and one call
                       through ``sudo -u mitogen-key`` from root), ``sudo_roundtrip_s``.
+``containers``        ``{docker,podman}_{cold,warm}_s`` and ``..._roundtrip_s``:
+                      into the containers ``bench/run`` starts
+                      (``MITOGEN_BENCH_{DOCKER,PODMAN}``; their image has python3).
 ``call_error``        ``call_error_s``: time for a call whose remote function
                       raises ``ValueError`` until ``mitogen.core.CallError`` is
                       caught here (1000 calls).
@@ -439,6 +442,32 @@ def scenario_sudo(router, contexts):
     emit("sudo_roundtrip_s", timed_calls(ctx, noop, 2000), "s")
 
 
+def scenario_containers(router, contexts):
+    """docker() and podman() into the containers bench/run starts (their image has python3):
+    Mitogen ships its core on every connect, so cold and warm are the same measure here."""
+    for tool in ("docker", "podman"):
+        name = os.environ["MITOGEN_BENCH_%s" % (tool.upper(),)]
+
+        def connect():
+            ctx = getattr(router, tool)(container=name, python_path="python3")
+            ctx.call(noop)
+            return ctx
+
+        connect().shutdown(wait=True)
+        for measure, count in (("%s_cold_s" % tool, 5), ("%s_warm_s" % tool, 20)):
+            samples = []
+            for _ in range(count):
+                t0 = time.perf_counter()
+                ctx = connect()
+                samples.append(time.perf_counter() - t0)
+                ctx.shutdown(wait=True)
+            emit(measure, samples, "s")
+        ctx = connect()
+        timed_calls(ctx, noop, 100)
+        emit("%s_roundtrip_s" % tool, timed_calls(ctx, noop, 2000), "s")
+        ctx.shutdown(wait=True)
+
+
 SCENARIOS = {
     "bootstrap": scenario_bootstrap,
     "command": scenario_command,
@@ -452,6 +481,7 @@ SCENARIOS = {
     "call_error": scenario_call_error,
     "ssh": scenario_ssh,
     "sudo": scenario_sudo,
+    "containers": scenario_containers,
 }
 
 

@@ -381,6 +381,68 @@ fn sudo() -> R {
     })
 }
 
+/// Into a running docker and podman container (`bench/run` starts them from an image that also
+/// has Python, for Python Mitogen's side): bootstrap to the first call with the container's
+/// cache emptied each time (cold) and kept (warm), the round trip, and the floor `<tool> exec
+/// <container> true`.
+fn containers() -> R {
+    for tool in ["docker", "podman"] {
+        let var = format!("MITOGEN_BENCH_{}", tool.to_uppercase());
+        let name = std::env::var(&var).map_err(|_| mitogen::Error::general(format!("{var} is not set (bench/run)")))?;
+        let exec = |args: &[&str]| -> R {
+            let status = std::process::Command::new(tool)
+                .arg("exec")
+                .arg(&name)
+                .args(args)
+                .status()
+                .map_err(|e| mitogen::Error::general(e.to_string()))?;
+            status.success().then_some(()).ok_or_else(|| mitogen::Error::general(format!("{tool} exec: {status}")))
+        };
+        exec(&["true"])?;
+        let mut samples = (0..20).map(|_| timed(|| exec(&["true"])).0).collect::<Vec<_>>();
+        emit(&format!("floor_{tool}_exec_true_s"), &mut samples, "s");
+        mitogen::utils::run_with_router(|router| {
+            let connect = || -> Result<Context, mitogen::Error> {
+                let ctx = match tool {
+                    "docker" => router.docker(mitogen::master::DockerOptions::container(&name), Options::default())?,
+                    _ => router.podman(mitogen::master::PodmanOptions::new(&name), Options::default())?,
+                };
+                ctx.call(noop, ())?;
+                Ok(ctx)
+            };
+            connect()?.shutdown(true)?; // compresses this executable once
+            let mut cold = Vec::new();
+            for _ in 0..5 {
+                exec(&["rm", "-rf", "/root/.cache/mitogen"])?;
+                let (t, ctx) = timed(connect);
+                cold.push(t);
+                ctx?.shutdown(true)?;
+            }
+            emit(&format!("{tool}_cold_s"), &mut cold, "s");
+            let mut warm = Vec::new();
+            for _ in 0..20 {
+                let (t, ctx) = timed(connect);
+                warm.push(t);
+                ctx?.shutdown(true)?;
+            }
+            emit(&format!("{tool}_warm_s"), &mut warm, "s");
+            let ctx = connect()?;
+            for _ in 0..100 {
+                ctx.call(noop, ())?;
+            }
+            let mut samples = Vec::with_capacity(2000);
+            for _ in 0..2000 {
+                let (t, r) = timed(|| ctx.call(noop, ()));
+                r?;
+                samples.push(t);
+            }
+            emit(&format!("{tool}_roundtrip_s"), &mut samples, "s");
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
 fn roundtrip(name: &str) -> R {
     mitogen::utils::run_with_router(|router| {
         let ctx = router.local(Options::default())?;
@@ -637,6 +699,7 @@ fn main() {
         "call_error",
         "ssh",
         "sudo",
+        "containers",
     ];
     let chosen: Vec<&str> = if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
     let mut failed = false;
@@ -656,6 +719,7 @@ fn main() {
             "call_error" => call_error(),
             "ssh" => ssh(),
             "sudo" => sudo(),
+            "containers" => containers(),
             other => Err(mitogen::Error::general(format!("unknown scenario {other:?}"))),
         };
         if let Err(e) = r {
