@@ -187,6 +187,19 @@ def with_router(func):
     return run
 
 
+def timed_connects(connect, measure, count, before=None):
+    """Emit `measure`: `count` times connect() (which makes one call), then shut down."""
+    samples = []
+    for _ in range(count):
+        if before:
+            before()
+        t0 = time.perf_counter()
+        ctx = connect()
+        samples.append(time.perf_counter() - t0)
+        ctx.shutdown(wait=True)
+    emit(measure, samples, "s")
+
+
 def timed_calls(ctx, func, count, *args):
     samples = []
     for _ in range(count):
@@ -214,15 +227,13 @@ def scenario_bootstrap(router, contexts):
 def scenario_command(router, contexts):
     """Counterpart of the Rust command method: local() runs the first stage and ships the
     core source every time, so cold and warm are the same measure here."""
-    for measure, count in (("command_cold_s", 5), ("command_warm_s", 20)):
-        samples = []
-        for _ in range(count):
-            t0 = time.perf_counter()
-            ctx = router.local()
-            ctx.call(noop)
-            samples.append(time.perf_counter() - t0)
-            ctx.shutdown(wait=True)
-        emit(measure, samples, "s")
+    def connect():
+        ctx = router.local()
+        ctx.call(noop)
+        return ctx
+
+    timed_connects(connect, "command_cold_s", 5)
+    timed_connects(connect, "command_warm_s", 20)
 
 
 def _roundtrip(router, contexts, measure):
@@ -378,15 +389,9 @@ def scenario_ssh(router, contexts):
         return ctx
 
     connect().shutdown(wait=True)
-    for measure, count, extra in (("ssh_cold_s", 5, ()), ("ssh_warm_s", 20, ()),
-                                  ("ssh_controlmaster_warm_s", 20, cm)):
-        samples = []
-        for _ in range(count):
-            t0 = time.perf_counter()
-            ctx = connect(extra=extra)
-            samples.append(time.perf_counter() - t0)
-            ctx.shutdown(wait=True)
-        emit(measure, samples, "s")
+    timed_connects(connect, "ssh_cold_s", 5)
+    timed_connects(connect, "ssh_warm_s", 20)
+    timed_connects(lambda: connect(extra=cm), "ssh_controlmaster_warm_s", 20)
     for compression in (False, True):
         z = "zlib" if compression else "plain"
         ctx = connect(compression=compression)
@@ -428,14 +433,8 @@ def scenario_sudo(router, contexts):
         return ctx
 
     connect().shutdown(wait=True)
-    for measure, count in (("sudo_cold_s", 5), ("sudo_warm_s", 20)):
-        samples = []
-        for _ in range(count):
-            t0 = time.perf_counter()
-            ctx = connect()
-            samples.append(time.perf_counter() - t0)
-            ctx.shutdown(wait=True)
-        emit(measure, samples, "s")
+    timed_connects(connect, "sudo_cold_s", 5)
+    timed_connects(connect, "sudo_warm_s", 20)
     ctx = connect()
     contexts.append(ctx)
     timed_calls(ctx, noop, 100)
@@ -454,14 +453,8 @@ def scenario_containers(router, contexts):
             return ctx
 
         connect().shutdown(wait=True)
-        for measure, count in (("%s_cold_s" % tool, 5), ("%s_warm_s" % tool, 20)):
-            samples = []
-            for _ in range(count):
-                t0 = time.perf_counter()
-                ctx = connect()
-                samples.append(time.perf_counter() - t0)
-                ctx.shutdown(wait=True)
-            emit(measure, samples, "s")
+        timed_connects(connect, "%s_cold_s" % tool, 5)
+        timed_connects(connect, "%s_warm_s" % tool, 20)
         ctx = connect()
         timed_calls(ctx, noop, 100)
         emit("%s_roundtrip_s" % tool, timed_calls(ctx, noop, 2000), "s")

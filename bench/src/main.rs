@@ -69,22 +69,52 @@ fn memory(pid: u32) -> (f64, f64) {
     (field(format!("/proc/{pid}/status"), "VmRSS:"), field(format!("/proc/{pid}/smaps_rollup"), "Pss:"))
 }
 
+/// `count` connects, each with one call and a shutdown; `before` runs, untimed, before each
+/// (emptying a cache for a cold start). Prints `measure` and, with `bytes`, the executable
+/// bytes each connect sent on average (`<bytes>_executable_bytes_sent`).
+fn connects(
+    measure: &str,
+    bytes: bool,
+    count: usize,
+    mut before: impl FnMut(usize) -> R,
+    connect: impl Fn(usize) -> Result<Context, mitogen::Error>,
+) -> R {
+    let sent = mitogen::parent::bootstrap_stats().bytes_sent;
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count {
+        before(i)?;
+        let (t, ctx) = timed(|| connect(i).and_then(|ctx| ctx.call(noop, ()).map(|()| ctx)));
+        samples.push(t);
+        ctx?.shutdown(true)?;
+    }
+    emit(measure, &mut samples, "s");
+    if bytes {
+        let per = (mitogen::parent::bootstrap_stats().bytes_sent - sent) as f64 / count as f64;
+        emit(&format!("{}_executable_bytes_sent", measure.trim_end_matches("_s")), &mut [per], "bytes");
+    }
+    Ok(())
+}
+
+/// 100 untimed calls, then `count` timed `call(noop)`s: the round trip, as `measure`.
+fn roundtrips(ctx: &Context, count: usize, measure: &str) -> R {
+    for _ in 0..100 {
+        ctx.call(noop, ())?;
+    }
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (t, r) = timed(|| ctx.call(noop, ()));
+        r?;
+        samples.push(t);
+    }
+    emit(measure, &mut samples, "s");
+    Ok(())
+}
+
 type R = Result<(), mitogen::Error>;
 
 fn bootstrap() -> R {
     mitogen::utils::run_with_router(|router| {
-        let mut samples = Vec::new();
-        for _ in 0..20 {
-            let (t, ctx) = timed(|| -> Result<Context, mitogen::Error> {
-                let ctx = router.local(Options::default())?;
-                ctx.call(noop, ())?;
-                Ok(ctx)
-            });
-            samples.push(t);
-            ctx?.shutdown(true)?;
-        }
-        emit("bootstrap_s", &mut samples, "s");
-        Ok(())
+        connects("bootstrap_s", false, 20, |_| Ok(()), |_| router.local(Options::default()))
     })
 }
 
@@ -99,33 +129,11 @@ fn command() -> R {
             argv: vec!["env".into(), format!("XDG_CACHE_HOME={}", dir.display()).into()],
             ..Default::default()
         };
-        let connect = |dir: &std::path::Path| -> Result<Context, mitogen::Error> {
-            let ctx = router.command(spec(dir), Options::default())?;
-            ctx.call(noop, ())?;
-            Ok(ctx)
-        };
+        let connect = |dir: &std::path::Path| router.command(spec(dir), Options::default());
         // The first connect of a process compresses the executable; later cold connects reuse it.
         connect(&root.join("warm-up"))?.shutdown(true)?;
-        let before = mitogen::parent::bootstrap_stats();
-        let mut cold = Vec::new();
-        for i in 0..5 {
-            let dir = root.join(format!("cold-{i}"));
-            let (t, ctx) = timed(|| connect(&dir));
-            cold.push(t);
-            ctx?.shutdown(true)?;
-        }
-        let after = mitogen::parent::bootstrap_stats();
-        emit("command_cold_s", &mut cold, "s");
-        emit("command_cold_executable_bytes_sent", &mut [(after.bytes_sent - before.bytes_sent) as f64 / 5.0], "bytes");
-        let mut warm = Vec::new();
-        for _ in 0..20 {
-            let (t, ctx) = timed(|| connect(&root.join("warm-up")));
-            warm.push(t);
-            ctx?.shutdown(true)?;
-        }
-        emit("command_warm_s", &mut warm, "s");
-        let sent = (mitogen::parent::bootstrap_stats().bytes_sent - after.bytes_sent) as f64 / 20.0;
-        emit("command_warm_executable_bytes_sent", &mut [sent], "bytes");
+        connects("command_cold_s", true, 5, |_| Ok(()), |i| connect(&root.join(format!("cold-{i}"))))?;
+        connects("command_warm_s", true, 20, |_| Ok(()), |_| connect(&root.join("warm-up")))?;
         let _ = std::fs::remove_dir_all(&root);
         Ok(())
     })
@@ -240,55 +248,22 @@ fn ssh() -> R {
     }
 
     let result = mitogen::utils::run_with_router(|router| {
-        let connect = |compression: bool, extra: &[String]| -> Result<Context, mitogen::Error> {
-            let ctx = router.ssh(target.options(compression, extra), Options::default())?;
-            ctx.call(noop, ())?;
-            Ok(ctx)
-        };
+        let connect =
+            |compression: bool, extra: &[String]| router.ssh(target.options(compression, extra), Options::default());
         connect(true, &[])?.shutdown(true)?; // compresses this executable once
-        let before = mitogen::parent::bootstrap_stats();
-        let mut cold = Vec::new();
-        for _ in 0..5 {
+        let empty_cache = |_| {
             let _ = std::fs::remove_dir_all(home_cache);
-            let (t, ctx) = timed(|| connect(true, &[]));
-            cold.push(t);
-            ctx?.shutdown(true)?;
-        }
-        let after = mitogen::parent::bootstrap_stats();
-        emit("ssh_cold_s", &mut cold, "s");
-        let mut sent = vec![(after.bytes_sent - before.bytes_sent) as f64 / 5.0];
-        emit("ssh_cold_executable_bytes_sent", &mut sent, "bytes");
-        let mut warm = Vec::new();
-        for _ in 0..20 {
-            let (t, ctx) = timed(|| connect(true, &[]));
-            warm.push(t);
-            ctx?.shutdown(true)?;
-        }
-        let mut sent = vec![(mitogen::parent::bootstrap_stats().bytes_sent - after.bytes_sent) as f64 / 20.0];
-        emit("ssh_warm_s", &mut warm, "s");
-        emit("ssh_warm_executable_bytes_sent", &mut sent, "bytes");
-        let mut warm_cm = Vec::new();
-        for _ in 0..20 {
-            let (t, ctx) = timed(|| connect(true, &cm));
-            warm_cm.push(t);
-            ctx?.shutdown(true)?;
-        }
-        emit("ssh_controlmaster_warm_s", &mut warm_cm, "s");
+            Ok(())
+        };
+        connects("ssh_cold_s", true, 5, empty_cache, |_| connect(true, &[]))?;
+        connects("ssh_warm_s", true, 20, |_| Ok(()), |_| connect(true, &[]))?;
+        connects("ssh_controlmaster_warm_s", false, 20, |_| Ok(()), |_| connect(true, &cm))?;
 
         for compression in [false, true] {
             let z = if compression { "zlib" } else { "plain" };
             let ctx = connect(compression, &[])?;
             if !compression {
-                for _ in 0..100 {
-                    ctx.call(noop, ())?;
-                }
-                let mut samples = Vec::with_capacity(2000);
-                for _ in 0..2000 {
-                    let (t, r) = timed(|| ctx.call(noop, ()));
-                    r?;
-                    samples.push(t);
-                }
-                emit("ssh_roundtrip_s", &mut samples, "s");
+                roundtrips(&ctx, 2000, "ssh_roundtrip_s")?;
                 let mut rates = Vec::new();
                 for _ in 0..3 {
                     let (t, r) = timed(|| -> R {
@@ -344,39 +319,15 @@ fn sudo() -> R {
     let mut samples = (0..20).map(|_| timed(sudo_true).0).collect::<Vec<_>>();
     emit("floor_sudo_true_s", &mut samples, "s");
     mitogen::utils::run_with_router(|router| {
-        let options = || mitogen::master::SudoOptions::new("mitogen-key");
-        let connect = || -> Result<Context, mitogen::Error> {
-            let ctx = router.sudo(options(), Options::default())?;
-            ctx.call(noop, ())?;
-            Ok(ctx)
-        };
-        connect()?.shutdown(true)?; // compresses this executable once
-        let mut cold = Vec::new();
-        for _ in 0..5 {
+        let connect = |_| router.sudo(mitogen::master::SudoOptions::new("mitogen-key"), Options::default());
+        connect(0)?.shutdown(true)?; // compresses this executable once
+        let empty_cache = |_| {
             let _ = std::fs::remove_dir_all(home_cache);
-            let (t, ctx) = timed(connect);
-            cold.push(t);
-            ctx?.shutdown(true)?;
-        }
-        emit("sudo_cold_s", &mut cold, "s");
-        let mut warm = Vec::new();
-        for _ in 0..20 {
-            let (t, ctx) = timed(connect);
-            warm.push(t);
-            ctx?.shutdown(true)?;
-        }
-        emit("sudo_warm_s", &mut warm, "s");
-        let ctx = connect()?;
-        for _ in 0..100 {
-            ctx.call(noop, ())?;
-        }
-        let mut samples = Vec::with_capacity(2000);
-        for _ in 0..2000 {
-            let (t, r) = timed(|| ctx.call(noop, ()));
-            r?;
-            samples.push(t);
-        }
-        emit("sudo_roundtrip_s", &mut samples, "s");
+            Ok(())
+        };
+        connects("sudo_cold_s", false, 5, empty_cache, connect)?;
+        connects("sudo_warm_s", false, 20, |_| Ok(()), connect)?;
+        roundtrips(&connect(0)?, 2000, "sudo_roundtrip_s")?;
         Ok(())
     })
 }
@@ -402,41 +353,15 @@ fn containers() -> R {
         let mut samples = (0..20).map(|_| timed(|| exec(&["true"])).0).collect::<Vec<_>>();
         emit(&format!("floor_{tool}_exec_true_s"), &mut samples, "s");
         mitogen::utils::run_with_router(|router| {
-            let connect = || -> Result<Context, mitogen::Error> {
-                let ctx = match tool {
-                    "docker" => router.docker(mitogen::master::DockerOptions::container(&name), Options::default())?,
-                    _ => router.podman(mitogen::master::PodmanOptions::new(&name), Options::default())?,
-                };
-                ctx.call(noop, ())?;
-                Ok(ctx)
+            let connect = |_| match tool {
+                "docker" => router.docker(mitogen::master::DockerOptions::container(&name), Options::default()),
+                _ => router.podman(mitogen::master::PodmanOptions::new(&name), Options::default()),
             };
-            connect()?.shutdown(true)?; // compresses this executable once
-            let mut cold = Vec::new();
-            for _ in 0..5 {
-                exec(&["rm", "-rf", "/root/.cache/mitogen"])?;
-                let (t, ctx) = timed(connect);
-                cold.push(t);
-                ctx?.shutdown(true)?;
-            }
-            emit(&format!("{tool}_cold_s"), &mut cold, "s");
-            let mut warm = Vec::new();
-            for _ in 0..20 {
-                let (t, ctx) = timed(connect);
-                warm.push(t);
-                ctx?.shutdown(true)?;
-            }
-            emit(&format!("{tool}_warm_s"), &mut warm, "s");
-            let ctx = connect()?;
-            for _ in 0..100 {
-                ctx.call(noop, ())?;
-            }
-            let mut samples = Vec::with_capacity(2000);
-            for _ in 0..2000 {
-                let (t, r) = timed(|| ctx.call(noop, ()));
-                r?;
-                samples.push(t);
-            }
-            emit(&format!("{tool}_roundtrip_s"), &mut samples, "s");
+            connect(0)?.shutdown(true)?; // compresses this executable once
+            let empty_cache = |_| exec(&["rm", "-rf", "/root/.cache/mitogen"]);
+            connects(&format!("{tool}_cold_s"), false, 5, empty_cache, connect)?;
+            connects(&format!("{tool}_warm_s"), false, 20, |_| Ok(()), connect)?;
+            roundtrips(&connect(0)?, 2000, &format!("{tool}_roundtrip_s"))?;
             Ok(())
         })?;
     }
@@ -444,20 +369,7 @@ fn containers() -> R {
 }
 
 fn roundtrip(name: &str) -> R {
-    mitogen::utils::run_with_router(|router| {
-        let ctx = router.local(Options::default())?;
-        for _ in 0..100 {
-            ctx.call(noop, ())?;
-        }
-        let mut samples = Vec::with_capacity(5000);
-        for _ in 0..5000 {
-            let (t, r) = timed(|| ctx.call(noop, ()));
-            r?;
-            samples.push(t);
-        }
-        emit(name, &mut samples, "s");
-        Ok(())
-    })
+    mitogen::utils::run_with_router(|router| roundtrips(&router.local(Options::default())?, 5000, name))
 }
 
 fn pipelined() -> R {
