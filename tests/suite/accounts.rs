@@ -167,6 +167,9 @@ fn su_types_the_password_on_its_pty_and_reports_a_wrong_or_missing_one() {
 
         password_error(&router.su(to_other(Some("bad")), via(&user)).unwrap_err(), "su password is incorrect");
         password_error(&router.su(to_other(None), via(&user)).unwrap_err(), "su password is required");
+        // From root, su asks for no password.
+        let from_root = router.su(SuOptions::new("mitogen-other"), Options::default()).unwrap();
+        assert_eq!(from_root.call(who, ()).unwrap().0, uid_of("mitogen-other"));
         router.shutdown_and_join();
     });
 }

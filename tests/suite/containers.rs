@@ -161,7 +161,7 @@ fn podman_and_buildah_run_calls_in_their_containers() {
 }
 
 #[test]
-fn lxc_and_lxd_run_calls_in_their_containers() {
+fn lxc_and_lxd_run_calls_in_their_containers_and_setns_enters_lxd() {
     run(|| {
         let router = Router::new(None).unwrap();
         let c = Container::start(Engine::Lxc, "lxc");
@@ -171,6 +171,9 @@ fn lxc_and_lxd_run_calls_in_their_containers() {
         let d = Container::start(Engine::Lxd, "lxd");
         let ctx = router.lxd(LxdOptions::new(&d.name), Options::default()).unwrap();
         assert_eq!(ctx.name(), Some(format!("lxd.{}", d.name).as_str()));
+        assert_eq!(runs_in(&ctx, &d).0, 0);
+        // setns finds LXD's leader with `lxc info` and enters it directly.
+        let ctx = router.setns(SetnsOptions::new(&d.name, SetnsKind::Lxd), Options::default()).unwrap();
         assert_eq!(runs_in(&ctx, &d).0, 0);
         router.shutdown_and_join();
     });
