@@ -23,6 +23,8 @@ mod fork;
 mod fork_safety;
 #[path = "suite/fuzz.rs"]
 mod fuzz;
+#[path = "suite/introspection.rs"]
+mod introspection;
 #[path = "suite/lifetime.rs"]
 mod lifetime;
 #[path = "suite/methods.rs"]

@@ -69,3 +69,15 @@ impl fmt::Display for Secret {
         f.write_str("[secret]")
     }
 }
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}

@@ -62,7 +62,7 @@ pub use blob::{Blob, Secret};
 pub use broker::{panic_message, Broker, BrokerOptions, Source, TimerHandle};
 pub use child::{
     executable_digest, forget_chain, log_forwarded, read_config, serve, ChildConfig, ExternalContext, Hello, LogRecord,
-    CHILD_MARKER, PROTOCOL_VERSION,
+    CHILD_MARKER, PROTOCOL_VERSION, VERSION,
 };
 pub use context::Context;
 pub use error::{
@@ -76,7 +76,7 @@ pub use receiver::{Channel, Iter, Notify, Receiver, Sender};
 pub use remote::{encode_call, encode_call_by_path, RemoteFn, Returns};
 pub use router::{has_parent_authority, HandlerOptions, Policy, Router};
 pub use side::{io_op, Side};
-pub use stream::{Stream, CHUNK_SIZE};
+pub use stream::{Stream, StreamStats, CHUNK_SIZE};
 pub use wire::decode_frames;
 pub use wire::{
     encode, ADD_ROUTE, ALLOCATE_ID, CALL_FUNCTION, CALL_SERVICE, DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE, DETACHING,

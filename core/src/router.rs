@@ -390,6 +390,13 @@ impl Router {
         out
     }
 
+    /// Every route: a context id and the stream that leads to it, by id.
+    pub fn routes(&self) -> Vec<(u32, Stream)> {
+        let mut routes: Vec<(u32, Stream)> = self.inner.routes.read().iter().map(|(&id, s)| (id, s.clone())).collect();
+        routes.sort_by_key(|(id, _)| *id);
+        routes
+    }
+
     /// The stream leading to `dst_id`, or the parent's stream when no specific route is known
     /// (Mitogen `stream_by_id`).
     pub fn stream_by_id(&self, dst_id: u32) -> Option<Stream> {

@@ -5,7 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,29 @@ struct Inner {
     detached: AtomicBool,
     listeners: Mutex<Vec<Listener>>,
     on_shutdown: Mutex<Option<ShutdownHook>>,
+    counters: Counters,
+}
+
+/// What crossed a stream, counted as it happens (relaxed atomics: a few nanoseconds each).
+#[derive(Default)]
+struct Counters {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+}
+
+/// What crossed a [`Stream`] so far (part of Mitogen's `get_stats` / `get_stream_info`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StreamStats {
+    /// Bytes read from the peer (frames, or raw bytes for a byte stream).
+    pub bytes_in: u64,
+    /// Bytes written to the peer.
+    pub bytes_out: u64,
+    /// Messages received and routed.
+    pub messages_in: u64,
+    /// Messages accepted for sending.
+    pub messages_out: u64,
 }
 
 /// A connection driven by a [`Broker`]: a receive [`Side`], an optional transmit [`Side`], and
@@ -152,6 +175,7 @@ impl Stream {
                 detached: AtomicBool::new(false),
                 listeners: Mutex::new(Vec::new()),
                 on_shutdown: Mutex::new(None),
+                counters: Counters::default(),
             }),
         }
     }
@@ -317,6 +341,17 @@ impl Stream {
         *self.inner.on_shutdown.lock() = Some(Box::new(f));
     }
 
+    /// What crossed this stream so far.
+    pub fn stats(&self) -> StreamStats {
+        let c = &self.inner.counters;
+        StreamStats {
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
+            bytes_out: c.bytes_out.load(Ordering::Relaxed),
+            messages_in: c.messages_in.load(Ordering::Relaxed),
+            messages_out: c.messages_out.load(Ordering::Relaxed),
+        }
+    }
+
     /// Bytes queued for transmission and not yet written (Mitogen `pending_bytes()`).
     pub fn pending_bytes(&self) -> usize {
         self.inner.tx.lock().pending
@@ -342,13 +377,17 @@ impl Stream {
         let Some(side) = tx.side.as_ref() else {
             return Err(Error::stream(format!("{}: stream is disconnected", self.name())));
         };
+        self.inner.counters.messages_out.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let in_burst = tx.last_direct.is_some_and(|t| now.duration_since(t) < BURST_WINDOW);
         if tx.queue.is_empty() && !in_burst && !WRITE_BEHIND.with(Cell::get) {
             tx.last_direct = Some(now);
             let [a, b] = chunk.remaining();
             match side.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)]) {
-                Ok(Some(n)) => chunk.written = n,
+                Ok(Some(n)) => {
+                    chunk.written = n;
+                    self.inner.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 Ok(None) => {
                     drop(guard);
                     self.disconnect_later();
@@ -418,6 +457,7 @@ impl Stream {
         let mut frames = Vec::new();
         let outcome = self.read_all(&mut frames);
         if !frames.is_empty() {
+            self.inner.counters.messages_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
             let router = match &self.inner.rx.lock().protocol {
                 Protocol::Message { router, .. } => Some(router.clone()),
                 Protocol::Bytes(_) | Protocol::Ready(_) => None,
@@ -470,6 +510,7 @@ impl Stream {
                         if n == 0 {
                             return Ok(false);
                         }
+                        self.inner.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                         decoder.finish_direct(frames);
                         continue;
                     }
@@ -479,6 +520,7 @@ impl Stream {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                     Err(e) => return Err(Error::stream_io(format!("read failed on fd {}", side.raw_fd()), e)),
                 };
+                self.inner.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 match &mut rx.protocol {
                     Protocol::Message { decoder, .. } => {
                         if n > 0 {
@@ -542,6 +584,7 @@ impl Stream {
             };
             drop(iov);
             tx.pending -= n;
+            self.inner.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
             while n > 0 {
                 let c = tx.queue.front_mut().expect("written bytes belong to queued chunks");
                 let left = c.len() - c.written;

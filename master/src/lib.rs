@@ -13,8 +13,8 @@ use std::time::Duration;
 use mitogen_core::{BrokerOptions, Identity, Result};
 pub use mitogen_parent::{
     BuildahOptions, CallChain, CheckHostKeys, CommandSpec, Context, DoasOptions, DockerOptions, ForkOptions,
-    JailOptions, KubectlOptions, LxcOptions, LxdOptions, Method, Options, Password, PodmanOptions, SetnsKind,
-    SetnsOptions, SshOptions, SuOptions, SudoOptions,
+    JailOptions, KubectlOptions, LxcOptions, LxdOptions, Method, Options, PodmanOptions, SetnsKind, SetnsOptions,
+    SshOptions, SuOptions, SudoOptions,
 };
 
 mod io;
@@ -22,6 +22,15 @@ mod monitor;
 
 pub use io::{iter_read, write_all, IterRead};
 pub use monitor::ProcessMonitor;
+
+/// What [`Router::get_stats`] reports.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Contexts connected by this process, bootstraps, executables shipped and their bytes.
+    pub bootstrap: mitogen_parent::BootstrapStats,
+    /// Each directly connected stream and what crossed it.
+    pub streams: Vec<mitogen_parent::StreamInfo>,
+}
 
 /// The master's broker: the core [`Broker`](mitogen_core::Broker) with the master's 5-second
 /// shutdown grace period (Mitogen `mitogen.master.Broker`).
@@ -290,6 +299,20 @@ impl Router {
             Some(_) => self.connect(&Method::Fork, &options.options),
             None => mitogen_parent::connect_fork(&self.core, self.allocate_id(), &options),
         }
+    }
+
+    /// What this process's connections did (Mitogen `Router.get_stats()`): contexts connected,
+    /// executables shipped and their bytes, and each directly connected stream with the bytes
+    /// and messages that crossed it.
+    pub fn get_stats(&self) -> Stats {
+        Stats { bootstrap: mitogen_parent::bootstrap_stats(), streams: self.get_router_info().streams }
+    }
+
+    /// This router's streams and routes (Mitogen `get_router_info()` and `get_stream_info()`);
+    /// any other context answers the same through
+    /// `ctx.call(mitogen_parent::router_info, ())`.
+    pub fn get_router_info(&self) -> mitogen_parent::RouterInfo {
+        mitogen_parent::RouterInfo::of(&self.core)
     }
 
     /// The core router.

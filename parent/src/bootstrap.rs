@@ -192,7 +192,9 @@ pub(crate) struct Shipped {
 /// importer statistics play the same part).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BootstrapStats {
-    /// Bootstraps that reached the handshake.
+    /// Contexts this process connected, by any method (local, fork, command, ssh, ...).
+    pub connections: u64,
+    /// Bootstraps (the methods that run stage 1) that reached the handshake.
     pub connects: u64,
     /// Of those, how many ran a copy already cached on the target.
     pub cached: u64,
@@ -202,6 +204,7 @@ pub struct BootstrapStats {
     pub bytes_sent: u64,
 }
 
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 static CONNECTS: AtomicU64 = AtomicU64::new(0);
 static CACHED: AtomicU64 = AtomicU64::new(0);
 static SHIPPED_BYTES: AtomicU64 = AtomicU64::new(0);
@@ -210,7 +213,18 @@ static SHIPPED_BYTES: AtomicU64 = AtomicU64::new(0);
 /// connect shipped the executable, and how many bytes.
 pub fn bootstrap_stats() -> BootstrapStats {
     let (connects, cached) = (CONNECTS.load(Ordering::Relaxed), CACHED.load(Ordering::Relaxed));
-    BootstrapStats { connects, cached, shipped: connects - cached, bytes_sent: SHIPPED_BYTES.load(Ordering::Relaxed) }
+    BootstrapStats {
+        connections: CONNECTIONS.load(Ordering::Relaxed),
+        connects,
+        cached,
+        shipped: connects - cached,
+        bytes_sent: SHIPPED_BYTES.load(Ordering::Relaxed),
+    }
+}
+
+/// Count a context that answered its handshake.
+pub(crate) fn count_connection() {
+    CONNECTIONS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Count a bootstrap that reached the handshake.

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::command::{Boot, Launch};
 use crate::context::Context;
 use crate::local::Options;
-use crate::prompt::Password;
 use crate::su::PromptTexts;
 use crate::transport::Transport;
+use mitogen_core::Secret;
 
 /// The doas method's own options (the keywords of Mitogen's `Router.doas()`); the common ones
 /// are in [`Options`]. Serializable, so it works through `via=`.
@@ -20,7 +20,7 @@ pub struct DoasOptions {
     /// The account; default `root`.
     pub username: String,
     /// The password to type if doas asks.
-    pub password: Option<Password>,
+    pub password: Option<Secret>,
     /// The doas program; default `doas`, found on `PATH`.
     pub doas_path: OsString,
     /// Text that shows doas asks for the password (case-insensitive); default `Password:`

@@ -13,6 +13,7 @@ mod containers;
 mod context;
 mod doas;
 mod fork;
+mod info;
 mod local;
 mod process;
 mod prompt;
@@ -32,9 +33,9 @@ pub use containers::{
 pub use context::{CallChain, Context};
 pub use doas::{connect_doas, DoasOptions};
 pub use fork::{connect_fork, ForkOptions, OnFork, OnStart};
+pub use info::{router_info, RouterInfo, StreamInfo};
 pub use local::{connect_local, default_remote_name, Options};
 pub use process::{shell_join, watch_pidfd, ChildProcess};
-pub use prompt::Password;
 pub use setns::{connect_setns, SetnsKind, SetnsOptions};
 pub use ssh::{connect_ssh, CheckHostKeys, SshOptions};
 pub use su::{connect_su, SuOptions};

@@ -225,7 +225,8 @@ pub(crate) fn handshake(
         }
         Ok(h) if h.protocol_version == PROTOCOL_VERSION => {
             connected.store(true, Ordering::Release);
-            log::debug!("{name}: connected (pid {})", h.pid);
+            log::debug!("{name}: connected (pid {}, mitogen {})", h.pid, h.version);
+            crate::bootstrap::count_connection();
             Ok(Context::from(ctx))
         }
         Ok(h) => {
@@ -235,8 +236,11 @@ pub(crate) fn handshake(
             Err(Error::stream_kind(
                 kind,
                 format!(
-                    "{name}: child speaks protocol version {}, this executable speaks {PROTOCOL_VERSION}",
-                    h.protocol_version
+                    "{name}: child speaks protocol version {} (mitogen {}), this executable speaks \
+                     {PROTOCOL_VERSION} (mitogen {})",
+                    h.protocol_version,
+                    if h.version.is_empty() { "?" } else { &h.version },
+                    mitogen_core::VERSION
                 ),
             ))
         }

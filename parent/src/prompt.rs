@@ -4,50 +4,19 @@
 //! PTY) line by line and, for the unterminated text a prompt leaves waiting, partial line by
 //! partial line, and types what it answers.
 
-use std::fmt;
 use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
-use mitogen_core::{sys, Error, LineSplitter, Result};
-use serde::{Deserialize, Serialize};
+use mitogen_core::{sys, Error, LineSplitter, Result, Secret};
 
-/// A password for a method's prompt (ssh, sudo, su, doas). It is typed at the prompt, never
-/// passed in argv, and never shown: `Debug` prints `Password(***)`. It is serialized as it is,
-/// so a `via=` context can type it (as Mitogen sends it in its connect request).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Password(String);
-
-impl Password {
-    /// Wrap a password.
-    pub fn new(password: impl Into<String>) -> Password {
-        Password(password.into())
-    }
-
-    /// The password followed by a newline, as typed at a prompt.
-    pub(crate) fn typed(&self) -> Vec<u8> {
-        let mut bytes = self.0.as_bytes().to_vec();
-        bytes.push(b'\n');
-        bytes
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(***)")
-    }
-}
-
-impl From<&str> for Password {
-    fn from(s: &str) -> Password {
-        Password::new(s)
-    }
-}
-
-impl From<String> for Password {
-    fn from(s: String) -> Password {
-        Password(s)
-    }
+/// The password followed by a newline, as typed at a prompt. Passwords are
+/// [`Secret`](mitogen_core::Secret)s: typed at the prompt, never passed in argv, never shown
+/// (`Debug` prints `[secret]`), and serialized as they are, so a `via=` context can type them
+/// (as Mitogen sends them in its connect request).
+pub(crate) fn typed(password: &Secret) -> Vec<u8> {
+    let mut bytes = password.0.as_bytes().to_vec();
+    bytes.push(b'\n');
+    bytes
 }
 
 /// A [`Password`] [`StreamError`](mitogen_core::StreamError) (Mitogen's per-method
@@ -59,7 +28,7 @@ pub(crate) fn password_error(text: &str) -> Error {
 /// The password a method types at its prompt, once (Mitogen's `password_sent`): a second
 /// prompt means it was wrong, a prompt with none given means one is required.
 pub(crate) struct PasswordState {
-    password: Option<Password>,
+    password: Option<Secret>,
     sent: bool,
     incorrect: String,
     required: String,
@@ -68,14 +37,14 @@ pub(crate) struct PasswordState {
 impl PasswordState {
     /// For `method` (`"sudo"`, `"su"`, `"doas"`): "<method> password is incorrect", "<method>
     /// password is required".
-    pub(crate) fn new(password: Option<Password>, method: &str) -> PasswordState {
+    pub(crate) fn new(password: Option<Secret>, method: &str) -> PasswordState {
         let (incorrect, required) =
             (format!("{method} password is incorrect"), format!("{method} password is required"));
         PasswordState::with_texts(password, incorrect, required)
     }
 
     /// With the method's own error texts.
-    pub(crate) fn with_texts(password: Option<Password>, incorrect: String, required: String) -> PasswordState {
+    pub(crate) fn with_texts(password: Option<Secret>, incorrect: String, required: String) -> PasswordState {
         PasswordState { password, sent: false, incorrect, required }
     }
 
@@ -87,7 +56,7 @@ impl PasswordState {
             (Some(p), false) => {
                 log::debug!("{method}: typing the password at {at:?}");
                 self.sent = true;
-                Ok(Some(p.typed()))
+                Ok(Some(typed(p)))
             }
         }
     }
@@ -277,8 +246,8 @@ mod tests {
 
     #[test]
     fn passwords_are_never_shown() {
-        let p = Password::new("hunter2");
-        assert_eq!(format!("{p:?}"), "Password(***)");
-        assert_eq!(p.typed(), b"hunter2\n");
+        let p = Secret::from("hunter2");
+        assert_eq!(format!("{p:?} {p}"), "[secret] [secret]");
+        assert_eq!(typed(&p), b"hunter2\n");
     }
 }

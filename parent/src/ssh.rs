@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::command::{Boot, Launch};
 use crate::context::Context;
 use crate::local::Options;
-use crate::prompt::{password_error, Password, PasswordState, Prompts};
+use crate::prompt::{password_error, PasswordState, Prompts};
 use crate::transport::Transport;
+use mitogen_core::Secret;
 
 /// What ssh does with a host key it does not know (Mitogen's `check_host_keys`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +63,7 @@ pub struct SshOptions {
     /// What to do with an unknown host key; default [`CheckHostKeys::Enforce`].
     pub check_host_keys: CheckHostKeys,
     /// The password to type when ssh asks for one; with one, ssh runs on a PTY.
-    pub password: Option<Password>,
+    pub password: Option<Secret>,
     /// The private key (`-i`).
     pub identity_file: Option<PathBuf>,
     /// Offer only `identity_file` or the password (`IdentitiesOnly yes`), not every key in the

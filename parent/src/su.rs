@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::command::{Boot, Launch};
 use crate::context::Context;
 use crate::local::Options;
-use crate::prompt::{Password, PasswordState, Prompts};
+use crate::prompt::{PasswordState, Prompts};
 use crate::transport::Transport;
+use mitogen_core::Secret;
 
 /// The su method's own options (the keywords of Mitogen's `Router.su()`); the common ones are
 /// in [`Options`]. Serializable, so it works through `via=`.
@@ -20,7 +21,7 @@ pub struct SuOptions {
     /// The account; default `root`.
     pub username: String,
     /// The target account's password, typed at su's prompt.
-    pub password: Option<Password>,
+    pub password: Option<Secret>,
     /// The su program; default `su`, found on `PATH`.
     pub su_path: OsString,
     /// Text that shows su asks for the password (case-insensitive); default `Password:`.
@@ -101,7 +102,7 @@ impl PromptTexts {
     pub(crate) fn new(
         prompt: &str,
         incorrect: &[String],
-        password: Option<Password>,
+        password: Option<Secret>,
         method: &'static str,
     ) -> PromptTexts {
         PromptTexts {
@@ -143,7 +144,7 @@ mod tests {
 
     fn su(password: Option<&str>) -> PromptTexts {
         let o = SuOptions::new("x");
-        PromptTexts::new(&o.password_prompt, &o.incorrect_prompts, password.map(Password::from), "su")
+        PromptTexts::new(&o.password_prompt, &o.incorrect_prompts, password.map(Secret::from), "su")
     }
 
     #[test]

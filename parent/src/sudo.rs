@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::command::{Boot, Launch};
 use crate::context::Context;
 use crate::local::Options;
-use crate::prompt::{Password, PasswordState, Prompts};
+use crate::prompt::{PasswordState, Prompts};
 use crate::transport::Transport;
+use mitogen_core::Secret;
 
 /// The prompt sudo is told to print (`-p`), so it can be told from anything else.
 pub const SUDO_PROMPT: &str = "mitogen-sudo-prompt:";
@@ -40,7 +41,7 @@ pub struct SudoOptions {
     /// The sudo program; default `sudo`, found on `PATH`.
     pub sudo_path: OsString,
     /// The password to type if sudo asks (this account's or the target's, as sudo is set up).
-    pub password: Option<Password>,
+    pub password: Option<Secret>,
     /// Keep this process's environment (`-E`).
     pub preserve_env: bool,
     /// Set `HOME` to the target account's (`-H`).
@@ -311,7 +312,7 @@ mod tests {
     }
 
     fn prompts(password: Option<&str>) -> SudoPrompts {
-        SudoPrompts { password: PasswordState::new(password.map(Password::from), "sudo") }
+        SudoPrompts { password: PasswordState::new(password.map(Secret::from), "sudo") }
     }
 
     #[test]

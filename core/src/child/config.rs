@@ -13,6 +13,10 @@ pub const CHILD_MARKER: &str = "--mitogen-child";
 /// Version of the bootstrap and framing protocol, exchanged in the handshake.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// This library's version (Mitogen `mitogen.__version__`), sent in the handshake and named in a
+/// protocol mismatch.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Everything a child learns from its parent before any user code runs: sent as the first
 /// frame on the new stream (Mitogen's bootstrap `config` dictionary).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,6 +62,9 @@ pub struct Hello {
     /// child checks that the copy it runs from is the one shipped).
     #[serde(default)]
     pub exe_sha256: Option<String>,
+    /// The child's [`VERSION`].
+    #[serde(default)]
+    pub version: String,
 }
 
 /// The size and sha256 (hex) of the file at `path`: how a bootstrapped executable is named in a

@@ -13,7 +13,7 @@ mod ctor;
 mod dispatch;
 mod logging;
 
-pub use config::{executable_digest, read_config, ChildConfig, Hello, CHILD_MARKER, PROTOCOL_VERSION};
+pub use config::{executable_digest, read_config, ChildConfig, Hello, CHILD_MARKER, PROTOCOL_VERSION, VERSION};
 pub use dispatch::forget_chain;
 pub(crate) use dispatch::install_panic_hook;
 pub(crate) use logging::logger_is_ours;
@@ -149,6 +149,7 @@ impl ExternalContext {
             pid: std::process::id(),
             context_id: ec.inner.config.context_id,
             exe_sha256: check_own_executable(ec.inner.config.expected_sha256.as_deref()),
+            version: crate::child::VERSION.to_owned(),
         };
         ec.inner.parent.send(Message::pickled(&hello, ec.inner.config.handshake_handle)?);
         Ok(ec)
