@@ -301,6 +301,20 @@ impl Router {
         }
     }
 
+    /// Debug logs in every process of the tree from now on (Mitogen `Router.enable_debug()`):
+    /// each context started afterwards (and each of its descendants) gets `debug` and writes
+    /// its own `$TMPDIR/mitogen.<pid>.<unix time>.log` at debug level, a forked child under its
+    /// own pid. This process writes one too when the program has installed no `log` logger
+    /// (returned here); otherwise its records go to the program's logger as before.
+    ///
+    /// # Errors
+    /// If this process's file cannot be created.
+    pub fn enable_debug(&self) -> Result<Option<std::path::PathBuf>> {
+        mitogen_core::set_debug_tree(true);
+        mitogen_core::enable_master_debug_log()
+            .map_err(|e| mitogen_core::Error::stream_io("cannot open a debug log", e))
+    }
+
     /// What this process's connections did (Mitogen `Router.get_stats()`): contexts connected,
     /// executables shipped and their bytes, and each directly connected stream with the bytes
     /// and messages that crossed it.

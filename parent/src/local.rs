@@ -81,14 +81,16 @@ impl Options {
     pub(crate) fn config(&self, router: &Router, context_id: u32, name: &str) -> Result<ChildConfig> {
         let mut parent_ids = vec![router.context_id()];
         parent_ids.extend(router.identity().parent_ids.iter().copied());
-        let level = if self.debug { log::LevelFilter::Debug } else { log::max_level().min(log::LevelFilter::Info) };
+        // Router::enable_debug (or a parent that was asked for debug) puts the whole tree in debug.
+        let debug = self.debug || mitogen_core::debug_tree();
+        let level = if debug { log::LevelFilter::Debug } else { log::max_level().min(log::LevelFilter::Info) };
         Ok(ChildConfig {
             context_id,
             parent_ids,
             name: name.to_owned(),
             remote_name: self.checked_remote_name()?,
             log_level: level as usize,
-            debug: self.debug,
+            debug,
             profiling: self.profiling,
             unidirectional: self.unidirectional.unwrap_or_else(|| router.unidirectional()),
             max_message_size: router.max_message_size() as u64,

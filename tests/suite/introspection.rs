@@ -61,3 +61,75 @@ fn any_context_reports_its_streams_routes_and_version() {
         router.shutdown_and_join();
     });
 }
+
+/// Log `marker` at info level where it runs; returns this process's pid.
+fn log_marker(marker: String) -> u32 {
+    log::info!("{marker}");
+    log::debug!("debug {marker}");
+    std::process::id()
+}
+mitogen::remote!(log_marker);
+
+/// The debug log files of `pid` under `dir`.
+fn debug_logs(dir: &std::path::Path, pid: u32) -> Vec<std::path::PathBuf> {
+    let prefix = format!("mitogen.{pid}.");
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
+        .collect()
+}
+
+#[test]
+fn enable_debug_gives_every_process_of_the_tree_its_own_debug_log() {
+    run(|| {
+        let tmp = mitogen_tests::TempDir::new("debug-logs");
+        let router = Router::new(None).unwrap();
+        // The test harness has its own logger: the master's records stay there.
+        assert_eq!(router.enable_debug().unwrap(), None);
+        let env = vec!["env".into(), format!("TMPDIR={}", tmp.path().display()).into()];
+        let a = router.local(Options { name: Some("a".into()), command_prefix: env, ..Options::default() }).unwrap();
+        let b = router
+            .local(Options { name: Some("b".into()), via: Some(a.core().clone()), ..Options::default() })
+            .unwrap();
+        // A fork of a forks too: its file is its own, under its own pid.
+        let f = router.fork(mitogen::master::ForkOptions {
+            options: Options { name: Some("f".into()), via: Some(a.core().clone()), ..Options::default() },
+            ..Default::default()
+        });
+        let f = f.unwrap();
+        let mut pids = Vec::new();
+        for (ctx, marker) in [(&a, "marker-a"), (&b, "marker-b"), (&f, "marker-f")] {
+            let pid = ctx.call(log_marker, (marker.to_owned(),)).unwrap();
+            pids.push((pid, marker));
+        }
+        router.shutdown_and_join();
+        for (pid, marker) in pids {
+            let files = debug_logs(tmp.path(), pid);
+            assert_eq!(files.len(), 1, "one debug log for pid {pid}: {files:?}");
+            let text = std::fs::read_to_string(&files[0]).unwrap();
+            assert!(text.contains(" I tests::introspection: "), "the line format: {text}");
+            assert!(text.contains(&format!(": {marker}\n")), "{marker} in {text}");
+            assert!(text.contains(&format!(": debug {marker}\n")), "debug level reaches the file: {text}");
+            for (other, other_marker) in [("a", "marker-a"), ("b", "marker-b"), ("f", "marker-f")] {
+                if other_marker != marker {
+                    assert!(!text.contains(&format!(": {other_marker}\n")), "{other}'s record in {marker}'s file");
+                }
+            }
+        }
+        // a logged its own work: starting b.
+        let a_log = std::fs::read_to_string(&debug_logs(tmp.path(), pids_of(&tmp, "marker-a"))[0]).unwrap();
+        assert!(a_log.contains("a.b: connected"), "{a_log}");
+    });
+}
+
+/// The pid whose debug log holds `marker`.
+fn pids_of(tmp: &mitogen_tests::TempDir, marker: &str) -> u32 {
+    std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&format!(": {marker}\n"))))
+        .and_then(|e| e.file_name().to_string_lossy().split('.').nth(1).and_then(|p| p.parse().ok()))
+        .expect("a file with the marker")
+}

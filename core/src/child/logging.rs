@@ -70,6 +70,7 @@ impl log::Log for ChildLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        write_debug(record);
         let Some(ec) = ExternalContext::current() else { return };
         if ec.inner.pid == std::process::id() {
             ec.inner.forwarder.forward(record.target(), record.level(), &record.args().to_string());
@@ -112,4 +113,103 @@ pub fn log_forwarded(msg: &Message) {
             .line(None)
             .build(),
     );
+}
+
+/// Whether debug logging was asked for in this tree (Mitogen `enable_debug()`): every context
+/// this process starts gets `debug`, and writes a debug log file of its own.
+static DEBUG_TREE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The debug log file of this process: its descriptor and the pid that opened it. Atomics, not
+/// a lock: a forked child inherits them, sees a pid that is not its own, and leaves the file to
+/// its parent until it opens one of its own.
+static DEBUG_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+static DEBUG_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Ask for debug logging in every context this process starts from now on.
+pub fn set_debug_tree(on: bool) {
+    DEBUG_TREE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`set_debug_tree`] was called (in a child: whether its parent asked for debug).
+pub fn debug_tree() -> bool {
+    DEBUG_TREE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Open this process's debug log, `$TMPDIR/mitogen.<pid>.<unix time>.log` (Mitogen's
+/// `/tmp/mitogen.<pid>.log` plus the time, so a reused pid gets a new file), where every
+/// record this process logs at debug level and above is written. Returns its path.
+///
+/// # Errors
+/// If the file cannot be created.
+pub fn open_debug_log() -> std::io::Result<std::path::PathBuf> {
+    use std::os::fd::IntoRawFd;
+    use std::sync::atomic::Ordering;
+    let pid = std::process::id();
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let path = std::env::temp_dir().join(format!("mitogen.{pid}.{secs}.log"));
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    let old = DEBUG_FD.swap(file.into_raw_fd(), Ordering::AcqRel);
+    let old_pid = DEBUG_PID.swap(pid, Ordering::AcqRel);
+    if old >= 0 && old_pid == pid {
+        // SAFETY: this process opened `old` and no longer publishes it.
+        drop(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(old) });
+    }
+    Ok(path)
+}
+
+/// Write a record to this process's debug log, if it has one: `HH:MM:SS.mmm L target: message`
+/// (Mitogen's format, in UTC), one `write(2)` per line on an `O_APPEND` file.
+pub(crate) fn write_debug(record: &log::Record<'_>) {
+    use std::sync::atomic::Ordering;
+    let fd = DEBUG_FD.load(Ordering::Acquire);
+    if fd < 0 || DEBUG_PID.load(Ordering::Acquire) != std::process::id() {
+        return;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (s, ms) = (now.as_secs() % 86_400, now.subsec_millis());
+    let level = record.level().as_str().chars().next().unwrap_or('?');
+    let line = format!(
+        "{:02}:{:02}:{:02}.{ms:03} {level} {}: {}\n",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        record.target(),
+        record.args()
+    );
+    // SAFETY: the descriptor stays open for the process's life once published for this pid.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = crate::sys::write(fd, line.as_bytes());
+}
+
+/// A `log` logger for a master that has none, writing to its debug log file only.
+pub(crate) struct DebugFileLogger;
+
+pub(crate) static DEBUG_FILE_LOGGER: DebugFileLogger = DebugFileLogger;
+
+impl log::Log for DebugFileLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            write_debug(record);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// In a master: open its debug log and, when the program has installed no `log` logger, install
+/// one that writes there at debug level. With a logger of the program's own, the master's
+/// records go to that logger as before. Returns the file's path when it is written to.
+///
+/// # Errors
+/// If the file cannot be created.
+pub fn enable_master_debug_log() -> std::io::Result<Option<std::path::PathBuf>> {
+    if log::set_logger(&DEBUG_FILE_LOGGER).is_err() {
+        return Ok(None);
+    }
+    let path = open_debug_log()?;
+    log::set_max_level(log::LevelFilter::Debug);
+    Ok(Some(path))
 }

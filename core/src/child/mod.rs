@@ -17,7 +17,7 @@ pub use config::{executable_digest, read_config, ChildConfig, Hello, CHILD_MARKE
 pub use dispatch::forget_chain;
 pub(crate) use dispatch::install_panic_hook;
 pub(crate) use logging::logger_is_ours;
-pub use logging::{log_forwarded, LogRecord};
+pub use logging::{debug_tree, enable_master_debug_log, log_forwarded, open_debug_log, set_debug_tree, LogRecord};
 use logging::{LogForwarder, CHILD_LOGGER};
 
 use std::collections::HashMap;
@@ -90,6 +90,15 @@ impl ExternalContext {
     /// broker, stream or handlers cannot be set up.
     pub fn start(config: ChildConfig, rfd: OwnedFd, wfd: OwnedFd) -> Result<ExternalContext> {
         sys::tune_malloc_for_bulk();
+        if config.debug {
+            // Its own file (a forked child's too, under its own pid), and its children get one.
+            logging::set_debug_tree(true);
+            if let Err(e) = logging::open_debug_log() {
+                // One write(2): a forked child may not take std's stderr lock.
+                let msg = format!("mitogen: cannot open a debug log in {}: {e}\n", std::env::temp_dir().display());
+                let _ = sys::write(sys::borrow_std(2), msg.as_bytes());
+            }
+        }
         let identity = Identity { context_id: config.context_id, parent_ids: config.parent_ids.clone() };
         let parent_id = identity.parent_id().ok_or_else(|| Error::general("child config names no parent"))?;
         globals::set_identity(identity.clone());
