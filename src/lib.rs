@@ -49,6 +49,21 @@ pub fn main<T>(func: impl FnOnce(&master::Router) -> Result<T, Error>) -> Result
     utils::run_with_router(func)
 }
 
+/// [`main`] with logging to standard error at `log_level` first, as Mitogen's
+/// `@mitogen.main(log_level='INFO')` does ([`utils::log_to_file`]; `MITOGEN_LOG_LEVEL`
+/// overrides it). A program that installs its own logger calls [`main`] instead.
+///
+/// # Errors
+/// As [`main`]; a `GeneralError` if a logger of the program's own is already installed.
+pub fn main_with_log_level<T>(
+    log_level: log::LevelFilter,
+    func: impl FnOnce(&master::Router) -> Result<T, Error>,
+) -> Result<T, Error> {
+    init();
+    utils::log_to_file(None, false, log_level).map_err(|e| Error::general(format!("log_to_file: {e}")))?;
+    utils::run_with_router(func)
+}
+
 /// The README's examples, compiled as doc tests so they cannot drift from the API.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

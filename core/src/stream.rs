@@ -455,7 +455,14 @@ impl Stream {
             return;
         }
         let mut frames = Vec::new();
+        let before = self.inner.counters.bytes_in.load(Ordering::Relaxed);
         let outcome = self.read_all(&mut frames);
+        // The I/O log (Mitogen's `mitogen.io` logger): off unless asked for, and never
+        // forwarded, since forwarding it would make more of it.
+        if log::log_enabled!(target: "mitogen::io", log::Level::Debug) {
+            let n = self.inner.counters.bytes_in.load(Ordering::Relaxed) - before;
+            log::debug!(target: "mitogen::io", "{}: read {n} bytes, {} frames", self.name(), frames.len());
+        }
         if !frames.is_empty() {
             self.inner.counters.messages_in.fetch_add(frames.len() as u64, Ordering::Relaxed);
             let router = match &self.inner.rx.lock().protocol {
@@ -540,7 +547,13 @@ impl Stream {
     /// Called by the broker when the transmit side is writable: write queued frames until the
     /// descriptor is full or the queue is empty (Mitogen `on_transmit`).
     pub fn on_transmit(&self, broker: &Broker) {
-        if self.write_queued() {
+        let before = self.inner.counters.bytes_out.load(Ordering::Relaxed);
+        let drained = self.write_queued();
+        if log::log_enabled!(target: "mitogen::io", log::Level::Debug) {
+            let n = self.inner.counters.bytes_out.load(Ordering::Relaxed) - before;
+            log::debug!(target: "mitogen::io", "{}: wrote {n} bytes; queue drained: {drained}", self.name());
+        }
+        if drained {
             broker.stop_transmit(self);
             if self.inner.close_when_drained.load(Ordering::Acquire) {
                 self.on_disconnect(broker);
@@ -637,6 +650,7 @@ impl Stream {
         if !broker.on_broker_thread() {
             return self.disconnect_later();
         }
+        log::debug!(target: "mitogen::io", "{}: disconnecting ({:?})", self.name(), self.stats());
         self.disconnect_now(broker);
     }
 

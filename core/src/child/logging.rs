@@ -71,6 +71,9 @@ impl log::Log for ChildLogger {
             return;
         }
         write_debug(record);
+        if record.target().starts_with(IO_TARGET) {
+            return; // forwarding I/O records would make more of them
+        }
         let Some(ec) = ExternalContext::current() else { return };
         if ec.inner.pid == std::process::id() {
             ec.inner.forwarder.forward(record.target(), record.level(), &record.args().to_string());
@@ -113,6 +116,27 @@ pub fn log_forwarded(msg: &Message) {
             .line(None)
             .build(),
     );
+}
+
+/// The target of the I/O log: each stream's reads, writes and disconnection (Mitogen's
+/// `mitogen.io` logger). Off unless asked for ([`set_io_logging`], `MITOGEN_LOG_LEVEL=IO`).
+pub const IO_TARGET: &str = "mitogen::io";
+
+static IO_LOGGING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the debug log file takes [`IO_TARGET`] records too (`log_to_file(.., io: true, ..)`
+/// and `MITOGEN_LOG_LEVEL=IO` turn it on).
+pub fn set_io_logging(on: bool) {
+    IO_LOGGING.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The line a record is written as in a log file: `HH:MM:SS.mmm L target: message` (Mitogen's
+/// `%(asctime)s %(levelname).1s %(name)s: %(message)s`, time of day in UTC).
+pub fn format_record(record: &log::Record<'_>) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (s, ms) = (now.as_secs() % 86_400, now.subsec_millis());
+    let level = record.level().as_str().chars().next().unwrap_or('?');
+    format!("{:02}:{:02}:{:02}.{ms:03} {level} {}: {}\n", s / 3600, s / 60 % 60, s % 60, record.target(), record.args())
 }
 
 /// Whether debug logging was asked for in this tree (Mitogen `enable_debug()`): every context
@@ -164,17 +188,10 @@ pub(crate) fn write_debug(record: &log::Record<'_>) {
     if fd < 0 || DEBUG_PID.load(Ordering::Acquire) != std::process::id() {
         return;
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let (s, ms) = (now.as_secs() % 86_400, now.subsec_millis());
-    let level = record.level().as_str().chars().next().unwrap_or('?');
-    let line = format!(
-        "{:02}:{:02}:{:02}.{ms:03} {level} {}: {}\n",
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        record.target(),
-        record.args()
-    );
+    if record.target().starts_with(IO_TARGET) && !IO_LOGGING.load(Ordering::Relaxed) {
+        return;
+    }
+    let line = format_record(record);
     // SAFETY: the descriptor stays open for the process's life once published for this pid.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let _ = crate::sys::write(fd, line.as_bytes());

@@ -17,7 +17,10 @@ pub use config::{executable_digest, read_config, ChildConfig, Hello, CHILD_MARKE
 pub use dispatch::forget_chain;
 pub(crate) use dispatch::install_panic_hook;
 pub(crate) use logging::logger_is_ours;
-pub use logging::{debug_tree, enable_master_debug_log, log_forwarded, open_debug_log, set_debug_tree, LogRecord};
+pub use logging::{
+    debug_tree, enable_master_debug_log, format_record, log_forwarded, open_debug_log, set_debug_tree, set_io_logging,
+    LogRecord, IO_TARGET,
+};
 use logging::{LogForwarder, CHILD_LOGGER};
 
 use std::collections::HashMap;
@@ -371,6 +374,11 @@ fn exec_child_start() -> Result<ExternalContext> {
     // Until redirect_stdio, anything printed goes to the parent's stderr pipe, never the stream.
     sys::dup2(sys::borrow_std(2), 1).map_err(fail)?;
     let config = read_config(rfd.as_fd())?;
+    // Not in ExternalContext::start: a forked child may not take std's environment lock (it
+    // keeps its parent's setting instead).
+    if std::env::var("MITOGEN_LOG_LEVEL").is_ok_and(|l| l.eq_ignore_ascii_case("IO")) {
+        logging::set_io_logging(true);
+    }
     let level = log::LevelFilter::iter().nth(config.log_level).unwrap_or(log::LevelFilter::Info);
     let ec = ExternalContext::start(config, rfd, wfd)?;
     if log::set_logger(&CHILD_LOGGER).is_ok() {
