@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::bootstrap::{self, CacheMode};
 use crate::context::Context;
 use crate::local::{chain_name, handshake, hello_receiver, Options};
-use crate::process::ChildProcess;
-use crate::process::{shell_quote, Setup};
+use crate::process::{shell_quote, ChildProcess, Setup};
 use crate::prompt::{self, NoPrompts, PromptReader, Prompts};
 use crate::transport::{Started, Transport};
 

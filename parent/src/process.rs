@@ -90,7 +90,6 @@ impl ChildProcess {
         }
         // Its own process group (a new session, with a terminal), so that a kill reaches what
         // it started too: `sh -c` waiting on a command, a tool's helpers.
-        let leader = true;
         if ctty.is_none() {
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         }
@@ -104,7 +103,7 @@ impl ChildProcess {
         // std's Child neither waits nor kills on drop; this type reaps the pid itself.
         drop(child);
         let mut proc = ChildProcess::adopt(pid, shown)?;
-        proc.group_leader = leader;
+        proc.group_leader = true;
         Ok(proc)
     }
 
