@@ -77,6 +77,10 @@ struct Inner {
     handlers: Mutex<Handlers>,
     next_handle: AtomicU32,
     routes: RwLock<IdMap<u32, Stream>>,
+    /// The names contexts were made or announced with, so [`Router::context_by_id`] gives the
+    /// same `Context` (with its name) for an id wherever it is asked (Mitogen's
+    /// `_context_by_id` cache; names only: a cached `Context` would hold the router).
+    names: RwLock<IdMap<u32, String>>,
     unidirectional: AtomicBool,
     max_message_size: AtomicUsize,
     disconnect_hooks: Mutex<Vec<DisconnectHook>>,
@@ -139,6 +143,7 @@ impl Router {
                 handlers: Mutex::new(Handlers::default()),
                 next_handle: AtomicU32::new(FIRST_DYNAMIC_HANDLE),
                 routes: RwLock::new(IdMap::default()),
+                names: RwLock::new(IdMap::default()),
                 unidirectional: AtomicBool::new(false),
                 max_message_size: AtomicUsize::new(DEFAULT_MAX_MESSAGE_SIZE),
                 disconnect_hooks: Mutex::new(Vec::new()),
@@ -194,9 +199,19 @@ impl Router {
         self.inner.identity.context_id
     }
 
-    /// A [`Context`] naming `context_id`, for sending to it (Mitogen `context_by_id`).
+    /// The [`Context`] `context_id`, for sending to it (Mitogen `context_by_id`): with the name
+    /// it was made or announced with, when this router knows one.
     pub fn context_by_id(&self, context_id: u32) -> Context {
-        Context::new(self, context_id, None)
+        Context::new(self, context_id, self.inner.names.read().get(&context_id).cloned())
+    }
+
+    /// [`context_by_id`](Router::context_by_id), recording `name` for `context_id` first when
+    /// given (Mitogen `context_by_id(context_id, name=)`); later lookups of the id carry it.
+    pub fn context_by_id_named(&self, context_id: u32, name: Option<&str>) -> Context {
+        if let Some(name) = name {
+            self.inner.names.write().insert(context_id, name.to_owned());
+        }
+        self.context_by_id(context_id)
     }
 
     /// The [`Context`] of this router itself.
@@ -295,6 +310,9 @@ impl Router {
     /// expecting replies from contexts behind it receive dead messages.
     pub fn register(&self, context: &Context, stream: &Stream) {
         stream.set_remote_id(context.context_id());
+        if let Some(name) = context.name() {
+            self.inner.names.write().insert(context.context_id(), name.to_owned());
+        }
         self.inner.routes.write().insert(context.context_id(), stream.clone());
         let weak = Arc::downgrade(&self.inner);
         stream.on_disconnect_listener(move |s| {

@@ -71,6 +71,7 @@ pub fn upgrade_router(router: &Router) {
             return log::error!("{r:?}: bad ADD_ROUTE from {}", msg.src_id);
         };
         log::debug!("{r:?}: route to {target} ({name}) via {}", msg.src_id);
+        r.context_by_id_named(target, Some(&name));
         if let Err(e) = r.add_route(target, msg.src_id) {
             return log::error!("{r:?}: {e}");
         }

@@ -133,3 +133,55 @@ fn pids_of(tmp: &mitogen_tests::TempDir, marker: &str) -> u32 {
         .and_then(|e| e.file_name().to_string_lossy().split('.').nth(1).and_then(|p| p.parse().ok()))
         .expect("a file with the marker")
 }
+
+#[test]
+fn context_by_id_gives_one_context_with_its_name_wherever_it_is_asked() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
+        let b = router
+            .local(Options { name: Some("b".into()), via: Some(a.core().clone()), ..Options::default() })
+            .unwrap();
+        // Made here, and announced from a with ADD_ROUTE.
+        assert_eq!(router.context_by_id(a.context_id()).name(), Some("a"));
+        assert_eq!(router.context_by_id(b.context_id()).name(), Some("a.b"));
+        assert_eq!(&router.context_by_id(b.context_id()), b.core());
+        assert_eq!(router.context_by_id(4242).name(), None);
+        router.context_by_id_named(4242, Some("named later"));
+        assert_eq!(router.context_by_id(4242).name(), Some("named later"));
+        router.shutdown_and_join();
+    });
+}
+
+/// Log `n` records at `level` where it runs.
+fn log_many(n: usize, debug: bool) {
+    for i in 0..n {
+        if debug {
+            log::debug!("record {i}");
+        } else {
+            log::info!("record {i}");
+        }
+    }
+}
+mitogen::remote!(log_many);
+
+#[test]
+fn a_child_filters_log_records_at_the_source_with_its_masters_level() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        // The master logs at info (the harness's level): its children send no debug records.
+        assert!(log::max_level() < log::LevelFilter::Debug);
+        let child = router.local(Options::default()).unwrap();
+        let received = || {
+            let stats = router.get_stats();
+            stats.streams.iter().find(|s| s.remote_id == Some(child.context_id())).unwrap().stats.messages_in
+        };
+        let start = received();
+        child.call(log_many, (500usize, true)).unwrap();
+        let after_debug = received();
+        assert_eq!(after_debug - start, 1, "only the call's reply crossed");
+        child.call(log_many, (500usize, false)).unwrap();
+        assert_eq!(received() - after_debug, 501, "500 info records and the reply");
+        router.shutdown_and_join();
+    });
+}
