@@ -49,7 +49,9 @@ impl log::Log for Capture {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if record.level() <= log::Level::Info {
+        // Children's forwarded records are kept at every level (a test that turns debug on can
+        // look for them); everything else from info up.
+        if record.level() <= log::Level::Info || record.target().starts_with("mitogen::ctx::") {
             let entry = (record.level(), record.target().to_owned(), record.args().to_string());
             let mut captured = CAPTURED.lock().unwrap_or_else(|e| e.into_inner());
             if captured.len() == CAPTURED_MAX {

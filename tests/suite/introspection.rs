@@ -185,3 +185,21 @@ fn a_child_filters_log_records_at_the_source_with_its_masters_level() {
         router.shutdown_and_join();
     });
 }
+
+#[test]
+fn records_a_child_logs_while_it_starts_reach_the_master() {
+    run(|| {
+        let tmp = mitogen_tests::TempDir::new("early-records");
+        // This master takes debug records (the harness keeps children's at every level).
+        log::set_max_level(log::LevelFilter::Debug);
+        let router = Router::new(None).unwrap();
+        let env = vec!["env".into(), format!("TMPDIR={}", tmp.path().display()).into()];
+        let options = Options { name: Some("early".into()), debug: true, command_prefix: env, ..Options::default() };
+        let child = router.local(options).unwrap();
+        // Logged before the child's context existed; sent ahead of its handshake.
+        let pid = child.call(crate::local_whoami, ()).unwrap().1;
+        let logs = mitogen_tests::logged("mitogen::ctx::early");
+        assert!(logs.iter().any(|(_, _, m)| m.contains(&format!("early: starting in pid {pid}"))), "{logs:?}");
+        router.shutdown_and_join();
+    });
+}

@@ -43,6 +43,30 @@ impl LogForwarder {
     }
 }
 
+/// Records a child logs before its context exists (while it starts), forwarded once it does.
+static EARLY: std::sync::Mutex<Vec<(String, log::Level, String)>> = std::sync::Mutex::new(Vec::new());
+/// The process that keeps early records (0: none).
+static EARLY_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// At most this many early records are kept.
+const EARLY_MAX: usize = 1000;
+
+/// Keep the records this process logs until its context exists (a child started by exec,
+/// before [`ExternalContext::start`]).
+pub(super) fn keep_early_records() {
+    EARLY_PID.store(std::process::id(), std::sync::atomic::Ordering::Release);
+}
+
+/// Forward the records kept while `ec` started, in order.
+pub(super) fn forward_early_records(ec: &ExternalContext) {
+    if EARLY_PID.swap(0, std::sync::atomic::Ordering::AcqRel) != std::process::id() {
+        return;
+    }
+    let early = std::mem::take(&mut *EARLY.lock().unwrap_or_else(|e| e.into_inner()));
+    for (target, level, line) in early {
+        ec.inner.forwarder.forward(&target, level, &line);
+    }
+}
+
 /// The `log` logger of a child: forwards each record through the running
 /// [`ExternalContext`]. It looks the context up per record, and only in the process that
 /// installed it, so a forked child (which inherits the installed logger but not its parent's
@@ -74,9 +98,20 @@ impl log::Log for ChildLogger {
         if record.target().starts_with(IO_TARGET) {
             return; // forwarding I/O records would make more of them
         }
-        let Some(ec) = ExternalContext::current() else { return };
-        if ec.inner.pid == std::process::id() {
-            ec.inner.forwarder.forward(record.target(), record.level(), &record.args().to_string());
+        let pid = std::process::id();
+        match ExternalContext::current() {
+            Some(ec) if ec.inner.pid == pid => {
+                ec.inner.forwarder.forward(record.target(), record.level(), &record.args().to_string());
+            }
+            // Before the context exists: kept, in the process that asked for it only (a forked
+            // child must not take a lock its parent's threads may have held).
+            _ if EARLY_PID.load(std::sync::atomic::Ordering::Acquire) == pid => {
+                let mut early = EARLY.lock().unwrap_or_else(|e| e.into_inner());
+                if early.len() < EARLY_MAX {
+                    early.push((record.target().to_owned(), record.level(), record.args().to_string()));
+                }
+            }
+            _ => {}
         }
     }
 

@@ -102,6 +102,7 @@ impl ExternalContext {
                 let _ = sys::write(sys::borrow_std(2), msg.as_bytes());
             }
         }
+        log::debug!("{}: starting in pid {}", config.name, std::process::id());
         let identity = Identity { context_id: config.context_id, parent_ids: config.parent_ids.clone() };
         let parent_id = identity.parent_id().ok_or_else(|| Error::general("child config names no parent"))?;
         globals::set_identity(identity.clone());
@@ -150,6 +151,7 @@ impl ExternalContext {
             }),
         };
         ec.publish();
+        logging::forward_early_records(&ec);
         install_panic_hook();
         // Whenever the broker exits, nothing can reach this context any more: a call running
         // or still queued could only keep an orphan alive. The broker's very last act ends the
@@ -380,9 +382,11 @@ fn exec_child_start() -> Result<ExternalContext> {
         logging::set_io_logging(true);
     }
     let level = log::LevelFilter::iter().nth(config.log_level).unwrap_or(log::LevelFilter::Info);
-    let ec = ExternalContext::start(config, rfd, wfd)?;
+    // Installed before the context starts, so what it logs while starting is kept and sent
+    // once it can be (none lost).
     if log::set_logger(&CHILD_LOGGER).is_ok() {
         log::set_max_level(level);
+        logging::keep_early_records();
     }
-    Ok(ec)
+    ExternalContext::start(config, rfd, wfd)
 }
