@@ -9,6 +9,26 @@ pub(crate) fn local_whoami() -> (u32, u32, Vec<u32>) {
 }
 mitogen::remote!(local_whoami);
 
+/// Sleep `ms` where it runs; returns it.
+pub(crate) fn nap(ms: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    ms
+}
+mitogen::remote!(nap);
+
+/// Start three calls into `ctx` that would sleep a minute, then `kill()` what carries them (a
+/// host, a container): every caller must wake with a `ChannelError`, within 20 s.
+pub(crate) fn callers_wake_with_an_error_after(ctx: &mitogen::master::Context, kill: impl FnOnce()) {
+    let calls: Vec<_> = (0..3).map(|_| ctx.call_async(nap, (60_000u64,)).unwrap()).collect();
+    let start = std::time::Instant::now();
+    kill();
+    for call in calls {
+        let e = call.get_timeout(mitogen_tests::WAIT).unwrap_err();
+        assert!(e.is_channel(), "{e}");
+    }
+    assert!(start.elapsed() < std::time::Duration::from_secs(20), "woke after {:?}", start.elapsed());
+}
+
 #[path = "suite/accounts.rs"]
 mod accounts;
 #[path = "suite/calls.rs"]

@@ -12,7 +12,7 @@ use mitogen::master::{
     PodmanOptions, Router, SetnsKind, SetnsOptions,
 };
 use mitogen_tests::containers::{Container, Engine, IMAGE};
-use mitogen_tests::{run, WAIT};
+use mitogen_tests::run;
 
 /// `(host name, uid, pid 1's command line, this process's pid, the executable it runs from)`.
 fn inside() -> (String, u32, String, u32, String) {
@@ -24,12 +24,7 @@ fn inside() -> (String, u32, String, u32, String) {
     (hostname, uid, pid1, std::process::id(), exe)
 }
 
-fn nap(ms: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(ms));
-    ms
-}
-
-mitogen::remote!(inside, nap);
+mitogen::remote!(inside);
 
 fn via(ctx: &Context) -> Options {
     Options { via: Some(ctx.core().clone()), ..Options::default() }
@@ -108,14 +103,7 @@ fn callers_wake_with_an_error_when_the_container_is_killed_mid_call() {
         let mut c = Container::start(Engine::Docker, "killed");
         let router = Router::new(None).unwrap();
         let ctx = router.docker(DockerOptions::container(&c.name), Options::default()).unwrap();
-        let calls: Vec<_> = (0..3).map(|_| ctx.call_async(nap, (60_000u64,)).unwrap()).collect();
-        let start = Instant::now();
-        c.remove();
-        for call in calls {
-            let e = call.get_timeout(WAIT).unwrap_err();
-            assert!(e.is_channel(), "{e}");
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "woke after {:?}", start.elapsed());
+        crate::callers_wake_with_an_error_after(&ctx, || c.remove());
         router.shutdown_and_join();
     });
 }

@@ -37,14 +37,19 @@ fn get_stats_counts_what_a_scripted_workload_did() {
     });
 }
 
+/// Contexts `a` and `b`, `b` started through `a`.
+fn a_and_b_via_a(router: &Router) -> (mitogen::master::Context, mitogen::master::Context) {
+    let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
+    let b =
+        router.local(Options { name: Some("b".into()), via: Some(a.core().clone()), ..Options::default() }).unwrap();
+    (a, b)
+}
+
 #[test]
 fn any_context_reports_its_streams_routes_and_version() {
     run(|| {
         let router = Router::new(None).unwrap();
-        let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
-        let b = router
-            .local(Options { name: Some("b".into()), via: Some(a.core().clone()), ..Options::default() })
-            .unwrap();
+        let (a, b) = a_and_b_via_a(&router);
         let info = a.call(router_info, ()).unwrap();
         assert_eq!((info.context_id, info.name.as_str(), info.parent_ids.clone()), (a.context_id(), "a", vec![0]));
         assert_eq!(info.version, mitogen::core::VERSION);
@@ -138,10 +143,7 @@ fn pids_of(tmp: &mitogen_tests::TempDir, marker: &str) -> u32 {
 fn context_by_id_gives_one_context_with_its_name_wherever_it_is_asked() {
     run(|| {
         let router = Router::new(None).unwrap();
-        let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
-        let b = router
-            .local(Options { name: Some("b".into()), via: Some(a.core().clone()), ..Options::default() })
-            .unwrap();
+        let (a, b) = a_and_b_via_a(&router);
         // Made here, and announced from a with ADD_ROUTE.
         assert_eq!(router.context_by_id(a.context_id()).name(), Some("a"));
         assert_eq!(router.context_by_id(b.context_id()).name(), Some("a.b"));

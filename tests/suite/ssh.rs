@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mitogen::core::{Blob, StreamErrorKind};
 use mitogen::master::{CheckHostKeys, Options, Router, SshOptions};
 use mitogen_tests::sshd::{ssh_args, Sshd};
-use mitogen_tests::{run, WAIT};
+use mitogen_tests::run;
 
 /// `(uid, user name, $HOME)` of the process it runs in.
 fn account() -> (u32, String, String) {
@@ -29,12 +29,7 @@ fn echo(b: Blob) -> Blob {
     b
 }
 
-fn nap(ms: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(ms));
-    ms
-}
-
-mitogen::remote!(account, exe_path, echo, nap);
+mitogen::remote!(account, exe_path, echo);
 
 fn uid_of(user: &str) -> u32 {
     let out = std::process::Command::new("id").args(["-u", user]).output().unwrap();
@@ -194,14 +189,7 @@ fn every_caller_wakes_with_an_error_when_sshd_dies_mid_call() {
         let mut sshd = Sshd::start("killed");
         let router = Router::new(None).unwrap();
         let ctx = router.ssh(sshd.ssh("mitogen-key"), Options::default()).unwrap();
-        let calls: Vec<_> = (0..3).map(|_| ctx.call_async(nap, (60_000u64,)).unwrap()).collect();
-        let start = Instant::now();
-        sshd.kill();
-        for call in calls {
-            let e = call.get_timeout(WAIT).unwrap_err();
-            assert!(e.is_channel(), "{e}");
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "woke after {:?}", start.elapsed());
+        crate::callers_wake_with_an_error_after(&ctx, || sshd.kill());
         router.shutdown_and_join();
     });
 }
