@@ -95,6 +95,22 @@ fn connects(
     Ok(())
 }
 
+/// `calls` calls of `call`, each moving 1 MiB (64 MiB when `calls` is 1): one untimed run (the
+/// first touch of fresh memory), then `runs` timed ones, as `measure` in MB/s.
+fn throughput(measure: &str, calls: u32, runs: usize, call: &dyn Fn() -> R) -> R {
+    const MIB: f64 = (1 << 20) as f64;
+    let bytes = f64::from(calls) * if calls == 1 { 64.0 * MIB } else { MIB };
+    let run = || -> Result<f64, mitogen::Error> {
+        let (t, r) = timed(|| (0..calls).try_for_each(|_| call()));
+        r?;
+        Ok(bytes / t / 1e6)
+    };
+    run()?;
+    let mut rates = (0..runs).map(|_| run()).collect::<Result<Vec<f64>, _>>()?;
+    emit(measure, &mut rates, "MB/s");
+    Ok(())
+}
+
 /// 100 untimed calls, then `count` timed `call(noop)`s: the round trip, as `measure`.
 fn roundtrips(ctx: &Context, count: usize, measure: &str) -> R {
     for _ in 0..100 {
@@ -282,15 +298,7 @@ fn ssh() -> R {
                 (format!("ssh_bulk_arg_64mib_{z}_MBps"), 1, &|| ctx.call(bulk_arg, &big).map(drop)),
             ];
             for (name, calls, call) in cases {
-                let bytes = f64::from(calls) * if calls == 1 { 64.0 * MIB as f64 } else { MIB as f64 };
-                let run = || -> Result<f64, mitogen::Error> {
-                    let (t, r) = timed(|| (0..calls).try_for_each(|_| call()));
-                    r?;
-                    Ok(bytes / t / 1e6)
-                };
-                run()?;
-                let mut rates = (0..3).map(|_| run()).collect::<Result<Vec<f64>, _>>()?;
-                emit(&name, &mut rates, "MB/s");
+                throughput(&name, calls, 3, call)?;
             }
             ctx.shutdown(true)?;
         }
@@ -409,15 +417,7 @@ fn bulk() -> R {
             ("bulk_arg_64mib_MBps", 1, &|| ctx.call(bulk_arg, &big).map(drop)),
         ];
         for (name, calls, call) in cases {
-            let bytes = f64::from(calls) * if calls == 1 { 64.0 * MIB as f64 } else { MIB as f64 };
-            let run = || -> Result<f64, mitogen::Error> {
-                let (t, r) = timed(|| (0..calls).try_for_each(|_| call()));
-                r?;
-                Ok(bytes / t / 1e6)
-            };
-            run()?; // warm-up, untimed: first touch of fresh memory
-            let mut rates = (0..5).map(|_| run()).collect::<Result<Vec<f64>, _>>()?;
-            emit(name, &mut rates, "MB/s");
+            throughput(name, calls, 5, call)?;
         }
         Ok(())
     })
