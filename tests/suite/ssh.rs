@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use mitogen::core::{Blob, StreamErrorKind};
 use mitogen::master::{CheckHostKeys, Options, Router, SshOptions};
-use mitogen_tests::sshd::{ssh_args, Sshd};
 use mitogen_tests::run;
+use mitogen_tests::sshd::{ssh_args, Sshd};
 
 /// `(uid, user name, $HOME)` of the process it runs in.
 fn account() -> (u32, String, String) {
