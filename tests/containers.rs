@@ -11,9 +11,11 @@ pub const LXD_IMAGE: &str = "mt-bookworm";
 /// The root filesystem LXC containers are copied from.
 pub const ROOTFS: &str = "/var/lib/mitogen-tests/rootfs";
 
-/// Run a command, panicking with its output if it fails; returns its stdout.
+/// Run a command (at most two minutes), panicking with its output if it fails; returns its
+/// stdout.
 pub fn sh(argv: &[&str]) -> String {
-    let out = Command::new(argv[0]).args(&argv[1..]).stdin(Stdio::null()).output().unwrap_or_else(|e| {
+    // Bounded: an engine that hangs fails the test instead of holding it.
+    let out = Command::new("timeout").arg("120").args(argv).stdin(Stdio::null()).output().unwrap_or_else(|e| {
         panic!("{}: {e} (run tests/provision.sh and tests/engines.sh start as root)", argv.join(" "))
     });
     assert!(
@@ -105,7 +107,7 @@ impl Container {
         }
         let n = self.name.as_str();
         let quiet = |argv: &[&str]| {
-            let _ = Command::new(argv[0]).args(&argv[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = Command::new("timeout").arg("60").args(argv).stdout(Stdio::null()).stderr(Stdio::null()).status();
         };
         match self.engine {
             Engine::Docker => quiet(&["docker", "rm", "-f", n]),

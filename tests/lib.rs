@@ -96,18 +96,23 @@ fn listdir(path: &str) -> Vec<String> {
 }
 
 /// Our direct children, from `/proc/*/stat` (field 4 is the parent pid).
-fn children() -> BTreeSet<i32> {
-    let me = std::process::id() as i32;
+/// Every process on the machine with its parent: `(pid, ppid)` from `/proc/<pid>/stat`.
+pub fn process_parents() -> Vec<(i32, i32)> {
     listdir("/proc")
         .iter()
         .filter_map(|p| p.parse::<i32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             // The command name may contain spaces: fields after the closing parenthesis.
-            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()) == Some(me)
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
         })
         .collect()
+}
+
+fn children() -> BTreeSet<i32> {
+    let me = std::process::id() as i32;
+    process_parents().into_iter().filter(|&(_, ppid)| ppid == me).map(|(pid, _)| pid).collect()
 }
 
 impl Snapshot {

@@ -24,6 +24,8 @@ pub struct Sshd {
     child: Child,
     port: u16,
     dir: TempDir,
+    /// The thread copying sshd's stderr into its log, and its end of file.
+    copier: Option<(std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<()>)>,
 }
 
 impl Sshd {
@@ -32,7 +34,9 @@ impl Sshd {
         Sshd::with_config(what, "")
     }
 
-    /// Start one with `extra` lines appended to the suite's config.
+    /// Start one with `extra` lines appended to the suite's config. Ready when sshd says
+    /// `Server listening on` on its stderr (`-e`), which a thread of this fixture copies into
+    /// [`log`](Sshd::log) for the whole life of the server.
     pub fn with_config(what: &str, extra: &str) -> Sshd {
         let dir = TempDir::new(&format!("sshd-{what}"));
         // A port another test may take between our probe and sshd's bind: try a few.
@@ -40,32 +44,38 @@ impl Sshd {
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let config = dir.path().join("sshd_config");
             std::fs::write(&config, sshd_config(port, extra)).unwrap();
-            let log = dir.path().join("sshd.log");
             let mut child = Command::new("/usr/sbin/sshd")
-                .args(["-D", "-f"])
+                .args(["-D", "-e", "-f"])
                 .arg(&config)
-                .arg("-E")
-                .arg(&log)
                 .stdin(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .expect("sshd (run tests/provision.sh as root)");
-            let ready = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Sshd { child, port, dir };
+            let (ready_tx, ready) = std::sync::mpsc::channel();
+            let (done_tx, done) = std::sync::mpsc::channel();
+            let (stderr, log) = (child.stderr.take().unwrap(), dir.path().join("sshd.log"));
+            let copier = std::thread::spawn(move || {
+                let mut out = std::fs::File::create(&log).unwrap();
+                for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+                    let _ = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes());
+                    if line.starts_with("Server listening on") {
+                        let _ = ready_tx.send(());
+                    }
                 }
-                if child.try_wait().unwrap().is_some() || std::time::Instant::now() > ready {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    eprintln!(
-                        "sshd on port {port} did not start: {}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
-                    break;
-                }
-                // sshd binds within milliseconds of starting; nothing to wait on but the port.
-                std::thread::sleep(Duration::from_millis(5));
+                let _ = done_tx.send(());
+            });
+            // Ready, or the copier ended (sshd exited: the port was taken), or 10 s passed.
+            if ready.recv_timeout(Duration::from_secs(10)).is_ok() {
+                return Sshd { child, port, dir, copier: Some((copier, done)) };
             }
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = done.recv_timeout(Duration::from_secs(10));
+            let _ = copier.join();
+            eprintln!(
+                "sshd on port {port} did not start: {}",
+                std::fs::read_to_string(dir.path().join("sshd.log")).unwrap_or_default()
+            );
         }
         panic!("sshd did not start on any of 5 ports");
     }
@@ -119,6 +129,11 @@ impl Sshd {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let _ = self.child.wait();
+        // Every holder of sshd's stderr is gone: the copier reads its end.
+        if let Some((copier, done)) = self.copier.take() {
+            done.recv_timeout(Duration::from_secs(10)).expect("sshd's stderr closes once its processes are gone");
+            let _ = copier.join();
+        }
     }
 }
 
@@ -141,16 +156,7 @@ fn sshd_config(port: u16, extra: &str) -> String {
 
 /// Every process below `pid`, read from `/proc`.
 fn descendants(pid: i32) -> Vec<i32> {
-    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-            Some((p, ppid))
-        })
-        .collect();
+    let parents = crate::process_parents();
     let mut found = vec![pid];
     let mut i = 0;
     while i < found.len() {

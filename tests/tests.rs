@@ -9,17 +9,18 @@ pub(crate) fn local_whoami() -> (u32, u32, Vec<u32>) {
 }
 mitogen::remote!(local_whoami);
 
-/// Sleep `ms` where it runs; returns it.
-pub(crate) fn nap(ms: u64) -> u64 {
-    std::thread::sleep(std::time::Duration::from_millis(ms));
+/// Block where it runs until its context dies (at most `ms`): a call left in flight.
+pub(crate) fn block(ms: u64) -> u64 {
+    let (_keep, never) = std::sync::mpsc::channel::<()>();
+    let _ = never.recv_timeout(std::time::Duration::from_millis(ms));
     ms
 }
-mitogen::remote!(nap);
+mitogen::remote!(block);
 
-/// Start three calls into `ctx` that would sleep a minute, then `kill()` what carries them (a
+/// Start three calls into `ctx` that would block for a minute, then `kill()` what carries them (a
 /// host, a container): every caller must wake with a `ChannelError`, within 20 s.
 pub(crate) fn callers_wake_with_an_error_after(ctx: &mitogen::master::Context, kill: impl FnOnce()) {
-    let calls: Vec<_> = (0..3).map(|_| ctx.call_async(nap, (60_000u64,)).unwrap()).collect();
+    let calls: Vec<_> = (0..3).map(|_| ctx.call_async(block, (60_000u64,)).unwrap()).collect();
     let start = std::time::Instant::now();
     kill();
     for call in calls {
