@@ -43,12 +43,32 @@ struct Capture {
     printer: env_logger::Logger,
 }
 
+/// Per-target levels a test sets with [`set_target_level`], longest prefix first.
+static TARGET_LEVELS: std::sync::Mutex<Vec<(String, log::LevelFilter)>> = std::sync::Mutex::new(Vec::new());
+
+/// Make the harness's logger take records of targets starting with `prefix` only at `level`
+/// and above (as an `env_logger` directive `prefix=level` would), so a test can give contexts
+/// different levels.
+pub fn set_target_level(prefix: &str, level: log::LevelFilter) {
+    let mut levels = TARGET_LEVELS.lock().unwrap_or_else(|e| e.into_inner());
+    levels.retain(|(p, _)| p != prefix);
+    levels.push((prefix.to_owned(), level));
+    levels.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+}
+
 impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        let levels = TARGET_LEVELS.lock().unwrap_or_else(|e| e.into_inner());
+        levels
+            .iter()
+            .find(|(p, _)| metadata.target().starts_with(p.as_str()))
+            .map_or(true, |&(_, l)| metadata.level() <= l)
     }
 
     fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
         // Children's forwarded records are kept at every level (a test that turns debug on can
         // look for them); everything else from info up.
         if record.level() <= log::Level::Info || record.target().starts_with("mitogen::ctx::") {

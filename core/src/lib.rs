@@ -47,6 +47,7 @@ pub mod guide;
 mod latch;
 mod lines;
 mod message;
+pub mod profiling;
 mod receiver;
 mod remote;
 mod router;
@@ -61,9 +62,9 @@ pub use atfork::{prepare_fork, ForkGuard};
 pub use blob::{Blob, Secret};
 pub use broker::{panic_message, Broker, BrokerOptions, Source, TimerHandle};
 pub use child::{
-    debug_tree, enable_master_debug_log, executable_digest, forget_chain, format_record, log_forwarded, open_debug_log,
-    read_config, serve, set_debug_tree, set_io_logging, ChildConfig, ExternalContext, Hello, LogRecord, CHILD_MARKER,
-    IO_TARGET, PROTOCOL_VERSION, VERSION,
+    child_log_level, debug_tree, enable_master_debug_log, executable_digest, forget_chain, format_record,
+    log_forwarded, open_debug_log, read_config, serve, set_debug_tree, set_io_logging, ChildConfig, ExternalContext,
+    Hello, LogRecord, CHILD_MARKER, CTX_TARGET, IO_TARGET, PROTOCOL_VERSION, VERSION,
 };
 pub use context::Context;
 pub use error::{

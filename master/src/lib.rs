@@ -78,7 +78,11 @@ impl Router {
         let core = mitogen_core::Router::with_identity(&broker, Identity::master());
         let next_id = Arc::new(AtomicU32::new(1));
         mitogen_parent::serve_allocate_id(&core, next_id.clone())?;
-        Ok(Router { core, next_id })
+        let router = Router { core, next_id };
+        if std::env::var_os("MITOGEN_PROFILING").is_some() {
+            router.enable_profiling()?;
+        }
+        Ok(router)
     }
 
     /// Allocate a context id unique within this master (Mitogen `allocate_id`).
@@ -315,6 +319,28 @@ impl Router {
             .map_err(|e| mitogen_core::Error::stream_io("cannot open a debug log", e))
     }
 
+    /// Profile every process of the tree from now on (Mitogen `Router.profiling = True`; the
+    /// `MITOGEN_PROFILING` environment variable does this when the router is made): this
+    /// process, and each context started afterwards and its descendants, a forked child under
+    /// its own pid. Each writes one folded-stacks file per thread,
+    /// `$TMPDIR/mitogen.stats.<pid>.<thread>.<unix time>.folded`, on a graceful exit: a child
+    /// when it shuts down, this process in [`shutdown_and_join`](Router::shutdown_and_join).
+    /// `mitogen::profiler` merges them. See [`mitogen_core::profiling`].
+    ///
+    /// # Errors
+    /// A [`GeneralError`](mitogen_core::GeneralError) if the sampler cannot start.
+    pub fn enable_profiling(&self) -> Result<()> {
+        mitogen_core::profiling::set_profile_tree(true);
+        mitogen_core::profiling::start()
+            .map(drop)
+            .map_err(|e| mitogen_core::Error::general(format!("cannot start profiling: {e}")))
+    }
+
+    /// Whether contexts this process starts are profiled (Mitogen `Router.profiling`).
+    pub fn profiling(&self) -> bool {
+        mitogen_core::profiling::profile_tree()
+    }
+
     /// What this process's connections did (Mitogen `Router.get_stats()`): contexts connected,
     /// executables shipped and their bytes, and each directly connected stream with the bytes
     /// and messages that crossed it.
@@ -334,10 +360,15 @@ impl Router {
         &self.core
     }
 
-    /// Shut the broker down and wait for it (the end of `run_with_router`).
+    /// Shut the broker down and wait for it (the end of `run_with_router`); then, if this
+    /// process is profiled ([`enable_profiling`](Router::enable_profiling)), write its profile.
     pub fn shutdown_and_join(&self) {
         self.core.broker().shutdown();
         self.core.broker().join();
+        match mitogen_core::profiling::finish() {
+            Ok(paths) => paths.iter().for_each(|p| log::info!("profile written to {}", p.display())),
+            Err(e) => log::error!("cannot write this process's profile: {e}"),
+        }
     }
 }
 

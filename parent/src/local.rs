@@ -29,9 +29,11 @@ pub struct Options {
     /// Suffix of the child's process title `mitogen:<remote_name>`; default
     /// `<user>@<host>:<pid>`. May not contain `/`.
     pub remote_name: Option<String>,
-    /// Forward debug-level logs from the child (Mitogen `debug`).
+    /// Debug logging in the child and its descendants (Mitogen `debug`): each writes its own
+    /// `$TMPDIR/mitogen.<pid>.<unix time>.log` at debug level.
     pub debug: bool,
-    /// Ask the child to profile itself (Mitogen `profiling`; recorded in its config).
+    /// Profile the child and its descendants (Mitogen `profiling`): each writes its threads'
+    /// profiles on a graceful exit (see [`mitogen_core::profiling`]).
     pub profiling: bool,
     /// How long to wait for the child's handshake (Mitogen `connect_timeout`, default 30 s).
     pub connect_timeout: Duration,
@@ -83,15 +85,17 @@ impl Options {
         parent_ids.extend(router.identity().parent_ids.iter().copied());
         // Router::enable_debug (or a parent that was asked for debug) puts the whole tree in debug.
         let debug = self.debug || mitogen_core::debug_tree();
-        let level = if debug { log::LevelFilter::Debug } else { log::max_level().min(log::LevelFilter::Info) };
+        // The master's level for this child's records, and its table for the child's children.
+        let (level, log_levels) = mitogen_core::child_log_level(name);
         Ok(ChildConfig {
             context_id,
             parent_ids,
             name: name.to_owned(),
             remote_name: self.checked_remote_name()?,
             log_level: level as usize,
+            log_levels,
             debug,
-            profiling: self.profiling,
+            profiling: self.profiling || mitogen_core::profiling::profile_tree(),
             unidirectional: self.unidirectional.unwrap_or_else(|| router.unidirectional()),
             max_message_size: router.max_message_size() as u64,
             handshake_handle: 0,

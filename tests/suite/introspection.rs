@@ -189,6 +189,51 @@ fn a_child_filters_log_records_at_the_source_with_its_masters_level() {
 }
 
 #[test]
+fn each_context_filters_at_the_source_with_its_masters_level_for_its_target() {
+    run(|| {
+        // The master takes debug records, except from `quiet` and the contexts under it (they
+        // are logged under `mitogen::ctx::quiet` and `mitogen::ctx::quiet.<name>`).
+        log::set_max_level(log::LevelFilter::Debug);
+        mitogen_tests::set_target_level("mitogen::ctx::quiet", log::LevelFilter::Info);
+        let router = Router::new(None).unwrap();
+        let named = |name: &str, via: Option<&mitogen::core::Context>| Options {
+            name: Some(name.into()),
+            via: via.cloned(),
+            ..Options::default()
+        };
+        let quiet = router.local(named("quiet", None)).unwrap();
+        let below_quiet = router.local(named("below", Some(quiet.core()))).unwrap();
+        let loud = router.local(named("loud", None)).unwrap();
+        let below_loud = router.local(named("below", Some(loud.core()))).unwrap();
+        // Messages the master received on the stream to `first_hop` while `context` logged 300
+        // debug records and answered.
+        let sent = |first_hop: &mitogen::core::Context, context: &mitogen::parent::Context| {
+            let received = || {
+                let stats = router.get_stats();
+                stats.streams.iter().find(|s| s.remote_id == Some(first_hop.context_id())).unwrap().stats.messages_in
+            };
+            let start = received();
+            context.call(log_many, (300usize, true)).unwrap();
+            received() - start
+        };
+        assert_eq!(sent(quiet.core(), &quiet), 1, "only the reply");
+        assert_eq!(sent(quiet.core(), &below_quiet), 1, "its child took the level from its table");
+        // The loud side's streams also carry their own debug records (a stream closing, say).
+        assert!(sent(loud.core(), &loud) > 300, "300 debug records and the reply");
+        assert!(sent(loud.core(), &below_loud) > 300);
+        let kept = |name: &str| {
+            let records = mitogen_tests::logged(&format!("mitogen::ctx::{name}"));
+            let ours = |(level, target, m): &(log::Level, String, String)| {
+                *level == log::Level::Debug && target.ends_with(&format!("::{name}")) && m.contains(": record ")
+            };
+            records.iter().filter(|r| ours(r)).count()
+        };
+        assert_eq!((kept("quiet"), kept("quiet.below"), kept("loud"), kept("loud.below")), (0, 0, 300, 300));
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
 fn records_a_child_logs_while_it_starts_reach_the_master() {
     run(|| {
         let tmp = mitogen_tests::TempDir::new("early-records");

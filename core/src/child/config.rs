@@ -29,8 +29,14 @@ pub struct ChildConfig {
     pub name: String,
     /// The process title suffix: the child shows as `mitogen:<remote_name>`.
     pub remote_name: String,
-    /// Most verbose log level forwarded to the master (`log::LevelFilter as usize`).
+    /// Most verbose level of the records this child forwards (`log::LevelFilter as usize`): its
+    /// master's level for `mitogen::ctx::<name>`, the target the master logs them under.
     pub log_level: usize,
+    /// The master's levels for its children's records, `(target prefix, log::LevelFilter as
+    /// usize)`, longest prefix winning, so this child gives its own children the levels the
+    /// master would (see [`child_log_level`](crate::child_log_level)).
+    #[serde(default)]
+    pub log_levels: Vec<(String, usize)>,
     /// Whether debug logging was asked for (Mitogen `debug`).
     pub debug: bool,
     /// Whether profiling was asked for (Mitogen `profiling`).

@@ -95,8 +95,12 @@ impl log::Log for ChildLogger {
             return;
         }
         write_debug(record);
-        if record.target().starts_with(IO_TARGET) {
-            return; // forwarding I/O records would make more of them
+        // Forwarding I/O records would make more of them; and records the master would drop
+        // are not sent (its level is the forward level).
+        if record.target().starts_with(IO_TARGET)
+            || record.level() as usize > FORWARD_LEVEL.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
         }
         let pid = std::process::id();
         match ExternalContext::current() {
@@ -116,6 +120,71 @@ impl log::Log for ChildLogger {
     }
 
     fn flush(&self) {}
+}
+
+/// Most verbose level this child forwards (`log::LevelFilter as usize`), from its config.
+/// An atomic: a forked child sets its own without a lock.
+static FORWARD_LEVEL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Set this child's levels from its config: records at `log_level` and above are forwarded, and
+/// with `debug` its debug log file takes debug records too. The process's `log` maximum is the
+/// most verbose of the two when the logger is the core's (a forked child of a program with a
+/// logger of its own stays silent).
+pub(super) fn apply_levels(config: &super::ChildConfig) {
+    use log::LevelFilter;
+    let forward = LevelFilter::iter().nth(config.log_level).unwrap_or(LevelFilter::Info);
+    FORWARD_LEVEL.store(forward as usize, std::sync::atomic::Ordering::Relaxed);
+    if logger_is_ours() {
+        log::set_max_level(if config.debug { forward.max(LevelFilter::Debug) } else { forward });
+    }
+}
+
+/// The target prefix a master logs its children's records under: `mitogen::ctx::<name>`.
+pub const CTX_TARGET: &str = "mitogen::ctx::";
+
+/// The most verbose level at which the installed `log` logger takes records of `target`, within
+/// [`log::max_level`] (`Off` when it takes none).
+fn logger_level(target: &str) -> log::LevelFilter {
+    let max = log::max_level();
+    let takes = |level: log::Level| {
+        level <= max && log::logger().enabled(&log::Metadata::builder().target(target).level(level).build())
+    };
+    log::Level::iter().filter(|&l| takes(l)).last().map_or(log::LevelFilter::Off, |l| l.to_level_filter())
+}
+
+/// The level, and the table of the master's levels, for a new child named `name`: the most
+/// verbose level at which the master keeps that child's records (it logs them under
+/// `mitogen::ctx::<name>`), so the child filters at the source and a quiet master is not sent
+/// records it would drop (Mitogen passes its `log_level` the same way).
+///
+/// In the master this asks its logger, for the child's own target and for every
+/// `mitogen::ctx::` directive in `RUST_LOG` (the `env_logger` convention), so the table carries
+/// per-context levels down the tree. In a child it looks the name up in the table its parent
+/// gave it, longest prefix first, as `env_logger` matches directives.
+pub fn child_log_level(name: &str) -> (log::LevelFilter, Vec<(String, usize)>) {
+    let target = format!("{CTX_TARGET}{name}");
+    if let Some(ec) = ExternalContext::current().filter(|ec| ec.inner.pid == std::process::id()) {
+        let table = ec.config().log_levels.clone();
+        let own = log::LevelFilter::iter().nth(ec.config().log_level).unwrap_or(log::LevelFilter::Info);
+        let level = table
+            .iter()
+            .filter(|(prefix, _)| target.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .and_then(|&(_, level)| log::LevelFilter::iter().nth(level))
+            .unwrap_or(own);
+        return (level, table);
+    }
+    let mut prefixes = vec![CTX_TARGET.to_owned()];
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        // `target=level,target,level/regex`: the names, where they cover children's records.
+        let directives = spec.split('/').next().unwrap_or_default();
+        let names = directives.split(',').filter_map(|d| d.split('=').next()).map(str::trim);
+        prefixes.extend(names.filter(|n| n.starts_with(CTX_TARGET)).map(str::to_owned));
+    }
+    prefixes.push(target.clone());
+    prefixes.dedup();
+    let table = prefixes.into_iter().map(|p| (logger_level(&p) as usize, p)).map(|(level, p)| (p, level)).collect();
+    (logger_level(&target), table)
 }
 
 /// Log a forwarded record under `mitogen::ctx::<name>` (the master's side of a child's log
@@ -140,7 +209,7 @@ pub fn log_forwarded(msg: &Message) {
         4 => log::Level::Debug,
         _ => log::Level::Trace,
     };
-    let ctx_target = format!("mitogen::ctx::{name}");
+    let ctx_target = format!("{CTX_TARGET}{name}");
     log::logger().log(
         &log::Record::builder()
             .level(level)
@@ -204,7 +273,7 @@ pub fn open_debug_log() -> std::io::Result<std::path::PathBuf> {
     use std::sync::atomic::Ordering;
     let pid = std::process::id();
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let path = std::env::temp_dir().join(format!("mitogen.{pid}.{secs}.log"));
+    let path = crate::sys::temp_dir().join(format!("mitogen.{pid}.{secs}.log"));
     let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
     let old = DEBUG_FD.swap(file.into_raw_fd(), Ordering::AcqRel);
     let old_pid = DEBUG_PID.swap(pid, Ordering::AcqRel);

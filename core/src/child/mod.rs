@@ -18,8 +18,8 @@ pub use dispatch::forget_chain;
 pub(crate) use dispatch::install_panic_hook;
 pub(crate) use logging::logger_is_ours;
 pub use logging::{
-    debug_tree, enable_master_debug_log, format_record, log_forwarded, open_debug_log, set_debug_tree, set_io_logging,
-    LogRecord, IO_TARGET,
+    child_log_level, debug_tree, enable_master_debug_log, format_record, log_forwarded, open_debug_log, set_debug_tree,
+    set_io_logging, LogRecord, CTX_TARGET, IO_TARGET,
 };
 use logging::{LogForwarder, CHILD_LOGGER};
 
@@ -93,13 +93,21 @@ impl ExternalContext {
     /// broker, stream or handlers cannot be set up.
     pub fn start(config: ChildConfig, rfd: OwnedFd, wfd: OwnedFd) -> Result<ExternalContext> {
         sys::tune_malloc_for_bulk();
+        logging::apply_levels(&config);
         if config.debug {
             // Its own file (a forked child's too, under its own pid), and its children get one.
             logging::set_debug_tree(true);
             if let Err(e) = logging::open_debug_log() {
                 // One write(2): a forked child may not take std's stderr lock.
-                let msg = format!("mitogen: cannot open a debug log in {}: {e}\n", std::env::temp_dir().display());
+                let msg = format!("mitogen: cannot open a debug log in {}: {e}\n", sys::temp_dir().display());
                 let _ = sys::write(sys::borrow_std(2), msg.as_bytes());
+            }
+        }
+        if config.profiling {
+            // Its own profile (a forked child's too), and its children are profiled.
+            crate::profiling::set_profile_tree(true);
+            if let Err(e) = crate::profiling::start() {
+                let _ = sys::write(sys::borrow_std(2), format!("mitogen: cannot start profiling: {e}\n").as_bytes());
             }
         }
         log::debug!("{}: starting in pid {}", config.name, std::process::id());
@@ -157,7 +165,13 @@ impl ExternalContext {
         // or still queued could only keep an orphan alive. The broker's very last act ends the
         // process, after every exit callback (reaping this context's own children) has run, as
         // Mitogen's child does with SIGTERM to itself.
-        ec.inner.broker.set_exit_action(|| sys::exit_now(0));
+        ec.inner.broker.set_exit_action(|| {
+            // A profiled child writes its profile on the way out (Mitogen: on graceful exit).
+            if let Err(e) = crate::profiling::finish() {
+                let _ = sys::write(sys::borrow_std(2), format!("mitogen: cannot write a profile: {e}\n").as_bytes());
+            }
+            sys::exit_now(0)
+        });
         let hello = Hello {
             protocol_version: crate::child::PROTOCOL_VERSION,
             pid: std::process::id(),
@@ -381,11 +395,10 @@ fn exec_child_start() -> Result<ExternalContext> {
     if std::env::var("MITOGEN_LOG_LEVEL").is_ok_and(|l| l.eq_ignore_ascii_case("IO")) {
         logging::set_io_logging(true);
     }
-    let level = log::LevelFilter::iter().nth(config.log_level).unwrap_or(log::LevelFilter::Info);
     // Installed before the context starts, so what it logs while starting is kept and sent
     // once it can be (none lost).
     if log::set_logger(&CHILD_LOGGER).is_ok() {
-        log::set_max_level(level);
+        logging::apply_levels(&config);
         logging::keep_early_records();
     }
     ExternalContext::start(config, rfd, wfd)

@@ -5,7 +5,8 @@
 //! inside. It is built on [`nix`] wherever nix has the call, and on [`libc`] only for what nix
 //! lacks or where the raw form is the point (each such place says why): `pidfd_open(2)` and
 //! `pidfd_send_signal(2)`, `close_range(2)`, `mallopt(3)`, `_exit(2)`, `read(2)` into
-//! uninitialised memory, and `waitpid(2)` / `waitid(2)` whose raw status callers keep.
+//! uninitialised memory, `waitpid(2)` / `waitid(2)` whose raw status callers keep,
+//! `setitimer(2)`, and `getenv(3)` without std's lock.
 //!
 //! Every descriptor created here is close-on-exec (and non-blocking where asked) in the very
 //! call that creates it, because another thread may fork and exec a child at any moment
@@ -18,6 +19,7 @@
 //! | `poll.rs` | waiting for descriptors: one with a deadline, or many |
 //! | `process.rs` | `fork`, pidfds, reaping, exit statuses, sessions, signals, names |
 //! | `mem.rs` | allocation hints for bulk buffers |
+//! | `sampler.rs` | the CPU-time sampling profiler: `SIGPROF`, stack walks, the sample table |
 //!
 //! This module is public so that the workspace's crates share one layer; it is not part of the
 //! library's API and may change with any release.
@@ -26,6 +28,7 @@ mod fd;
 mod mem;
 mod poll;
 mod process;
+pub mod sampler;
 
 pub use fd::{
     borrow_std, close_fds_except, dup2, dup_cloexec, is_cloexec, is_nonblocking, isatty, null_fds_except, open_devnull,
@@ -38,7 +41,7 @@ pub use nix::sys::signal::Signal;
 pub use poll::{is_ready, poll, readable, wait_readable, writable, PollFd};
 pub use process::{
     become_session_leader_with_tty, check_waitable_child, describe_status, exit_now, fork, hostname, ignore_sigpipe,
-    kill_group, pidfd_kill, pidfd_open, set_thread_title, setsid, try_wait, username, Forked, NamespaceEntry,
+    kill_group, pidfd_kill, pidfd_open, set_thread_title, setsid, temp_dir, try_wait, username, Forked, NamespaceEntry,
 };
 
 /// Whether `e` means the other end of a descriptor went away: `EIO` (a TTY whose other end

@@ -175,6 +175,25 @@ pub fn username() -> String {
         .unwrap_or_else(|_| format!("uid{}", nix::unistd::getuid()))
 }
 
+/// The directory for temporary files: `$TMPDIR`, else `/tmp`, as [`std::env::temp_dir`], but
+/// read with `getenv(3)` directly, without std's environment lock, so a forked child (which may
+/// have inherited that lock held) can call it. (libc: the point is to bypass std here.)
+pub fn temp_dir() -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: the name is NUL-terminated; getenv returns NULL or a NUL-terminated string that
+    // is copied at once (nothing in this crate sets the environment).
+    let value = unsafe { libc::getenv(c"TMPDIR".as_ptr()) };
+    if value.is_null() {
+        return "/tmp".into();
+    }
+    // SAFETY: as above.
+    let bytes = unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes();
+    match bytes.is_empty() {
+        true => "/tmp".into(),
+        false => std::ffi::OsStr::from_bytes(bytes).into(),
+    }
+}
+
 /// This host's name (`localhost` if it cannot be had).
 pub fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())

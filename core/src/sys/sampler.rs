@@ -1,0 +1,273 @@
+//! A CPU-time sampling profiler: `setitimer(ITIMER_PROF)` raises `SIGPROF` about 99 times per
+//! second of CPU time the process uses, in whichever thread is running, and the handler records
+//! that thread's stack in a fixed table, counting identical stacks once.
+//!
+//! Why not the `pprof` crate: it keeps its state behind a spin lock a forked child can inherit
+//! held (by a thread it does not have), holds a temporary file open for the life of the process,
+//! and leaves `SIGPROF` ignored after it stops, which every child executed later inherits. This
+//! sampler is atomics only, belongs to one pid (a forked child starts its own, and never touches
+//! its parent's), and keeps its handler installed once started (a late `SIGPROF` is harmless).
+//!
+//! What the handler does is async-signal-safe but for one call: the stack is walked with
+//! `backtrace::trace_unsynchronized`, libgcc's unwinder, as `pprof` does. With glibc 2.35 and
+//! libgcc 12 or later it finds unwind tables with `_dl_find_object`, which takes no lock.
+//! Symbols are resolved later, outside the handler ([`Sampler::stacks`]).
+
+use std::cell::UnsafeCell;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+/// Most frames kept per sample, from the innermost; deeper stacks are cut (and marked so).
+pub const MAX_DEPTH: usize = 48;
+/// Frames the handler itself adds below the interrupted one (its own, the unwinder's and the
+/// signal trampoline), walked past and dropped.
+const HANDLER_FRAMES: usize = 24;
+/// Distinct (thread, stack) pairs one process keeps; samples of further ones are counted as
+/// dropped.
+const SLOTS: usize = 8192;
+/// Probes per sample in the open-addressing table before it counts as full.
+const PROBES: usize = 64;
+/// The sampling period: about 99 Hz of CPU time (off the beat of periodic work at 100 Hz).
+const PERIOD_US: i64 = 10_101;
+
+/// One distinct stack of one thread, and how many samples found it.
+struct Slot {
+    /// Hash of the thread name and frames; 0 while free.
+    key: AtomicU64,
+    /// Set once `data` is written (after which it never changes).
+    ready: AtomicBool,
+    count: AtomicU64,
+    data: UnsafeCell<SlotData>,
+}
+
+struct SlotData {
+    thread: [u8; 16],
+    depth: usize,
+    truncated: bool,
+    ips: [usize; MAX_DEPTH],
+}
+
+/// SAFETY: `data` is written only by the one handler that claimed the slot (its `key` went
+/// from 0 to its hash by compare-and-swap), before `ready` is set with release ordering; it is
+/// read only after `ready` is seen set with acquire ordering.
+unsafe impl Sync for Slot {}
+
+/// The table of the process that started sampling ([`start`]), and that process's pid: a
+/// forked child sees a pid that is not its own and leaves the table alone.
+static TABLE: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+static OWNER: AtomicU32 = AtomicU32::new(0);
+/// Samples lost because the table was full.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Whether this process installed the handler (any pid: a forked child inherits it).
+static HANDLER: AtomicBool = AtomicBool::new(false);
+
+/// A sample's stack, symbolised later: the thread's name, instruction pointers from the
+/// innermost frame out, and whether frames beyond [`MAX_DEPTH`] were cut.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// The thread's name (`main` for the process's first thread).
+    pub thread: String,
+    /// Return addresses, innermost first; the first is the interrupted instruction itself.
+    pub ips: Vec<usize>,
+    /// Whether the stack was deeper than [`MAX_DEPTH`].
+    pub truncated: bool,
+    /// Samples that found this stack.
+    pub count: u64,
+}
+
+/// Start sampling this process. Returns `false` if it already is.
+///
+/// # Errors
+/// If the handler or the timer cannot be installed.
+pub fn start() -> io::Result<bool> {
+    let pid = std::process::id();
+    if OWNER.load(Ordering::Acquire) == pid {
+        return Ok(false);
+    }
+    // Zeroed pages stay untouched (and unbacked) until a stack lands in them.
+    let layout = std::alloc::Layout::array::<Slot>(SLOTS).expect("a fixed size");
+    // SAFETY: the layout is not zero-sized; all-zero bytes are a valid free `Slot` (atomics and
+    // plain integers).
+    let table = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Slot>();
+    if table.is_null() {
+        return Err(io::ErrorKind::OutOfMemory.into());
+    }
+    // A previous table (this process's, stopped; or its parent's, before a fork) is left as it
+    // is: a handler may still be reading it.
+    TABLE.store(table, Ordering::Release);
+    DROPPED.store(0, Ordering::Relaxed);
+    OWNER.store(pid, Ordering::Release);
+    if !HANDLER.swap(true, Ordering::AcqRel) {
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::SigAction(on_sigprof),
+            nix::sys::signal::SaFlags::SA_SIGINFO | nix::sys::signal::SaFlags::SA_RESTART,
+            nix::sys::signal::SigSet::empty(),
+        );
+        // SAFETY: the handler only reads atomics, walks the stack and writes a slot it claimed.
+        if let Err(e) = unsafe { nix::sys::signal::sigaction(nix::sys::signal::SIGPROF, &action) } {
+            HANDLER.store(false, Ordering::Release);
+            OWNER.store(0, Ordering::Release);
+            return Err(e.into());
+        }
+    }
+    set_timer(PERIOD_US).inspect_err(|_| OWNER.store(0, Ordering::Release))?;
+    Ok(true)
+}
+
+/// Whether this process is sampling.
+pub fn running() -> bool {
+    OWNER.load(Ordering::Acquire) == std::process::id()
+}
+
+/// Stop sampling and return every distinct stack this process recorded, and how many samples
+/// were dropped because the table was full. `None` if it was not sampling.
+pub fn stop() -> Option<(Vec<Sample>, u64)> {
+    let pid = std::process::id();
+    if OWNER.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return None;
+    }
+    let _ = set_timer(0);
+    let table = TABLE.load(Ordering::Acquire);
+    // SAFETY: `start` stored a table of `SLOTS` slots, never freed.
+    let slots = unsafe { std::slice::from_raw_parts(table, SLOTS) };
+    let samples = slots
+        .iter()
+        .filter(|s| s.ready.load(Ordering::Acquire))
+        .map(|s| {
+            // SAFETY: `ready` was set after the data was written, and it no longer changes.
+            let data = unsafe { &*s.data.get() };
+            let len = data.thread.iter().position(|&b| b == 0).unwrap_or(data.thread.len());
+            Sample {
+                thread: String::from_utf8_lossy(&data.thread[..len]).into_owned(),
+                ips: data.ips[..data.depth].to_vec(),
+                truncated: data.truncated,
+                count: s.count.load(Ordering::Relaxed),
+            }
+        })
+        .collect();
+    Some((samples, DROPPED.load(Ordering::Relaxed)))
+}
+
+fn set_timer(period_us: i64) -> io::Result<()> {
+    let interval = libc::timeval { tv_sec: 0, tv_usec: period_us as libc::suseconds_t };
+    let timer = libc::itimerval { it_interval: interval, it_value: interval };
+    // SAFETY: setitimer(2) reads `timer`; the old value is not asked for. (libc: nix has no
+    // setitimer.)
+    if unsafe { libc::setitimer(libc::ITIMER_PROF, &timer, std::ptr::null_mut()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The interrupted instruction, from the signal's saved context (0 where unknown).
+fn interrupted_pc(ucontext: *mut libc::c_void) -> usize {
+    if ucontext.is_null() {
+        return 0;
+    }
+    let uc = ucontext.cast::<libc::ucontext_t>();
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    // SAFETY: the kernel passes a valid ucontext to an SA_SIGINFO handler.
+    return unsafe { (*uc).uc_mcontext.gregs[libc::REG_RIP as usize] as usize };
+    #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+    // SAFETY: as above.
+    return unsafe { (*uc).uc_mcontext.pc as usize };
+    #[allow(unreachable_code)]
+    {
+        let _ = uc;
+        0
+    }
+}
+
+/// The calling thread's name into `out`: `main` for the process's first thread (whose name
+/// is the process title), else its kernel name (`prctl(PR_GET_NAME)`, one system call).
+fn thread_name(out: &mut [u8; 16]) {
+    // SAFETY: gettid and getpid take no arguments.
+    let (tid, pid) = unsafe { (libc::gettid(), libc::getpid()) };
+    if tid == pid {
+        out[..4].copy_from_slice(b"main");
+        return;
+    }
+    // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL-terminated, into the buffer.
+    unsafe { libc::prctl(libc::PR_GET_NAME, out.as_mut_ptr()) };
+}
+
+fn hash(thread: &[u8; 16], ips: &[usize]) -> u64 {
+    // FNV-1a over the name and the addresses; never 0 (the free mark).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = thread.iter().copied().chain(ips.iter().flat_map(|ip| ip.to_ne_bytes()));
+    for b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+extern "C" fn on_sigprof(_: libc::c_int, _: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
+    // SAFETY: errno is thread-local; it is put back before returning, as the interrupted code
+    // may be between a system call and reading it.
+    let errno = unsafe { *libc::__errno_location() };
+    sample(ucontext);
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+fn sample(ucontext: *mut libc::c_void) {
+    let table = TABLE.load(Ordering::Acquire);
+    // SAFETY: getpid takes no arguments (std's process::id is the same call).
+    if table.is_null() || OWNER.load(Ordering::Acquire) != unsafe { libc::getpid() } as u32 {
+        return;
+    }
+    let mut walked = [0usize; MAX_DEPTH + HANDLER_FRAMES];
+    let mut n = 0;
+    let mut more = false;
+    // SAFETY: the crate's lock only serialises unwinders that are not thread-safe (Windows'
+    // dbghelp); on Linux the walk is libgcc's `_Unwind_Backtrace`, whose state is on this stack.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            let ip = frame.ip() as usize;
+            if ip == 0 {
+                return false; // the end of the stack
+            }
+            if n == walked.len() {
+                more = true;
+                return false;
+            }
+            walked[n] = ip;
+            n += 1;
+            true
+        });
+    }
+    // Start at the interrupted frame; if the walk did not find it, keep everything.
+    let pc = interrupted_pc(ucontext);
+    let first = walked[..n].iter().position(|&ip| ip == pc).unwrap_or(0);
+    let frames = &walked[first..n];
+    let (frames, truncated) = match frames.len() > MAX_DEPTH {
+        true => (&frames[..MAX_DEPTH], true),
+        false => (frames, more),
+    };
+    let mut thread = [0u8; 16];
+    thread_name(&mut thread);
+    let key = hash(&thread, frames);
+    // SAFETY: `start` stored a table of `SLOTS` slots, never freed.
+    let slots = unsafe { std::slice::from_raw_parts(table, SLOTS) };
+    for probe in 0..PROBES {
+        let slot = &slots[(key as usize).wrapping_add(probe) % SLOTS];
+        match slot.key.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                let mut ips = [0usize; MAX_DEPTH];
+                ips[..frames.len()].copy_from_slice(frames);
+                // SAFETY: this handler claimed the slot; nobody reads `data` before `ready`.
+                unsafe { *slot.data.get() = SlotData { thread, depth: frames.len(), truncated, ips } };
+                slot.ready.store(true, Ordering::Release);
+                slot.count.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(k) if k == key => {
+                slot.count.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(_) => {}
+        }
+    }
+    DROPPED.fetch_add(1, Ordering::Relaxed);
+}
