@@ -34,6 +34,9 @@ pub use mitogen_master as master;
 pub use mitogen_parent as parent;
 pub use mitogen_select as select;
 pub use mitogen_utils as utils;
+/// Merging and summarising the profiles a tree writes (Mitogen `mitogen.profiler`); the
+/// `mitogen-profiler` program is its command line.
+pub use mitogen_utils::profiler;
 
 pub use mitogen_core::globals::{context_id, is_master, parent_id, parent_ids};
 pub use mitogen_core::{init, remote, returns, CallError, ChannelError, Error, LatchError, StreamError, TimeoutError};
@@ -49,19 +52,45 @@ pub fn main<T>(func: impl FnOnce(&master::Router) -> Result<T, Error>) -> Result
     utils::run_with_router(func)
 }
 
-/// [`main`] with logging to standard error at `log_level` first, as Mitogen's
-/// `@mitogen.main(log_level='INFO')` does ([`utils::log_to_file`]; `MITOGEN_LOG_LEVEL`
-/// overrides it). A program that installs its own logger calls [`main`] instead.
+/// What [`main_with`] sets up before the router (the arguments of Mitogen's
+/// `@mitogen.main(log_level='INFO', profiling=False)`).
+#[derive(Clone, Debug, Default)]
+pub struct MainOptions {
+    /// Log to standard error from this level ([`utils::log_to_file`]; `MITOGEN_LOG_LEVEL`
+    /// overrides it); `None` leaves logging to the program.
+    pub log_level: Option<log::LevelFilter>,
+    /// Profile this process and every context of its tree
+    /// ([`Router::enable_profiling`](master::Router::enable_profiling); `MITOGEN_PROFILING`
+    /// does the same).
+    pub profiling: bool,
+}
+
+/// [`main`] with logging and profiling set up first, as Mitogen's
+/// `@mitogen.main(log_level=, profiling=)` does.
+///
+/// ```no_run
+/// let options = mitogen::MainOptions { log_level: Some(log::LevelFilter::Info), profiling: true };
+/// mitogen::main_with(options, |router| {
+///     router.local(Default::default())?.shutdown(true)?;
+///     Ok(())
+/// })?;
+/// # Ok::<(), mitogen::Error>(())
+/// ```
 ///
 /// # Errors
-/// As [`main`]; a `GeneralError` if a logger of the program's own is already installed.
-pub fn main_with_log_level<T>(
-    log_level: log::LevelFilter,
-    func: impl FnOnce(&master::Router) -> Result<T, Error>,
-) -> Result<T, Error> {
+/// As [`main`]; a `GeneralError` if a `log_level` is given and a logger of the program's own
+/// is already installed, or profiling cannot start.
+pub fn main_with<T>(options: MainOptions, func: impl FnOnce(&master::Router) -> Result<T, Error>) -> Result<T, Error> {
     init();
-    utils::log_to_file(None, false, log_level).map_err(|e| Error::general(format!("log_to_file: {e}")))?;
-    utils::run_with_router(func)
+    if let Some(level) = options.log_level {
+        utils::log_to_file(None, false, level).map_err(|e| Error::general(format!("log_to_file: {e}")))?;
+    }
+    utils::run_with_router(|router| {
+        if options.profiling {
+            router.enable_profiling()?;
+        }
+        func(router)
+    })
 }
 
 /// The README's examples, compiled as doc tests so they cannot drift from the API.

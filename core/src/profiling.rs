@@ -67,7 +67,9 @@ pub fn finish() -> io::Result<Vec<PathBuf>> {
 }
 
 /// Stop profiling this process and write one folded-stacks file per thread into `dir`, named by
-/// [`profile_path`]. Returns the paths written, none if it was not profiling.
+/// [`profile_path`]: one for each thread that was sampled, and always one for the main thread
+/// (empty if it was never sampled: a sample is taken per 10 ms of CPU time the process uses).
+/// Returns the paths written, none if it was not profiling.
 ///
 /// # Errors
 /// If a file cannot be written.
@@ -76,7 +78,8 @@ pub fn finish_into(dir: &Path) -> io::Result<Vec<PathBuf>> {
         return Ok(Vec::new());
     };
     let mut names = Symbols::default();
-    let mut threads: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    // The main thread's file is written even without samples: every profiled process leaves one.
+    let mut threads: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::from([("main".into(), BTreeMap::new())]);
     for sample in &samples {
         let stack = names.fold(sample);
         *threads.entry(sample.thread.clone()).or_default().entry(stack).or_default() += sample.count;

@@ -211,6 +211,9 @@ pub(crate) fn handshake(
         let _ = s.send(msg);
     });
     let (b, p) = (broker.clone(), proc.clone());
+    if config.profiling {
+        proc.set_term_after(crate::process::PROFILED_TERM_AFTER);
+    }
     stream.on_disconnect_listener(move |s| reap_when_disconnected(&b, p, s.is_detached()));
     crate::via::upgrade_router(router);
     // Up the tree first: the route must reach every ancestor before anything the child sends.

@@ -15,6 +15,8 @@ use mitogen_core::sys::{self, Signal};
 const TAIL_LINES: usize = 100;
 /// After its stream disconnects, a child gets this long to exit before SIGTERM...
 const TERM_AFTER: Duration = Duration::from_secs(1);
+/// ...or this long when it is profiled: it writes its profile after its stream is gone.
+pub(crate) const PROFILED_TERM_AFTER: Duration = Duration::from_secs(30);
 /// ...and this long after that before SIGKILL.
 const KILL_AFTER: Duration = Duration::from_secs(2);
 
@@ -45,6 +47,8 @@ pub struct ChildProcess {
     tail: Mutex<VecDeque<String>>,
     /// It leads its own process group, which a kill reaches as a whole.
     group_leader: bool,
+    /// How long it may take to exit after its stream is gone, in milliseconds.
+    term_after_ms: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -117,6 +121,7 @@ impl ChildProcess {
             status: Mutex::new(None),
             tail: Mutex::new(VecDeque::new()),
             group_leader: false,
+            term_after_ms: std::sync::atomic::AtomicU64::new(TERM_AFTER.as_millis() as u64),
         })
     }
 
@@ -199,9 +204,19 @@ impl ChildProcess {
         self.try_reap()
     }
 
+    /// Give the child `grace` to exit after its stream is gone before it is sent SIGTERM
+    /// (default 1 s).
+    pub(crate) fn set_term_after(&self, grace: Duration) {
+        self.term_after_ms.store(grace.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn term_after(&self) -> Duration {
+        Duration::from_millis(self.term_after_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Reap synchronously, escalating to SIGTERM then SIGKILL: no zombie is left.
     pub fn reap_blocking(&self) {
-        if self.wait_timeout(TERM_AFTER) {
+        if self.wait_timeout(self.term_after()) {
             return;
         }
         log::debug!("child {} did not exit; sending SIGTERM", self.pid);
@@ -230,7 +245,7 @@ impl ChildProcess {
 }
 
 /// Reap `proc` once its stream is gone, without blocking the broker: wait for the pidfd, send
-/// SIGTERM after [`TERM_AFTER`] and SIGKILL after [`KILL_AFTER`] more. If the broker exits first,
+/// SIGTERM after [`TERM_AFTER`] (or what [`ChildProcess::set_term_after`] set) and SIGKILL after [`KILL_AFTER`] more. If the broker exits first,
 /// reap synchronously on its way out, so `Broker::join` leaves no zombie.
 ///
 /// A `detached` child (it sent `DETACHING`) is never signalled: it is reaped if it exits while
@@ -250,7 +265,7 @@ pub(crate) fn reap_when_disconnected(broker: &Broker, proc: Arc<ChildProcess>, d
     let watcher = watch_exit(broker, proc.clone());
     let Some(watcher) = watcher else { return };
     let (p, w) = (proc.clone(), watcher.clone());
-    broker.timer(TERM_AFTER, move || {
+    broker.timer(proc.term_after(), move || {
         if !p.try_reap() {
             log::debug!("child {} still running after its stream closed; sending SIGTERM", p.pid);
             p.kill(Signal::SIGTERM);

@@ -250,3 +250,77 @@ fn records_a_child_logs_while_it_starts_reach_the_master() {
         router.shutdown_and_join();
     });
 }
+
+/// Keep a CPU busy for `ms` where it runs, in a frame a profile can name; its pid.
+#[inline(never)]
+fn burn_cpu(ms: u64) -> u32 {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    let mut x = 0u64;
+    while std::time::Instant::now() < until {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
+    std::hint::black_box(x);
+    std::process::id()
+}
+mitogen::remote!(burn_cpu);
+
+/// The profile files of `pid` in `dir`, by thread name.
+fn profiles(dir: &std::path::Path, pid: u32) -> std::collections::BTreeMap<String, std::path::PathBuf> {
+    let files = mitogen::profiler::profile_files(dir).unwrap();
+    let prefix = format!("mitogen.stats.{pid}.");
+    files
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&prefix))
+        .map(|p| (mitogen::profiler::thread_of(&p).unwrap(), p))
+        .collect()
+}
+
+#[test]
+fn every_process_of_a_profiled_tree_writes_a_profile_of_each_thread_that_merges() {
+    run(|| {
+        let tmp = mitogen_tests::TempDir::new("profiles");
+        let router = Router::new(None).unwrap();
+        router.enable_profiling().unwrap();
+        assert!(router.profiling());
+        // Children write into `tmp` (their TMPDIR); this process into its own temporary directory.
+        let env = vec!["env".into(), format!("TMPDIR={}", tmp.path().display()).into()];
+        let a = router.local(Options { name: Some("a".into()), command_prefix: env, ..Options::default() }).unwrap();
+        let b = router
+            .local(Options { name: Some("b".into()), via: Some(a.core().clone()), ..Options::default() })
+            .unwrap();
+        // A fork of a profiled context profiles itself under its own pid.
+        let f = router
+            .fork(mitogen::master::ForkOptions {
+                options: Options { name: Some("f".into()), via: Some(b.core().clone()), ..Options::default() },
+                ..Default::default()
+            })
+            .unwrap();
+        let mut pids = Vec::new();
+        for ctx in [&a, &b, &f] {
+            pids.push(ctx.call(burn_cpu, (300u64,)).unwrap());
+        }
+        burn_cpu(300);
+        // A graceful shutdown: every process writes its profile on the way out, and is reaped.
+        router.shutdown_and_join();
+        let master = profiles(&mitogen::core::sys::temp_dir(), std::process::id());
+        let master_files: Vec<_> = master.values().cloned().collect();
+        for path in &master_files {
+            let moved = tmp.path().join(path.file_name().unwrap());
+            std::fs::copy(path, &moved).unwrap();
+            std::fs::remove_file(path).unwrap();
+        }
+        assert!(master.contains_key("test-body"), "the thread that burnt CPU here: {master:?}");
+        for pid in pids {
+            let files = profiles(tmp.path(), pid);
+            assert!(files.contains_key("main"), "pid {pid} profiled its main thread: {files:?}");
+            let main = mitogen::profiler::read_folded(&files["main"]).unwrap();
+            let burnt: u64 = main.iter().filter(|(stack, _)| stack.contains("burn_cpu")).map(|(_, n)| n).sum();
+            assert!(burnt >= 3, "pid {pid}: {burnt} samples in burn_cpu of {main:?}");
+        }
+        let merged = mitogen::profiler::merge(&[tmp.path()]).unwrap();
+        let burnt: u64 =
+            merged.iter().filter(|(s, _)| s.starts_with("main;") && s.contains("burn_cpu")).map(|(_, n)| n).sum();
+        assert!(burnt >= 12, "the children's main threads merged: {burnt} samples");
+        assert!(merged.keys().any(|s| s.starts_with("test-body;") && s.contains("burn_cpu")));
+    });
+}

@@ -7,6 +7,8 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use mitogen_core::Result;
 use mitogen_master::Router;
 
+pub mod profiler;
+
 /// Run `func(router)` with a fresh master [`Router`] on its own broker, and always shut the
 /// broker down and join it afterwards, also when `func` panics (Mitogen `run_with_router`).
 ///

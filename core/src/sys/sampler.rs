@@ -11,7 +11,7 @@
 //! What the handler does is async-signal-safe but for one call: the stack is walked with
 //! `backtrace::trace_unsynchronized`, libgcc's unwinder, as `pprof` does. With glibc 2.35 and
 //! libgcc 12 or later it finds unwind tables with `_dl_find_object`, which takes no lock.
-//! Symbols are resolved later, outside the handler ([`Sampler::stacks`]).
+//! Symbols are resolved later, outside the handler, by [`crate::profiling`].
 
 use std::cell::UnsafeCell;
 use std::io;
