@@ -241,3 +241,39 @@ fn two_thousand_forks_while_four_threads_message_log_print_and_panic() {
         drop(pair);
     });
 }
+
+#[test]
+fn a_profiled_process_whose_threads_unwind_panics_and_take_backtraces_keeps_forking() {
+    // A sample that interrupts the stack unwinder must not walk from inside it (it crashed
+    // this process within seconds before such samples were skipped).
+    run(|| {
+        quiet_panics_in("profiled-panic");
+        let router = Router::new(None).unwrap();
+        router.enable_profiling().unwrap();
+        let hammers = vec![
+            hammer("profiled-panic", || {
+                let _ = std::panic::catch_unwind(|| panic!("expected"));
+            }),
+            hammer("profiled-backtrace", || {
+                std::hint::black_box(std::backtrace::Backtrace::force_capture());
+            }),
+        ];
+        let pids = std::sync::Mutex::new(vec![std::process::id()]);
+        fork_and_call(&router, 600, |c| pids.lock().unwrap().push(c.call(crate::local_whoami, ()).unwrap().1));
+        stop_all(hammers);
+        // Every forked child wrote its own profile on its way out, and was reaped.
+        router.shutdown_and_join();
+        let files = mitogen::profiler::profile_files(&mitogen::core::sys::temp_dir()).unwrap();
+        let pids = pids.into_inner().unwrap();
+        let ours: Vec<_> = files
+            .iter()
+            .filter(|f| pids.iter().any(|pid| f.file_name().unwrap().to_string_lossy().contains(&format!(".{pid}."))))
+            .collect();
+        let main_files = ours.iter().filter(|f| mitogen::profiler::thread_of(f).as_deref() == Some("main")).count();
+        let merged = mitogen::profiler::merge(&ours);
+        ours.iter().for_each(|f| std::fs::remove_file(f).unwrap());
+        assert_eq!(main_files, pids.len(), "each process wrote its main thread's profile");
+        let merged = merged.unwrap();
+        assert!(merged.keys().any(|s| s.starts_with("profiled-panic;")), "the panicking thread was sampled");
+    });
+}

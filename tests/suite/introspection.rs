@@ -324,3 +324,26 @@ fn every_process_of_a_profiled_tree_writes_a_profile_of_each_thread_that_merges(
         assert!(merged.keys().any(|s| s.starts_with("test-body;") && s.contains("burn_cpu")));
     });
 }
+
+#[test]
+fn mitogen_profiling_in_the_environment_profiles_the_master_and_its_children() {
+    run(|| {
+        let tmp = mitogen_tests::TempDir::new("profiling-env");
+        // Read when the master router is made, as Mitogen reads it when `Router` is defined.
+        std::env::set_var("MITOGEN_PROFILING", "1");
+        let router = Router::new(None);
+        std::env::remove_var("MITOGEN_PROFILING");
+        let router = router.unwrap();
+        assert!(router.profiling());
+        let env = vec!["env".into(), format!("TMPDIR={}", tmp.path().display()).into()];
+        let child = router.local(Options { command_prefix: env, ..Options::default() }).unwrap();
+        let pid = child.call(burn_cpu, (100u64,)).unwrap();
+        router.shutdown_and_join();
+        for path in profiles(&mitogen::core::sys::temp_dir(), std::process::id()).values() {
+            std::fs::remove_file(path).unwrap();
+        }
+        let files = profiles(tmp.path(), pid);
+        assert!(files.contains_key("main"), "{files:?}");
+        mitogen::profiler::read_folded(&files["main"]).unwrap();
+    });
+}

@@ -10,12 +10,16 @@
 //!
 //! What the handler does is async-signal-safe but for one call: the stack is walked with
 //! `backtrace::trace_unsynchronized`, libgcc's unwinder, as `pprof` does. With glibc 2.35 and
-//! libgcc 12 or later it finds unwind tables with `_dl_find_object`, which takes no lock.
+//! libgcc 12 or later it finds unwind tables with `_dl_find_object`, which takes no lock. The
+//! unwinder is not re-entrant, though: a sample that interrupts it (a thread unwinding a panic,
+//! or capturing a backtrace) would walk from inside its half-built state and crash. Such
+//! samples are skipped: the handler checks the interrupted instruction against the code of
+//! `libgcc_s` first (`pprof`'s "blocklist" does the same).
 //! Symbols are resolved later, outside the handler, by [`crate::profiling`].
 
 use std::cell::UnsafeCell;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Most frames kept per sample, from the innermost; deeper stacks are cut (and marked so).
 pub const MAX_DEPTH: usize = 48;
@@ -60,6 +64,11 @@ static OWNER: AtomicU32 = AtomicU32::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Whether this process installed the handler (any pid: a forked child inherits it).
 static HANDLER: AtomicBool = AtomicBool::new(false);
+/// Where `libgcc_s`'s code is, as `[start, end)` pairs (0, 0 unused): samples interrupting it
+/// are skipped. Found once, when sampling first starts (it is loaded with the program).
+static UNWINDER_CODE: [(AtomicUsize, AtomicUsize); 4] = [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 4];
+/// Samples skipped because they interrupted the unwinder.
+static SKIPPED: AtomicU64 = AtomicU64::new(0);
 
 /// A sample's stack, symbolised later: the thread's name, instruction pointers from the
 /// innermost frame out, and whether frames beyond [`MAX_DEPTH`] were cut.
@@ -98,6 +107,7 @@ pub fn start() -> io::Result<bool> {
     DROPPED.store(0, Ordering::Relaxed);
     OWNER.store(pid, Ordering::Release);
     if !HANDLER.swap(true, Ordering::AcqRel) {
+        find_unwinder_code();
         let action = nix::sys::signal::SigAction::new(
             nix::sys::signal::SigHandler::SigAction(on_sigprof),
             nix::sys::signal::SaFlags::SA_SIGINFO | nix::sys::signal::SaFlags::SA_RESTART,
@@ -146,6 +156,50 @@ pub fn stop() -> Option<(Vec<Sample>, u64)> {
         })
         .collect();
     Some((samples, DROPPED.load(Ordering::Relaxed)))
+}
+
+/// Record where `libgcc_s`'s executable segments are mapped, in [`UNWINDER_CODE`].
+fn find_unwinder_code() {
+    unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _: libc::size_t, found: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid entry, and `found` is the counter given below.
+        let (info, found) = unsafe { (&*info, &mut *found.cast::<usize>()) };
+        if info.dlpi_name.is_null() {
+            return 0;
+        }
+        // SAFETY: a non-null name is a NUL-terminated path.
+        let name = unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes();
+        if !name.windows(8).any(|w| w == b"libgcc_s") {
+            return 0;
+        }
+        for i in 0..usize::from(info.dlpi_phnum) {
+            // SAFETY: the entry has `dlpi_phnum` program headers.
+            let ph = unsafe { &*info.dlpi_phdr.add(i) };
+            if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 && *found < UNWINDER_CODE.len() {
+                let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
+                UNWINDER_CODE[*found].0.store(start, Ordering::Relaxed);
+                UNWINDER_CODE[*found].1.store(start + ph.p_memsz as usize, Ordering::Release);
+                *found += 1;
+            }
+        }
+        0
+    }
+    let mut found = 0usize;
+    // SAFETY: the callback only reads the entries it is given and writes the counter.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut found as *mut usize).cast()) };
+}
+
+/// Whether `pc` is in `libgcc_s`'s code.
+fn in_unwinder(pc: usize) -> bool {
+    UNWINDER_CODE.iter().any(|(start, end)| {
+        let end = end.load(Ordering::Acquire);
+        end != 0 && (start.load(Ordering::Relaxed)..end).contains(&pc)
+    })
+}
+
+/// Samples skipped because they interrupted the stack unwinder (a panic unwinding, a backtrace
+/// being taken).
+pub fn skipped() -> u64 {
+    SKIPPED.load(Ordering::Relaxed)
 }
 
 fn set_timer(period_us: i64) -> io::Result<()> {
@@ -217,6 +271,11 @@ fn sample(ucontext: *mut libc::c_void) {
     if table.is_null() || OWNER.load(Ordering::Acquire) != unsafe { libc::getpid() } as u32 {
         return;
     }
+    let pc = interrupted_pc(ucontext);
+    if in_unwinder(pc) {
+        SKIPPED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let mut walked = [0usize; MAX_DEPTH + HANDLER_FRAMES];
     let mut n = 0;
     let mut more = false;
@@ -238,7 +297,6 @@ fn sample(ucontext: *mut libc::c_void) {
         });
     }
     // Start at the interrupted frame; if the walk did not find it, keep everything.
-    let pc = interrupted_pc(ucontext);
     let first = walked[..n].iter().position(|&ip| ip == pc).unwrap_or(0);
     let frames = &walked[first..n];
     let (frames, truncated) = match frames.len() > MAX_DEPTH {
