@@ -211,9 +211,6 @@ pub(crate) fn handshake(
         let _ = s.send(msg);
     });
     let (b, p) = (broker.clone(), proc.clone());
-    if config.profiling {
-        proc.set_term_after(crate::process::PROFILED_TERM_AFTER);
-    }
     stream.on_disconnect_listener(move |s| reap_when_disconnected(&b, p, s.is_detached()));
     crate::via::upgrade_router(router);
     // Up the tree first: the route must reach every ancestor before anything the child sends.
@@ -234,6 +231,10 @@ pub(crate) fn handshake(
         }
         Ok(h) if h.protocol_version == PROTOCOL_VERSION => {
             connected.store(true, Ordering::Release);
+            if config.profiling {
+                // Once it runs, it writes its profile as it exits, after its stream is gone.
+                proc.set_term_after(crate::process::PROFILED_TERM_AFTER);
+            }
             log::debug!("{name}: connected (pid {}, mitogen {})", h.pid, h.version);
             crate::bootstrap::count_connection();
             Ok(Context::from(ctx))

@@ -255,7 +255,7 @@ fn a_profiled_process_whose_threads_unwind_panics_and_take_backtraces_keeps_fork
                 let _ = std::panic::catch_unwind(|| panic!("expected"));
             }),
             hammer("profiled-backtrace", || {
-                std::hint::black_box(std::backtrace::Backtrace::force_capture());
+                let _ = std::hint::black_box(std::backtrace::Backtrace::force_capture());
             }),
         ];
         let pids = std::sync::Mutex::new(vec![std::process::id()]);

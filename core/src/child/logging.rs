@@ -166,25 +166,29 @@ pub fn child_log_level(name: &str) -> (log::LevelFilter, Vec<(String, usize)>) {
     if let Some(ec) = ExternalContext::current().filter(|ec| ec.inner.pid == std::process::id()) {
         let table = ec.config().log_levels.clone();
         let own = log::LevelFilter::iter().nth(ec.config().log_level).unwrap_or(log::LevelFilter::Info);
-        let level = table
-            .iter()
-            .filter(|(prefix, _)| target.starts_with(prefix.as_str()))
-            .max_by_key(|(prefix, _)| prefix.len())
-            .and_then(|&(_, level)| log::LevelFilter::iter().nth(level))
-            .unwrap_or(own);
-        return (level, table);
+        return (level_in(&table, &target).unwrap_or(own), table);
     }
-    let mut prefixes = vec![CTX_TARGET.to_owned()];
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        // `target=level,target,level/regex`: the names, where they cover children's records.
-        let directives = spec.split('/').next().unwrap_or_default();
-        let names = directives.split(',').filter_map(|d| d.split('=').next()).map(str::trim);
-        prefixes.extend(names.filter(|n| n.starts_with(CTX_TARGET)).map(str::to_owned));
-    }
-    prefixes.push(target.clone());
+    let mut prefixes = vec![CTX_TARGET.to_owned(), target.clone()];
+    prefixes.extend(ctx_directives(&std::env::var("RUST_LOG").unwrap_or_default()));
+    prefixes.sort_unstable();
     prefixes.dedup();
     let table = prefixes.into_iter().map(|p| (logger_level(&p) as usize, p)).map(|(level, p)| (p, level)).collect();
     (logger_level(&target), table)
+}
+
+/// The names of an `env_logger` spec's directives (`target=level,target,level/regex`) that
+/// cover children's records: those under [`CTX_TARGET`].
+fn ctx_directives(spec: &str) -> Vec<String> {
+    let directives = spec.split('/').next().unwrap_or_default();
+    let names = directives.split(',').filter_map(|d| d.split('=').next()).map(str::trim);
+    names.filter(|n| n.starts_with(CTX_TARGET)).map(str::to_owned).collect()
+}
+
+/// The level of the longest prefix of `target` in `table`, as `env_logger` matches directives.
+fn level_in(table: &[(String, usize)], target: &str) -> Option<log::LevelFilter> {
+    let (_, level) =
+        table.iter().filter(|(prefix, _)| target.starts_with(prefix.as_str())).max_by_key(|(p, _)| p.len())?;
+    log::LevelFilter::iter().nth(*level)
 }
 
 /// Log a forwarded record under `mitogen::ctx::<name>` (the master's side of a child's log
@@ -333,4 +337,26 @@ pub fn enable_master_debug_log() -> std::io::Result<Option<std::path::PathBuf>> 
     let path = open_debug_log()?;
     log::set_max_level(log::LevelFilter::Debug);
     Ok(Some(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use log::LevelFilter;
+
+    #[test]
+    fn rust_log_directives_for_children_and_the_longest_prefix_wins() {
+        let spec = "info,mitogen::ctx::web=debug, mitogen::ctx::db ,mitogen_core=trace/some.*regex";
+        assert_eq!(ctx_directives(spec), ["mitogen::ctx::web", "mitogen::ctx::db"]);
+        assert!(ctx_directives("debug").is_empty());
+        let table = vec![
+            ("mitogen::ctx::".to_owned(), LevelFilter::Warn as usize),
+            ("mitogen::ctx::web".to_owned(), LevelFilter::Debug as usize),
+            ("mitogen::ctx::web.db".to_owned(), LevelFilter::Off as usize),
+        ];
+        assert_eq!(level_in(&table, "mitogen::ctx::web.cache"), Some(LevelFilter::Debug));
+        assert_eq!(level_in(&table, "mitogen::ctx::web.db"), Some(LevelFilter::Off));
+        assert_eq!(level_in(&table, "mitogen::ctx::mail"), Some(LevelFilter::Warn));
+        assert_eq!(level_in(&table, "elsewhere"), None);
+    }
 }
