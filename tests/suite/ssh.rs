@@ -56,6 +56,33 @@ fn a_key_login_runs_calls_as_the_account_on_the_host() {
 }
 
 #[test]
+fn a_profiled_context_over_ssh_writes_its_profile_on_the_host_as_the_account() {
+    use std::os::unix::fs::MetadataExt;
+    run(|| {
+        let sshd = Sshd::start("profiling");
+        let router = Router::new(None).unwrap();
+        let ctx = router.ssh(sshd.ssh("mitogen-key"), Options { profiling: true, ..Options::default() }).unwrap();
+        let pid = ctx.call(crate::local_whoami, ()).unwrap().1;
+        ctx.shutdown(true).unwrap();
+        // The master waits for ssh, which ends once the remote process has written and exited.
+        router.shutdown_and_join();
+        let files = mitogen::profiler::profile_files(std::path::Path::new("/tmp")).unwrap();
+        let main = files
+            .iter()
+            .find(|f| f.file_name().unwrap().to_string_lossy().starts_with(&format!("mitogen.stats.{pid}.main.")))
+            .unwrap_or_else(|| panic!("no profile of pid {pid} in /tmp: {files:?}"))
+            .clone();
+        let owner = std::fs::metadata(&main).unwrap().uid();
+        let parsed = mitogen::profiler::read_folded(&main);
+        for f in files.iter().filter(|f| f.file_name().unwrap().to_string_lossy().contains(&format!(".{pid}."))) {
+            std::fs::remove_file(f).unwrap();
+        }
+        assert_eq!(owner, uid_of("mitogen-key"));
+        parsed.unwrap();
+    });
+}
+
+#[test]
 fn a_password_is_typed_at_the_prompt_on_a_pty() {
     run(|| {
         let sshd = Sshd::start("password");
