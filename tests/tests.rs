@@ -9,6 +9,29 @@ pub(crate) fn local_whoami() -> (u32, u32, Vec<u32>) {
 }
 mitogen::remote!(local_whoami);
 
+/// Now, in whole seconds since the epoch (what profile file names carry).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// The profile files process `pid` wrote in `dir` at or after `since` (unix seconds, read from
+/// their names `mitogen.stats.<pid>.<thread>.<time>.folded`), by thread: a file another process
+/// with the same pid left there earlier is not one of them.
+pub(crate) fn profiles_of(
+    dir: &std::path::Path,
+    pid: u32,
+    since: u64,
+) -> std::collections::BTreeMap<String, std::path::PathBuf> {
+    let prefix = format!("mitogen.stats.{pid}.");
+    let written = |p: &std::path::Path| {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let time = name.strip_suffix(".folded").and_then(|n| n.rsplit_once('.')).and_then(|(_, t)| t.parse().ok());
+        name.starts_with(&prefix) && time.is_some_and(|t: u64| t >= since)
+    };
+    let files = mitogen::profiler::profile_files(dir).unwrap();
+    files.into_iter().filter(|p| written(p)).map(|p| (mitogen::profiler::thread_of(&p).unwrap(), p)).collect()
+}
+
 /// Block where it runs until its context dies (at most `ms`): a call left in flight.
 pub(crate) fn block(ms: u64) -> u64 {
     let (_keep, never) = std::sync::mpsc::channel::<()>();

@@ -258,21 +258,21 @@ fn a_profiled_process_whose_threads_unwind_panics_and_take_backtraces_keeps_fork
                 let _ = std::hint::black_box(std::backtrace::Backtrace::force_capture());
             }),
         ];
+        let since = crate::unix_now();
         let pids = std::sync::Mutex::new(vec![std::process::id()]);
         fork_and_call(&router, 600, |c| pids.lock().unwrap().push(c.call(crate::local_whoami, ()).unwrap().1));
         stop_all(hammers);
         // Every forked child wrote its own profile on its way out, and was reaped.
         router.shutdown_and_join();
-        let files = mitogen::profiler::profile_files(&mitogen::core::sys::temp_dir()).unwrap();
-        let pids = pids.into_inner().unwrap();
-        let ours: Vec<_> = files
-            .iter()
-            .filter(|f| pids.iter().any(|pid| f.file_name().unwrap().to_string_lossy().contains(&format!(".{pid}."))))
-            .collect();
-        let main_files = ours.iter().filter(|f| mitogen::profiler::thread_of(f).as_deref() == Some("main")).count();
-        let merged = mitogen::profiler::merge(&ours);
-        ours.iter().for_each(|f| std::fs::remove_file(f).unwrap());
-        assert_eq!(main_files, pids.len(), "each process wrote its main thread's profile");
+        let dir = mitogen::core::sys::temp_dir();
+        let profiles: Vec<_> =
+            pids.into_inner().unwrap().iter().map(|&pid| (pid, crate::profiles_of(&dir, pid, since))).collect();
+        let files: Vec<_> = profiles.iter().flat_map(|(_, p)| p.values().cloned()).collect();
+        let merged = mitogen::profiler::merge(&files);
+        files.iter().for_each(|f| std::fs::remove_file(f).unwrap());
+        for (pid, profile) in &profiles {
+            assert!(profile.contains_key("main"), "pid {pid} wrote its main thread's profile: {profile:?}");
+        }
         let merged = merged.unwrap();
         assert!(merged.keys().any(|s| s.starts_with("profiled-panic;")), "the panicking thread was sampled");
     });

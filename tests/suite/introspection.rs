@@ -264,21 +264,11 @@ fn burn_cpu(ms: u64) -> u32 {
 }
 mitogen::remote!(burn_cpu);
 
-/// The profile files of `pid` in `dir`, by thread name.
-fn profiles(dir: &std::path::Path, pid: u32) -> std::collections::BTreeMap<String, std::path::PathBuf> {
-    let files = mitogen::profiler::profile_files(dir).unwrap();
-    let prefix = format!("mitogen.stats.{pid}.");
-    files
-        .into_iter()
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&prefix))
-        .map(|p| (mitogen::profiler::thread_of(&p).unwrap(), p))
-        .collect()
-}
-
 #[test]
 fn every_process_of_a_profiled_tree_writes_a_profile_of_each_thread_that_merges() {
     run(|| {
         let tmp = mitogen_tests::TempDir::new("profiles");
+        let since = crate::unix_now();
         let router = Router::new(None).unwrap();
         router.enable_profiling().unwrap();
         assert!(router.profiling());
@@ -302,7 +292,7 @@ fn every_process_of_a_profiled_tree_writes_a_profile_of_each_thread_that_merges(
         burn_cpu(300);
         // A graceful shutdown: every process writes its profile on the way out, and is reaped.
         router.shutdown_and_join();
-        let master = profiles(&mitogen::core::sys::temp_dir(), std::process::id());
+        let master = crate::profiles_of(&mitogen::core::sys::temp_dir(), std::process::id(), since);
         let master_files: Vec<_> = master.values().cloned().collect();
         for path in &master_files {
             let moved = tmp.path().join(path.file_name().unwrap());
@@ -311,7 +301,7 @@ fn every_process_of_a_profiled_tree_writes_a_profile_of_each_thread_that_merges(
         }
         assert!(master.contains_key("test-body"), "the thread that burnt CPU here: {master:?}");
         for pid in pids {
-            let files = profiles(tmp.path(), pid);
+            let files = crate::profiles_of(tmp.path(), pid, since);
             assert!(files.contains_key("main"), "pid {pid} profiled its main thread: {files:?}");
             let main = mitogen::profiler::read_folded(&files["main"]).unwrap();
             let burnt: u64 = main.iter().filter(|(stack, _)| stack.contains("burn_cpu")).map(|(_, n)| n).sum();
@@ -329,6 +319,7 @@ fn every_process_of_a_profiled_tree_writes_a_profile_of_each_thread_that_merges(
 fn mitogen_profiling_in_the_environment_profiles_the_master_and_its_children() {
     run(|| {
         let tmp = mitogen_tests::TempDir::new("profiling-env");
+        let since = crate::unix_now();
         // Read when the master router is made, as Mitogen reads it when `Router` is defined.
         std::env::set_var("MITOGEN_PROFILING", "1");
         let router = Router::new(None);
@@ -339,10 +330,10 @@ fn mitogen_profiling_in_the_environment_profiles_the_master_and_its_children() {
         let child = router.local(Options { command_prefix: env, ..Options::default() }).unwrap();
         let pid = child.call(burn_cpu, (100u64,)).unwrap();
         router.shutdown_and_join();
-        for path in profiles(&mitogen::core::sys::temp_dir(), std::process::id()).values() {
+        for path in crate::profiles_of(&mitogen::core::sys::temp_dir(), std::process::id(), since).values() {
             std::fs::remove_file(path).unwrap();
         }
-        let files = profiles(tmp.path(), pid);
+        let files = crate::profiles_of(tmp.path(), pid, since);
         assert!(files.contains_key("main"), "{files:?}");
         mitogen::profiler::read_folded(&files["main"]).unwrap();
     });

@@ -60,23 +60,18 @@ fn a_profiled_context_over_ssh_writes_its_profile_on_the_host_as_the_account() {
     use std::os::unix::fs::MetadataExt;
     run(|| {
         let sshd = Sshd::start("profiling");
+        let since = crate::unix_now();
         let router = Router::new(None).unwrap();
         let ctx = router.ssh(sshd.ssh("mitogen-key"), Options { profiling: true, ..Options::default() }).unwrap();
         let pid = ctx.call(crate::local_whoami, ()).unwrap().1;
         ctx.shutdown(true).unwrap();
         // The master waits for ssh, which ends once the remote process has written and exited.
         router.shutdown_and_join();
-        let files = mitogen::profiler::profile_files(std::path::Path::new("/tmp")).unwrap();
-        let main = files
-            .iter()
-            .find(|f| f.file_name().unwrap().to_string_lossy().starts_with(&format!("mitogen.stats.{pid}.main.")))
-            .unwrap_or_else(|| panic!("no profile of pid {pid} in /tmp: {files:?}"))
-            .clone();
+        let files = crate::profiles_of(std::path::Path::new("/tmp"), pid, since);
+        let main = files.get("main").unwrap_or_else(|| panic!("no profile of pid {pid} in /tmp: {files:?}")).clone();
         let owner = std::fs::metadata(&main).unwrap().uid();
         let parsed = mitogen::profiler::read_folded(&main);
-        for f in files.iter().filter(|f| f.file_name().unwrap().to_string_lossy().contains(&format!(".{pid}."))) {
-            std::fs::remove_file(f).unwrap();
-        }
+        files.values().for_each(|f| std::fs::remove_file(f).unwrap());
         assert_eq!(owner, uid_of("mitogen-key"));
         parsed.unwrap();
     });

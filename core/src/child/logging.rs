@@ -172,7 +172,13 @@ pub fn child_log_level(name: &str) -> (log::LevelFilter, Vec<(String, usize)>) {
     prefixes.extend(ctx_directives(&std::env::var("RUST_LOG").unwrap_or_default()));
     prefixes.sort_unstable();
     prefixes.dedup();
-    let table = prefixes.into_iter().map(|p| (logger_level(&p) as usize, p)).map(|(level, p)| (p, level)).collect();
+    let table = prefixes
+        .into_iter()
+        .map(|prefix| {
+            let level = logger_level(&prefix) as usize;
+            (prefix, level)
+        })
+        .collect();
     (logger_level(&target), table)
 }
 
