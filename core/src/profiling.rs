@@ -44,6 +44,15 @@ pub fn start() -> io::Result<bool> {
     sampler::start()
 }
 
+/// In a parent about to `fork(2)` a child that will be profiled: do now what takes the dynamic
+/// loader's lock (`dl_iterate_phdr(3)`), which a forked child may inherit held by a thread it
+/// does not have, and `fork` does not reset. The sampler learns where the unwinder's code is,
+/// and the symboliser lists the loaded objects, so the child inherits both.
+pub fn prepare_fork() {
+    sampler::prepare();
+    backtrace::resolve(prepare_fork as *mut std::ffi::c_void, |_| {});
+}
+
 /// Whether this process is being profiled.
 pub fn running() -> bool {
     sampler::running()

@@ -85,6 +85,9 @@ pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Res
     let mut config = fork.options.config(router, context_id, &placeholder)?;
     let hello = crate::local::hello_receiver(router, context_id)?;
     config.handshake_handle = hello.handle();
+    if config.profiling {
+        mitogen_core::profiling::prepare_fork();
+    }
     let guard = mitogen_core::prepare_fork();
     let forked = sys::fork();
     let pid = match forked {

@@ -106,8 +106,8 @@ pub fn start() -> io::Result<bool> {
     TABLE.store(table, Ordering::Release);
     DROPPED.store(0, Ordering::Relaxed);
     OWNER.store(pid, Ordering::Release);
+    prepare();
     if !HANDLER.swap(true, Ordering::AcqRel) {
-        find_unwinder_code();
         let action = nix::sys::signal::SigAction::new(
             nix::sys::signal::SigHandler::SigAction(on_sigprof),
             nix::sys::signal::SaFlags::SA_SIGINFO | nix::sys::signal::SaFlags::SA_RESTART,
@@ -156,6 +156,18 @@ pub fn stop() -> Option<(Vec<Sample>, u64)> {
         })
         .collect();
     Some((samples, DROPPED.load(Ordering::Relaxed)))
+}
+
+/// Whether [`UNWINDER_CODE`] was filled in (by this process or the one it was forked from).
+static PREPARED: AtomicBool = AtomicBool::new(false);
+
+/// Find what the handler needs to know before it may run: where the unwinder's code is. Done
+/// once per process tree; call it before `fork(2)` when the child will sample, because
+/// `dl_iterate_phdr(3)` takes the loader's lock, which a forked child may inherit held.
+pub fn prepare() {
+    if !PREPARED.swap(true, Ordering::AcqRel) {
+        find_unwinder_code();
+    }
 }
 
 /// Record where `libgcc_s`'s executable segments are mapped, in [`UNWINDER_CODE`].
