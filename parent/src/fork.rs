@@ -19,7 +19,12 @@
 //! * **prepared by the forking thread and held across the `fork`**
 //!   ([`prepare_fork`](mitogen_core::prepare_fork)): the panic hook (installed once before the
 //!   first fork, never set in a child), the remote-function table (built before, so no thread
-//!   is half way through), std's stdout and stderr locks (released by the child);
+//!   is half way through), std's stdout and stderr locks (released by the child); and, for a
+//!   child that will be profiled, what needs the dynamic loader's write lock, which `fork`
+//!   does not reset: where the unwinder's code is, and the symboliser's list of loaded objects
+//!   ([`profiling::prepare_fork`](mitogen_core::profiling::prepare_fork));
+//! * **per process id**: the profiler's sample table and timer (a forked child starts its own;
+//!   the parent's timer is not inherited), the debug log's descriptor;
 //! * **never touched**: std's backtrace lock (a forked child's panics carry no backtrace), the
 //!   environment lock (the broker thread is spawned with an explicit stack size, so std does
 //!   not read `RUST_MIN_STACK`), and the program's logger when it is not the library's own
