@@ -395,10 +395,9 @@ fn exec_child_start() -> Result<ExternalContext> {
     if std::env::var("MITOGEN_LOG_LEVEL").is_ok_and(|l| l.eq_ignore_ascii_case("IO")) {
         logging::set_io_logging(true);
     }
-    // Installed before the context starts, so what it logs while starting is kept and sent
-    // once it can be (none lost).
+    // Installed before the context starts (which applies the config's levels first thing), so
+    // what it logs while starting is kept and sent once it can be (none lost).
     if log::set_logger(&CHILD_LOGGER).is_ok() {
-        logging::apply_levels(&config);
         logging::keep_early_records();
     }
     ExternalContext::start(config, rfd, wfd)
