@@ -228,6 +228,26 @@ impl Broker {
         Ok(())
     }
 
+    /// Queue `f` to run on the broker thread, never at once, even when called from it: then it
+    /// runs once the work in hand is done, at the end of the current poll iteration, with no
+    /// lock of the broker's held (what a log record seen inside the broker uses to be sent).
+    ///
+    /// # Errors
+    /// [`GeneralError`](crate::GeneralError) if the broker has exited; `f` is dropped unrun.
+    pub(crate) fn defer_queued(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        let mut d = self.inner.deferred.lock();
+        if d.exited {
+            return Err(Error::general(format!("{}: broker has exited; cannot defer work", self.inner.name)));
+        }
+        let was_empty = d.queue.is_empty();
+        d.queue.push(Box::new(f));
+        drop(d);
+        if was_empty && !self.on_broker_thread() {
+            self.wake();
+        }
+        Ok(())
+    }
+
     fn wake(&self) {
         if let Err(e) = self.inner.waker.wake() {
             log::error!("{}: cannot wake broker thread: {e}", self.inner.name);
@@ -315,7 +335,9 @@ impl Broker {
         }
     }
 
-    /// Register one side of `stream` (broker thread only).
+    /// Register one side of `stream` (broker thread only). No lock is held while `mio` is
+    /// called: it logs, and a logger may call back into the broker (its records are not
+    /// forwarded to the master: see `unforwarded`).
     fn register(&self, stream: &Arc<dyn Source>, receive: bool) {
         let id = stream.source_id();
         let (fd, interest, token) = if receive {
@@ -324,28 +346,31 @@ impl Broker {
             (stream.tx_fd(), Interest::WRITABLE, Token(id * 2 + 1))
         };
         let Some(fd) = fd else { return };
-        let mut reg = self.inner.registered.lock();
-        let map = if receive { &mut reg.readers } else { &mut reg.writers };
-        if map.contains_key(&id) {
+        let present = |reg: &Registered| if receive { &reg.readers } else { &reg.writers }.contains_key(&id);
+        if present(&self.inner.registered.lock()) {
             return;
         }
-        match self.inner.registry.register(&mut SourceFd(&fd), token, interest) {
+        match crate::child::unforwarded(|| self.inner.registry.register(&mut SourceFd(&fd), token, interest)) {
             Ok(()) => {
+                let mut reg = self.inner.registered.lock();
+                let map = if receive { &mut reg.readers } else { &mut reg.writers };
                 map.insert(id, stream.clone());
             }
             Err(e) => log::error!("{}: cannot register {} fd {fd}: {e}", self.inner.name, stream.describe()),
         }
     }
 
-    /// Deregister one side of `stream` (broker thread only), while its descriptor is still open.
+    /// Deregister one side of `stream` (broker thread only), while its descriptor is still open;
+    /// `mio` is called with no lock held, as in [`register`](Broker::register).
     fn deregister(&self, stream: &dyn Source, receive: bool) {
         let fd = if receive { stream.rx_fd() } else { stream.tx_fd() };
-        let mut reg = self.inner.registered.lock();
-        let map = if receive { &mut reg.readers } else { &mut reg.writers };
-        if map.remove(&stream.source_id()).is_some() {
-            if let Some(fd) = fd {
-                let _ = self.inner.registry.deregister(&mut SourceFd(&fd));
-            }
+        let removed = {
+            let mut reg = self.inner.registered.lock();
+            let map = if receive { &mut reg.readers } else { &mut reg.writers };
+            map.remove(&stream.source_id()).is_some()
+        };
+        if let (true, Some(fd)) = (removed, fd) {
+            let _ = crate::child::unforwarded(|| self.inner.registry.deregister(&mut SourceFd(&fd)));
         }
     }
 
@@ -426,6 +451,10 @@ impl Broker {
                 }
             }
         }
+        // What the callbacks queued for later (defer_queued) runs before the next poll.
+        if !self.inner.deferred.lock().queue.is_empty() {
+            self.run_deferred();
+        }
     }
 
     fn run_deferred(&self) {
@@ -448,6 +477,7 @@ impl Broker {
         for s in self.all_streams() {
             guarded(format_args!("on_shutdown"), || s.on_shutdown(self));
         }
+        self.run_deferred();
         let deadline = Instant::now() + self.inner.shutdown_timeout;
         while self.keep_alive() {
             let left = deadline.saturating_duration_since(Instant::now());

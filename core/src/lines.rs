@@ -1,8 +1,12 @@
 //! [`LineSplitter`]: bytes from a child's stdout, stderr or terminal, cut into lines.
 
+/// The longest line [`LineSplitter`] passes on whole.
+pub(crate) const MAX_LINE: usize = 64 << 10;
+
 /// Cuts a byte stream into lines, whatever sizes it arrives in (Mitogen's `iter_split` over an
 /// `IoLogger`'s buffer): a line split across reads is joined, a trailing `\r` (a terminal's
-/// line end) is dropped, and invalid UTF-8 is replaced. Used for a child's stdio forwarded as
+/// line end) is dropped, invalid UTF-8 is replaced, and a line longer than 64 KiB is cut
+/// into pieces of that size. Used for a child's stdio forwarded as
 /// log records and for the stderr a parent keeps for error messages.
 ///
 /// ```
@@ -34,6 +38,11 @@ impl LineSplitter {
             start += pos + 1;
         }
         self.partial.drain(..start);
+        // A line that never ends (`cat /dev/zero`) is passed on in pieces: memory stays bounded.
+        while self.partial.len() >= MAX_LINE {
+            emit(&line(&self.partial[..MAX_LINE]));
+            self.partial.drain(..MAX_LINE);
+        }
         if data.is_empty() && !self.partial.is_empty() {
             emit(&line(&self.partial));
             self.partial.clear();
@@ -43,4 +52,23 @@ impl LineSplitter {
 
 fn line(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(bytes.strip_suffix(b"\r").unwrap_or(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_that_never_ends_is_cut_into_pieces_and_memory_stays_bounded() {
+        let mut split = LineSplitter::default();
+        let mut pieces = 0;
+        for _ in 0..100 {
+            split.feed(&[0u8; 10_000], |l| {
+                assert_eq!(l.len(), MAX_LINE);
+                pieces += 1;
+            });
+            assert!(split.pending().len() < MAX_LINE);
+        }
+        assert_eq!(pieces, 1_000_000 / MAX_LINE);
+    }
 }

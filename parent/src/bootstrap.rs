@@ -38,26 +38,40 @@ use mitogen_core::{Error, Result, StreamErrorKind};
 use crate::prompt::{write_all, PromptReader};
 
 /// Stage 1, run as `sh -c STAGE1 mitogen-stage1`. POSIX shell only (dash, bash, busybox sh),
-/// and the tools every POSIX system has: `id`, `uname`, `mkdir`, `chmod`, `rm`, `mv`, `ln`,
-/// `head`, `wc`, `cat` (and `gzip` when there is one). About 1 KiB, so every method's command
+/// and the tools every POSIX system has: `id`, `uname`, `ls`, `mkdir`, `chmod`, `rm`, `mv`,
+/// `ln`, `head`, `cat` (and `gzip` when there is one). About 1.5 KiB, so every method's command
 /// line stays short. One line, and every variable written `${name}`: `sudo -i` hands its
 /// command to a login shell with every character but `$` escaped, joining lines at escaped
 /// newlines and expanding `$name` (but not `${name}`) before stage 1 runs.
+///
+/// What it runs is never a file another account could have written (OpenSSH's `StrictModes`
+/// for keys): `y <dir>` passes only when every directory from `/` down to `<dir>`, both as
+/// named and with symbolic links resolved, is owned by root or the account and writable by
+/// neither its group nor others (unless sticky and root's, as `/tmp`: then no one else can
+/// rename or remove what is in it); `z <file>` only a
+/// regular file of the account's, mode 0700 or stricter, without an ACL, of the size expected.
+/// Each refusal is reported as `MITO008 <uid> <ls -ldn line>`; a refused place is skipped, a
+/// refused file in a private place is replaced by a fresh copy and never run.
 pub(crate) const STAGE1: &str = concat!(
     // No HOME (`env -i`, `lxc-attach --clear-env`): the account's, from its passwd entry.
-    "umask 077;[ \"${HOME}\" ]||eval \"HOME=~$(id -un)\";case ${HOME} in /*);;*)HOME=;;esac;",
-    "c=${XDG_CACHE_HOME:-${HOME:+${HOME}/.cache}};c=${c:+${c}/mitogen};",
+    "umask 077;set -f;[ \"${HOME}\" ]||eval \"HOME=~$(id -un)\";case ${HOME} in /*);;*)HOME=;;esac;",
+    "c=${XDG_CACHE_HOME:-${HOME:+${HOME}/.cache}};c=${c:+${c}/mitogen};u=$(id -u);",
     "e(){ echo MITO001 1;exec \"${1}\" --mitogen-child;};",
-    "z(){ [ -f \"${1}\" ]&&[ \"$(wc -c<\"${1}\")\" -eq \"${S}\" ];};",
+    "z(){ set -- $(LC_ALL=C ls -ldn \"${1}\" 2>/dev/null);case ${1}:${3} in -???------:${u}|-???------.:${u})[ \"${5}\" = \"${S}\" ];;:)false;;*)echo \"MITO008 ${u} ${*}\";false;;esac;};",
+    "y(){ case ${1} in /*);;*)return 1;;esac;p=$(cd -P \"${1}\"&&pwd -P)||return;q=${1};set --;",
+    "while [ \"${p}\" ];do set -- \"${@}\" \"${p}\";p=${p%/*};done;while [ \"${q}\" ];do set -- \"${@}\" \"${q}\";q=${q%/*};done;",
+    "LC_ALL=C ls -ldn / \"${@}\"|{ k=0;while read -r m l o r;do case ${m}:${o} in l*);;",
+    "d????[!w]??[!w]*:0|d????[!w]??[!w]*:${u}|d????????[tT]*:0);;*)echo \"MITO008 ${u} ${m} ${l} ${o} ${r}\";k=1;;esac;done;exit ${k};};};",
     "command -v gzip>/dev/null&&g=1||g=0;",
     "echo \"MITO000 $(uname -sm) ${g}\";",
     "read H S C;",
-    // The warm path: the usual place holds a whole copy that may run (`-x` is false on a
-    // noexec mount), so nothing is probed.
-    "[ \"${C}\" = 0 ]&&[ -O \"${c}\" ]&&[ ! -h \"${c}\" ]&&[ -x \"${c}/${H}\" ]&&z \"${c}/${H}\"&&e \"${c}/${H}\";",
-    "u=$(id -u);f=;T=;",
+    // The warm path: the usual place is private and holds a whole copy that may run (`-x` is
+    // false on a noexec mount), so nothing is probed.
+    "[ \"${C}\" = 0 ]&&[ ! -h \"${c}\" ]&&[ -O \"${c}\" ]&&[ -x \"${c}/${H}\" ]&&y \"${c}\">/dev/null&&z \"${c}/${H}\"&&e \"${c}/${H}\";",
+    "f=;T=;",
     "for d in ${c:+\"${c}\"} \"/dev/shm/mitogen-${u}\" \"${TMPDIR:-/tmp}/mitogen-${u}\";do ",
-    "mkdir -p \"${d}\"&&[ ! -h \"${d}\" ]&&[ -O \"${d}\" ]&&chmod 700 \"${d}\"&&t=\"${d}/.t${$}\"&&echo>\"${t}\"&&chmod 700 \"${t}\"&&\"${t}\"&&{ rm -f \"${t}\";f=${d};break;};",
+    "mkdir -p \"${d}\"&&[ ! -h \"${d}\" ]&&{ [ -O \"${d}\" ]||{ echo \"MITO008 ${u} $(LC_ALL=C ls -ldn \"${d}\")\";false;};}&&y \"${d}\"&&",
+    "t=\"${d}/.t${$}\"&&echo>\"${t}\"&&chmod 700 \"${t}\"&&\"${t}\"&&{ rm -f \"${t}\";f=${d};break;};",
     "rm -f \"${d}/.t${$}\";T=\"${T} ${d}\";",
     "done;",
     "[ \"${f}\" ]||{ echo \"MITO009 nowhere to execute from:${T}\";exit 1;};",
@@ -248,7 +262,7 @@ pub(crate) fn run(
     cancelled: &dyn Fn() -> bool,
     other: &mut dyn FnMut(&str),
 ) -> Result<Shipped> {
-    let mut lines = LineReader { fd, wfd, buf: Vec::new(), side, cancelled, deadline };
+    let mut lines = LineReader { fd, wfd, buf: Vec::new(), side, cancelled, deadline, refused: Vec::new() };
     let result = ship(&mut lines, wfd, mode, other);
     if matches!(result.as_ref().map_err(Error::stream_kind_of), Err(Some(StreamErrorKind::Eof { .. }))) {
         // The command ended: what it said last on stderr may explain why.
@@ -300,6 +314,10 @@ fn send(lines: &mut LineReader<'_, '_>, wfd: BorrowedFd<'_>, other: &mut dyn FnM
 
 /// Reads lines from a descriptor, byte by byte past the last marker (nothing after it may be
 /// consumed: it belongs to the framed protocol), while the command's stderr is read beside it.
+///
+/// Whatever the command writes, the reader keeps to its deadline (checked after every byte, so
+/// a command flooding its output cannot outrun it) and to bounded memory: a line longer than
+/// [`MAX_LINE`] is cut there and passed on in pieces.
 struct LineReader<'a, 'b> {
     fd: BorrowedFd<'a>,
     wfd: BorrowedFd<'a>,
@@ -307,6 +325,54 @@ struct LineReader<'a, 'b> {
     side: &'a mut PromptReader<'b>,
     cancelled: &'a dyn Fn() -> bool,
     deadline: Instant,
+    /// What stage 1 refused to run (`MITO008`), described, each once.
+    refused: Vec<String>,
+}
+
+/// The longest line of the command's output kept whole; longer ones are cut into pieces.
+const MAX_LINE: usize = 4096;
+
+/// Describe what stage 1 refused, from its `MITO008 <uid> <ls -ldn line>`: the path, and what
+/// is wrong with it for the account `<uid>`.
+fn describe_refusal(report: &str) -> String {
+    // `<uid> <mode> <links> <owner> <group> <size> <month> <day> <time or year> <path>`.
+    let mut rest = report.trim_start();
+    let mut fields = Vec::new();
+    while fields.len() < 9 {
+        let Some((field, tail)) = rest.split_once(char::is_whitespace) else { break };
+        fields.push(field);
+        rest = tail.trim_start();
+    }
+    let [uid, mode, _, owner, group, ..] = fields[..] else { return format!("refused: {report}") };
+    let path = rest;
+    let bit = |i: usize, c: char| mode.chars().nth(i) == Some(c);
+    let mut why = Vec::new();
+    match mode.chars().next() {
+        Some('d') => {
+            let sticky = bit(9, 't') || bit(9, 'T');
+            if sticky && owner != "0" && (bit(5, 'w') || bit(8, 'w')) {
+                why.push(format!("sticky and writable by others, but owned by uid {owner}, not root"));
+            } else if !sticky && bit(8, 'w') {
+                why.push("writable by everyone".to_owned());
+            } else if !sticky && bit(5, 'w') {
+                why.push(format!("writable by its group (gid {group})"));
+            }
+            if why.is_empty() || (owner != uid && owner != "0") {
+                why.push(format!("owned by uid {owner}, not the account (uid {uid})"));
+            }
+        }
+        Some('-') => {
+            if mode.len() > 10 && !mode.ends_with('.') || mode.get(4..10) != Some("------") {
+                why.push(format!("mode {mode} lets others than its owner at it (0700 or stricter needed)"));
+            }
+            if owner != uid {
+                why.push(format!("owned by uid {owner}, not the account (uid {uid})"));
+            }
+        }
+        Some('l') => why.push("a symbolic link".to_owned()),
+        _ => why.push(format!("not a regular file ({mode})")),
+    }
+    format!("refused {path}: {}", why.join(", "))
 }
 
 impl LineReader<'_, '_> {
@@ -319,9 +385,23 @@ impl LineReader<'_, '_> {
             if let Some(rest) = line.strip_prefix(marker) {
                 return Ok(rest.trim_start().to_owned());
             }
+            if let Some(report) = line.strip_prefix("MITO008") {
+                let refusal = describe_refusal(report);
+                if !self.refused.contains(&refusal) {
+                    log::warn!("stage 1 {refusal}");
+                    other(&refusal);
+                    self.refused.push(refusal);
+                }
+                continue;
+            }
             if let Some(why) = line.strip_prefix("MITO009") {
                 other(line);
-                return Err(Error::stream(format!("bootstrap failed on the target: {}", why.trim())));
+                let mut text = format!("bootstrap failed on the target: {}", why.trim());
+                for refusal in &self.refused {
+                    text.push_str("; ");
+                    text.push_str(refusal);
+                }
+                return Err(Error::stream(text));
             }
             other(line);
             self.side.data_line(line)?;
@@ -334,12 +414,19 @@ impl LineReader<'_, '_> {
             let mut byte = [0u8; 1];
             match sys::read(self.fd, &mut byte) {
                 Ok(0) => return self.eof(),
-                Ok(_) if byte[0] == b'\n' => {
+                Ok(_) if byte[0] == b'\n' || self.buf.len() == MAX_LINE => {
                     let line = String::from_utf8_lossy(&self.buf).into_owned();
                     self.buf.clear();
+                    if byte[0] != b'\n' {
+                        self.buf.push(byte[0]);
+                    }
                     return Ok(line);
                 }
-                Ok(_) => self.buf.push(byte[0]),
+                Ok(_) => {
+                    self.buf.push(byte[0]);
+                    // A flood never blocks: the deadline is kept here too.
+                    check(self.deadline, self.cancelled)?;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if !self.buf.is_empty() {
                         let text = String::from_utf8_lossy(&self.buf).into_owned();
@@ -390,18 +477,24 @@ pub(crate) fn eof() -> Error {
 /// slices so a shutdown is noticed within 50 ms.
 pub(crate) fn wait(fds: &mut [sys::PollFd<'_>], deadline: Instant, cancelled: &dyn Fn() -> bool) -> Result<()> {
     loop {
-        if cancelled() {
-            return Err(Error::stream_kind(StreamErrorKind::Cancelled, "connection cancelled"));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Error::timeout("no answer from stage 1"));
-        }
+        let left = check(deadline, cancelled)?;
         let slice = left.min(Duration::from_millis(50));
         if sys::poll(fds, Some(slice)).map_err(|e| Error::stream_io("poll", e))? > 0 {
             return Ok(());
         }
     }
+}
+
+/// The time left before `deadline`; an error once it has passed or the broker shuts down.
+fn check(deadline: Instant, cancelled: &dyn Fn() -> bool) -> Result<Duration> {
+    if cancelled() {
+        return Err(Error::stream_kind(StreamErrorKind::Cancelled, "connection cancelled"));
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Error::timeout("no answer from stage 1"));
+    }
+    Ok(left)
 }
 
 /// One of our ends of the child's stdin and stdout, non-blocking for the bootstrap.
@@ -415,7 +508,7 @@ mod tests {
 
     #[test]
     fn stage1_is_short_one_line_and_safe_from_sudo_i() {
-        assert!(STAGE1.len() < 1280, "stage 1 is {} bytes", STAGE1.len());
+        assert!(STAGE1.len() < 2048, "stage 1 is {} bytes", STAGE1.len());
         assert!(!STAGE1.contains('\n'));
         // `$` may only start `${...}` or `$(...)` (or be the name in `${$}`): sudo -i expands
         // `$name` and `$$` early.

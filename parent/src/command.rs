@@ -203,7 +203,12 @@ fn bootstrap_failed(name: &str, proc: &ChildProcess, stderr: Option<OwnedFd>, e:
             format!("{name}: EOF before the handshake: {}", proc.describe_exit()),
         ),
         Error::TimeoutError(_) => {
-            Error::timeout(format!("{name}: no handshake from {} within {timeout:?}", proc.command()))
+            let out = proc.last_output();
+            let last = match &out[out.len().saturating_sub(3)..] {
+                [] => "it printed nothing".to_owned(),
+                tail => format!("last output: {}", tail.join(" | ")),
+            };
+            Error::timeout(format!("{name}: no handshake from {} within {timeout:?}; {last}", proc.command()))
         }
         Error::StreamError(s) if s.kind() == &StreamErrorKind::Cancelled => Error::stream_kind(
             StreamErrorKind::Cancelled,

@@ -13,6 +13,9 @@ use mitogen_core::sys::{self, Signal};
 
 /// How many lines of a child's stderr are kept for error messages (Mitogen keeps 100).
 const TAIL_LINES: usize = 100;
+/// ...each cut to this many bytes, so a command flooding its output is remembered in bounded
+/// memory.
+const TAIL_LINE: usize = 512;
 /// After its stream disconnects, a child gets this long to exit before SIGTERM...
 const TERM_AFTER: Duration = Duration::from_secs(1);
 /// ...or this long when it is profiled: it writes its profile after its stream is gone.
@@ -145,7 +148,15 @@ impl ChildProcess {
         lock(&self.tail).iter().cloned().collect()
     }
 
-    pub(crate) fn push_output(&self, line: String) {
+    pub(crate) fn push_output(&self, mut line: String) {
+        if line.len() > TAIL_LINE {
+            let mut end = TAIL_LINE;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+            line.push_str(" [...]");
+        }
         let mut t = lock(&self.tail);
         if t.len() == TAIL_LINES {
             t.pop_front();

@@ -52,9 +52,11 @@ pub struct SudoOptions {
     pub selinux_role: Option<String>,
     /// SELinux type (`-t`).
     pub selinux_type: Option<String>,
-    /// Words as a user would pass them to sudo, parsed here so that what is asked is what runs:
-    /// `-E -H -i -r -t -u` (and their long forms) set the fields above (an explicit field wins),
-    /// `-S -n` are accepted and ignored, anything else is a `StreamError`.
+    /// Words as a user would pass them to sudo, parsed here as sudo parses them (clusters such
+    /// as `-Hu user`, `-uuser`, `--user=user`, `--user user`, `--`), so that what is asked is
+    /// what runs: `-E -H -i -r -t -u` (and their long forms) set the fields above (an explicit
+    /// field wins), `-S -n` are accepted and ignored, any other option or word is a
+    /// `StreamError`.
     pub sudo_args: Vec<String>,
 }
 
@@ -85,50 +87,89 @@ struct Flags {
     kind: Option<String>,
 }
 
+/// The options `sudo_args` may hold (Mitogen's `SUDO_OPTIONS`): short name, long name, and
+/// whether it takes a value.
+const SUDO_OPTIONS: [(char, &str, bool); 8] = [
+    ('E', "preserve-env", false),
+    ('H', "set-home", false),
+    ('i', "login", false),
+    ('r', "role", true),
+    ('t', "type", true),
+    ('S', "stdin", false),
+    ('n', "non-interactive", false),
+    ('u', "user", true),
+];
+
+/// Parse `sudo_args` as sudo (and Mitogen, with `optparse`) does: clusters of short flags
+/// (`-EH`), a short option's value attached or next (`-Hu user`, `-uuser`), long options and
+/// unambiguous prefixes of them with the value after `=` or next (`--user=x`, `--user x`,
+/// `--pres`), and `--` ending the options. An option not in [`SUDO_OPTIONS`], a missing value
+/// and any word that is not an option are a `StreamError` naming them.
 fn parse_sudo_args(args: &[String]) -> Result<Flags> {
+    let fail = |why: String| Error::stream(format!("sudo: {why} in sudo_args {args:?}"));
     let mut flags = Flags::default();
+    let mut set = |short: char, value: Option<String>| match short {
+        'E' => flags.preserve_env = true,
+        'H' => flags.set_home = true,
+        'i' => flags.login = true,
+        'r' => flags.role = value,
+        't' => flags.kind = value,
+        'u' => flags.user = value,
+        _ => {} // -S, -n: sudo always runs on a terminal here
+    };
     let mut words = args.iter();
-    let unsupported = |w: &str| Error::stream(format!("sudo: unsupported option {w:?} in sudo_args"));
+    let mut rest = Vec::new();
     while let Some(word) = words.next() {
-        // --name=value, --name value, -x value, -xvalue, and clusters of flags (-EH).
-        let (name, inline): (String, Option<String>) = match word.strip_prefix("--") {
-            Some(long) => match long.split_once('=') {
-                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-                None => (long.to_owned(), None),
-            },
-            None if word.starts_with('-') && word.len() > 1 => {
-                let mut chars = word[1..].chars();
-                let first = chars.next().unwrap_or('-');
-                let rest: String = chars.collect();
-                match first {
-                    'u' | 'r' | 't' => (first.to_string(), (!rest.is_empty()).then_some(rest)),
-                    _ => {
-                        for c in word[1..].chars() {
-                            match c {
-                                'E' => flags.preserve_env = true,
-                                'H' => flags.set_home = true,
-                                'i' => flags.login = true,
-                                'S' | 'n' => {}
-                                _ => return Err(unsupported(word)),
-                            }
-                        }
-                        continue;
-                    }
+        if word == "--" {
+            rest.extend(words.by_ref());
+        } else if let Some(long) = word.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_owned())),
+                None => (long, None),
+            };
+            let exact = SUDO_OPTIONS.iter().find(|o| o.1 == name);
+            let prefixed: Vec<_> = SUDO_OPTIONS.iter().filter(|o| o.1.starts_with(name)).collect();
+            let &(short, long, takes) = match (exact, &prefixed[..]) {
+                (Some(o), _) | (None, &[o]) => o,
+                (None, []) => return Err(fail(format!("unsupported option \"--{name}\""))),
+                (None, many) => {
+                    let names: Vec<String> = many.iter().map(|o| format!("--{}", o.1)).collect();
+                    return Err(fail(format!("ambiguous option \"--{name}\" ({})", names.join(", "))));
                 }
+            };
+            match (takes, inline) {
+                (false, Some(_)) => return Err(fail(format!("option --{long} takes no value"))),
+                (false, None) => set(short, None),
+                (true, Some(v)) => set(short, Some(v)),
+                (true, None) => match words.next() {
+                    Some(v) => set(short, Some(v.clone())),
+                    None => return Err(fail(format!("option --{long} needs a value"))),
+                },
             }
-            None => return Err(unsupported(word)),
-        };
-        let mut value = || inline.clone().or_else(|| words.next().cloned()).ok_or_else(|| unsupported(word));
-        match name.as_str() {
-            "u" | "user" => flags.user = Some(value()?),
-            "r" | "role" => flags.role = Some(value()?),
-            "t" | "type" => flags.kind = Some(value()?),
-            "preserve-env" => flags.preserve_env = true,
-            "set-home" => flags.set_home = true,
-            "login" => flags.login = true,
-            "stdin" | "non-interactive" => {}
-            _ => return Err(unsupported(word)),
+        } else if let Some(cluster) = word.strip_prefix('-').filter(|c| !c.is_empty()) {
+            for (i, c) in cluster.char_indices() {
+                let Some(&(short, _, takes)) = SUDO_OPTIONS.iter().find(|o| o.0 == c) else {
+                    return Err(fail(format!("unsupported option \"-{c}\"")));
+                };
+                if !takes {
+                    set(short, None);
+                    continue;
+                }
+                // The rest of the cluster is the value, or else the next word.
+                let attached = &cluster[i + c.len_utf8()..];
+                let value = match attached {
+                    "" => words.next().cloned().ok_or_else(|| fail(format!("option -{c} needs a value")))?,
+                    _ => attached.to_owned(),
+                };
+                set(short, Some(value));
+                break;
+            }
+        } else {
+            rest.push(word);
         }
+    }
+    if !rest.is_empty() {
+        return Err(fail(format!("unsupported arguments {rest:?} (only options are allowed)")));
     }
     Ok(flags)
 }
@@ -304,10 +345,41 @@ mod tests {
         // An explicit username wins over sudo_args.
         let explicit = SudoOptions { sudo_args: vec!["-u".into(), "x".into()], ..SudoOptions::new("y") };
         assert_eq!(explicit.target_user().unwrap(), "y");
-        for bad in [&["-k"][..], &["--chroot=/"], &["-u"], &["plain"]] {
-            let o = SudoOptions { sudo_args: bad.iter().map(|s| s.to_string()).collect(), ..SudoOptions::default() };
-            let e = o.argv().unwrap_err();
-            assert!(e.is_stream() && e.to_string().contains("unsupported option"), "{bad:?}: {e}");
+        let with = |args: &[&str]| SudoOptions {
+            sudo_args: args.iter().map(|s| s.to_string()).collect(),
+            ..SudoOptions::default()
+        };
+        // As sudo (getopt) and Mitogen (optparse) read them: clusters, attached and next values,
+        // long options and their unambiguous prefixes, `--`.
+        for (args, user, home, env) in [
+            (&["-Hu", "mitogen-other"][..], "mitogen-other", true, false),
+            (&["-uother"], "other", false, false),
+            (&["-EHuother"], "other", true, true),
+            (&["--user=a", "--set-home"], "a", true, false),
+            (&["--user", "b", "--pres"], "b", false, true),
+            (&["-H", "--"], "root", true, false),
+            (&["-u", "-H"], "-H", false, false),
+        ] {
+            let flags = parse_sudo_args(&with(args).sudo_args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(
+                (flags.user.as_deref().unwrap_or("root"), flags.set_home, flags.preserve_env),
+                (user, home, env),
+                "{args:?}"
+            );
+        }
+        for (bad, says) in [
+            (&["-k"][..], "unsupported option \"-k\""),
+            (&["-Hk"], "unsupported option \"-k\""),
+            (&["--chroot=/"], "unsupported option \"--chroot\""),
+            (&["-u"], "option -u needs a value"),
+            (&["--user"], "option --user needs a value"),
+            (&["--login=yes"], "option --login takes no value"),
+            (&["--s"], "ambiguous option \"--s\" (--set-home, --stdin)"),
+            (&["plain"], "unsupported arguments [\"plain\"]"),
+            (&["--", "-H"], "unsupported arguments [\"-H\"]"),
+        ] {
+            let e = with(bad).argv().unwrap_err();
+            assert!(e.is_stream() && e.to_string().contains(says), "{bad:?}: {e}");
         }
     }
 

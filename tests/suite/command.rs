@@ -128,7 +128,7 @@ fn stage_one_runs_under_bash_and_dash() {
 fn without_gzip_the_executable_ships_uncompressed() {
     run(|| {
         let tmp = TempDir::new("command-nogzip");
-        let tools: Vec<(&str, String)> = ["sh", "id", "uname", "mkdir", "chmod", "rm", "mv", "ln", "head", "wc", "cat"]
+        let tools: Vec<(&str, String)> = ["sh", "id", "uname", "ls", "mkdir", "chmod", "rm", "mv", "ln", "head", "cat"]
             .iter()
             .map(|t| (*t, format!("/usr/bin/{t}")))
             .collect();
@@ -419,6 +419,248 @@ fn every_transport_carries_binary_data_and_the_pty_ones_give_a_controlling_termi
             let back = ctx.call(echo_blob, (mitogen::core::Blob(data.clone()),)).unwrap();
             assert!(back.0 == data, "{transport:?}: every byte value crosses unchanged");
             ctx.shutdown(true).unwrap();
+        }
+        router.shutdown_and_join();
+    });
+}
+
+/// The account's uid, from `id -u`.
+fn uid_of(user: &str) -> u32 {
+    let out = std::process::Command::new("id").args(["-u", user]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("no account {user}"))
+}
+
+fn chown(path: &Path, user: &str) {
+    let uid = uid_of(user);
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+/// What another account plants to be run as the target: a script of the executable's size
+/// (padded with newlines) that writes the uid it runs as to `marker`.
+fn planted_script(marker: &Path) -> Vec<u8> {
+    let (size, _) = mitogen::core::executable_digest(Path::new("/proc/self/exe")).unwrap();
+    let mut script = format!("#!/bin/sh\nid -u > {}\n", marker.display()).into_bytes();
+    script.resize(size as usize, b'\n');
+    script
+}
+
+/// A context as `mitogen-user` whose home (and so cache, `<home>/.cache/mitogen`) is `home`.
+fn as_mitogen_user(router: &Router, home: &Path) -> Result<mitogen::master::Context, mitogen::Error> {
+    let argv = words(&[
+        "setpriv",
+        "--reuid=mitogen-user",
+        "--regid=mitogen-user",
+        "--init-groups",
+        "--",
+        "env",
+        "-u",
+        "XDG_CACHE_HOME",
+        &format!("HOME={}", home.display()),
+    ]);
+    router.command(spec(argv), Options::default())
+}
+
+/// Whether the master logged a warning containing `text`.
+fn warned(text: &str) -> bool {
+    mitogen_tests::logged("mitogen_parent").iter().any(|(l, _, m)| *l == log::Level::Warn && m.contains(text))
+}
+
+/// Forget a copy this test put in a place other tests share.
+fn remove_shared_copy(exe: &str) {
+    let _ = std::fs::remove_file(exe);
+    let _ = std::fs::remove_file(format!("{exe}.ok"));
+}
+
+#[test]
+fn a_file_planted_in_a_cache_others_can_write_to_is_never_run() {
+    // Issue 20: with the account's cache directory world-writable, another account's file of
+    // the right name and size ran as the account (as root, for sudo), and the connect succeeded.
+    run(|| {
+        let tmp = TempDir::new("planted-dir");
+        let (home, out) = (tmp.path().join("home"), tmp.path().join("out"));
+        let cache = home.join(".cache/mitogen");
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::create_dir(&out).unwrap();
+        chmod(&out, 0o777);
+        for dir in [&home, &home.join(".cache"), &cache] {
+            chown(dir, "mitogen-user");
+        }
+        chmod(&cache, 0o777);
+        let (_, sha) = mitogen::core::executable_digest(Path::new("/proc/self/exe")).unwrap();
+        let (marker, planted) = (out.join("ran"), cache.join(&sha));
+        std::fs::write(&planted, planted_script(&marker)).unwrap();
+        chown(&planted, "mitogen-other");
+        chmod(&planted, 0o755);
+
+        let router = Router::new(None).unwrap();
+        let ctx = as_mitogen_user(&router, &home).unwrap();
+        let (_, uid, exe) = ctx.call(whoami, ()).unwrap();
+        assert_eq!(uid, uid_of("mitogen-user"));
+        assert!(!marker.exists(), "the planted file ran as uid {:?}", std::fs::read_to_string(&marker));
+        assert!(exe.starts_with(&format!("/dev/shm/mitogen-{uid}/")), "the next private place: {exe}");
+        assert_eq!(std::fs::read(&planted).unwrap(), planted_script(&marker), "left as it was, never run");
+        assert!(warned(&format!("refused {}: writable by everyone", cache.display())));
+        ctx.shutdown(true).unwrap();
+        remove_shared_copy(&exe);
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_cache_entry_others_can_write_or_own_or_a_symlink_is_replaced_and_never_run() {
+    // Issue 20: in a private directory, a cached file that is group- or world-writable (or
+    // another account's, or a symlink) ran as the account.
+    run(|| {
+        let tmp = TempDir::new("planted-file");
+        let (home, out) = (tmp.path().join("home"), tmp.path().join("out"));
+        let cache = home.join(".cache/mitogen");
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::create_dir(&out).unwrap();
+        chmod(&out, 0o777);
+        for dir in [&home, &home.join(".cache"), &cache] {
+            chown(dir, "mitogen-user");
+            chmod(dir, 0o755);
+        }
+        let (_, sha) = mitogen::core::executable_digest(Path::new("/proc/self/exe")).unwrap();
+        let (marker, entry, elsewhere) = (out.join("ran"), cache.join(&sha), out.join("script"));
+        let router = Router::new(None).unwrap();
+        type Plant = fn(&Path, &Path, &[u8]);
+        let plants: [(&str, Plant); 3] = [
+            ("lets others than its owner at it", |entry, _, script| {
+                // The account's own file, mode 0777: mitogen-other writes its script into it.
+                std::fs::write(entry, b"").unwrap();
+                chown(entry, "mitogen-user");
+                chmod(entry, 0o777);
+                let mut w = std::process::Command::new("setpriv")
+                    .args(["--reuid=mitogen-other", "--regid=mitogen-other", "--init-groups", "--"])
+                    .args(["sh", "-c", "cat > \"$0\""])
+                    .arg(entry)
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                std::io::Write::write_all(w.stdin.as_mut().unwrap(), script).unwrap();
+                drop(w.stdin.take());
+                assert!(w.wait().unwrap().success(), "mitogen-other wrote into the entry");
+            }),
+            ("owned by uid", |entry, _, script| {
+                std::fs::write(entry, script).unwrap();
+                chown(entry, "mitogen-other");
+                chmod(entry, 0o700);
+            }),
+            ("a symbolic link", |entry, elsewhere, script| {
+                std::fs::write(elsewhere, script).unwrap();
+                chown(elsewhere, "mitogen-user");
+                chmod(elsewhere, 0o700);
+                std::os::unix::fs::symlink(elsewhere, entry).unwrap();
+                chown(entry, "mitogen-user");
+            }),
+        ];
+        for (why, plant) in plants {
+            let _ = std::fs::remove_file(&entry);
+            plant(&entry, &elsewhere, &planted_script(&marker));
+            let ctx = as_mitogen_user(&router, &home).unwrap();
+            let exe = ctx.call(whoami, ()).unwrap().2;
+            assert!(!marker.exists(), "{why}: the planted file ran");
+            assert_eq!(exe, entry.display().to_string(), "{why}: a fresh copy in the private place");
+            let meta = std::fs::symlink_metadata(&entry).unwrap();
+            assert!(meta.is_file(), "{why}: replaced by a regular file");
+            assert_eq!((meta.uid(), meta.mode() & 0o777), (uid_of("mitogen-user"), 0o700), "{why}");
+            assert!(warned(&format!("refused {}: ", entry.display())) && warned(why), "{why}: warned");
+            ctx.shutdown(true).unwrap();
+        }
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn with_every_place_refused_the_error_names_each_and_what_is_wrong() {
+    run(|| {
+        let tmp = TempDir::new("refused");
+        let (xdg, tmpdir) = (tmp.path().join("xdg"), tmp.path().join("tmp"));
+        std::fs::create_dir(&xdg).unwrap();
+        std::fs::create_dir(&tmpdir).unwrap();
+        chmod(&xdg, 0o777);
+        chmod(&tmpdir, 0o775);
+        let env = vec![format!("XDG_CACHE_HOME={}", xdg.display()), format!("TMPDIR={}", tmpdir.display())];
+        let router = Router::new(None).unwrap();
+        // /dev/shm is noexec there; the two others are writable by others.
+        let err = router.command(spec(in_noexec_namespace(&[], &env)), Options::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(err.is_stream() && text.contains("nowhere to execute from"), "{text}");
+        for refusal in [
+            format!("refused {}: writable by everyone", xdg.display()),
+            format!("refused {}: writable by its group (gid 0)", tmpdir.display()),
+        ] {
+            assert!(text.contains(&refusal), "{refusal:?} in: {text}");
+        }
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_cached_copy_altered_in_place_with_its_times_restored_is_caught() {
+    // Issue 20: the stamp beside a verified copy held inode, size and mtime, which anyone who
+    // can write the file can restore; the change time (ctime) cannot be set back.
+    run(|| {
+        let tmp = TempDir::new("command-ctime");
+        let router = Router::new(None).unwrap();
+        let argv = || with_cache(tmp.path(), &[]);
+        connects_and_answers(&router, tmp.path(), argv());
+        let file = cached_file(tmp.path());
+        assert!(file.with_extension("ok").exists(), "stamped as verified");
+        let before = std::fs::metadata(&file).unwrap();
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&file).unwrap();
+            // In the section headers, which the loader does not use: the copy still runs.
+            f.seek(SeekFrom::End(-1)).unwrap();
+            let mut last = [0u8];
+            std::io::Read::read_exact(&mut f, &mut last).unwrap();
+            f.seek(SeekFrom::End(-1)).unwrap();
+            f.write_all(&[last[0] ^ 0xff]).unwrap();
+            let times = std::fs::FileTimes::new()
+                .set_accessed(before.accessed().unwrap())
+                .set_modified(before.modified().unwrap());
+            f.set_times(times).unwrap();
+        }
+        let after = std::fs::metadata(&file).unwrap();
+        assert_eq!(
+            (after.ino(), after.size(), after.mtime(), after.mtime_nsec()),
+            (before.ino(), before.size(), before.mtime(), before.mtime_nsec())
+        );
+        let err = router.command(spec(argv()), Options::default()).unwrap_err();
+        assert!(matches!(err.stream_kind_of(), Some(StreamErrorKind::CorruptExecutable { .. })), "{err}");
+        assert!(!file.exists(), "the child removed the altered copy");
+        connects_and_answers(&router, tmp.path(), argv());
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_command_that_floods_its_output_times_out_on_time_with_a_bounded_error() {
+    // Issue 20: stage 1's reader checked its deadline only when a read would block, which
+    // never happens under a flood, and kept a line without newlines in memory whole.
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let timeout = Duration::from_secs(2);
+        for (what, script) in
+            [("lines", "exec yes flood"), ("no newlines", "exec cat /dev/zero"), ("stderr", "exec cat /dev/zero >&2")]
+        {
+            let options = Options { connect_timeout: timeout, ..Options::default() };
+            let t0 = std::time::Instant::now();
+            let err = router.command(spec(words(&["sh", "-c", script])), options).unwrap_err();
+            let took = t0.elapsed();
+            assert!(err.is_timeout(), "{what}: {err}");
+            assert!(took < timeout + Duration::from_millis(1500), "{what}: took {took:?}");
+            let text = err.to_string();
+            assert!(text.contains(&format!("within {timeout:?}")) && text.len() < 8192, "{what}: {} bytes", text.len());
+            if what == "lines" {
+                assert!(text.contains("last output: flood"), "{text}");
+            }
         }
         router.shutdown_and_join();
     });

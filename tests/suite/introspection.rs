@@ -338,3 +338,57 @@ fn mitogen_profiling_in_the_environment_profiles_the_master_and_its_children() {
         mitogen::profiler::read_folded(&files["main"]).unwrap();
     });
 }
+
+/// In a child: a record at trace level, a line on stdout (forwarded from the broker thread),
+/// and `n` values through `sender`, then its end.
+fn trace_print_and_stream(sender: mitogen::core::Sender, n: u32) -> u32 {
+    let name = mitogen::core::ExternalContext::current().unwrap().config().name.clone();
+    log::trace!("trace record from {name}");
+    println!("printed by {name}");
+    for i in 0..n {
+        sender.send(&i).unwrap();
+    }
+    sender.close();
+    n
+}
+mitogen::remote!(trace_print_and_stream);
+
+#[test]
+fn at_trace_level_every_kind_of_context_calls_streams_logs_and_shuts_down() {
+    // Issue 20: a child's broker logged (mio, at trace) while holding its registration lock,
+    // the record was forwarded on the spot and re-entered the broker: the child deadlocked.
+    run(|| {
+        let tmp = mitogen_tests::TempDir::new("trace");
+        log::set_max_level(log::LevelFilter::Trace);
+        let router = Router::new(None).unwrap();
+        let named = |name: &str, via: Option<&mitogen::master::Context>| Options {
+            name: Some(name.into()),
+            via: via.map(|c| c.core().clone()),
+            ..Options::default()
+        };
+        let a = router.local(named("a", None)).unwrap();
+        let b = router.local(named("b", Some(&a))).unwrap();
+        let cache = format!("XDG_CACHE_HOME={}", tmp.path().display());
+        let spec = mitogen::master::CommandSpec { argv: vec!["env".into(), cache.into()], ..Default::default() };
+        let c = router.command(spec, named("c", None)).unwrap();
+        let d = router.local(named("d", Some(&c))).unwrap();
+        for ctx in [&a, &b, &c, &d] {
+            let recv = mitogen::core::Receiver::new(&router).unwrap();
+            let call = ctx.call_async(trace_print_and_stream, (recv.to_sender(), 100u32)).unwrap();
+            for i in 0..100u32 {
+                assert_eq!(recv.get_data_timeout::<u32>(mitogen_tests::WAIT).unwrap(), i);
+            }
+            assert_eq!(call.get_timeout(mitogen_tests::WAIT).unwrap().unpickle::<u32>().unwrap(), 100);
+        }
+        for ctx in [&b, &d, &a, &c] {
+            ctx.shutdown(false).unwrap().get_timeout(mitogen_tests::WAIT).unwrap();
+        }
+        router.shutdown_and_join();
+        for name in ["a", "a.b", "c", "c.d"] {
+            let got = mitogen_tests::logged(&format!("mitogen::ctx::{name}"));
+            let has = |level: log::Level, text: &str| got.iter().any(|(l, _, m)| *l == level && m.ends_with(text));
+            assert!(has(log::Level::Trace, &format!("trace record from {name}")), "{name}: {got:?}");
+            assert!(has(log::Level::Info, &format!("stdout: printed by {name}")), "{name}: {got:?}");
+        }
+    });
+}

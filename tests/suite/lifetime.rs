@@ -87,3 +87,27 @@ fn a_child_that_ignores_shutdown_and_sigterm_is_killed() {
         assert!(warned, "the reaper escalated to SIGKILL");
     });
 }
+
+#[test]
+fn a_child_whose_broker_is_wedged_still_exits_when_its_parent_is_killed() {
+    // Issue 20: children whose broker deadlocked outlived their master for hours. The
+    // watchdog thread sees the parent's end hang up and ends the process itself.
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let parent = router.local(Options::default()).unwrap();
+        let parent_pid = parent.call(super::local_whoami, ()).unwrap().1;
+        let child = router.local(Options { via: Some(parent.core().clone()), ..Options::default() }).unwrap();
+        let child_pid = child.call(super::local_whoami, ()).unwrap().1;
+        // Its broker now sleeps for 120 s: it cannot notice anything.
+        child.call(wedge, ()).unwrap();
+        // SAFETY: killing our own child by pid; it is reaped once its stream closes.
+        unsafe { libc::kill(parent_pid as i32, libc::SIGKILL) };
+        let t0 = Instant::now();
+        while !gone(child_pid) {
+            assert!(t0.elapsed() < Duration::from_secs(20), "a wedged orphan still runs after {:?}", t0.elapsed());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("the wedged child of a SIGKILLed parent gone after {:?}", t0.elapsed());
+        router.shutdown_and_join();
+    });
+}

@@ -2,10 +2,12 @@
 //! master's side that logs what arrives (Mitogen `LogForwarder`, `LogHandler`).
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use super::ExternalContext;
 use crate::message::Message;
 use crate::router::Router;
+use crate::sync::Mutex;
 use crate::wire::FORWARD_LOG;
 
 /// A `FORWARD_LOG` record: `(context name, original target, level, message)`.
@@ -14,25 +16,99 @@ pub type LogRecord = (String, String, u8, String);
 /// Sends log records to the parent's `FORWARD_LOG` handle (Mitogen `LogForwarder`), for the
 /// child's stdio and, through [`ChildLogger`], its `log` records, so `log::info!` in a remote
 /// function shows at the master under the target `mitogen::ctx::<name>`.
+///
+/// A logger must never stop the messages it reports on. A record logged on the broker thread
+/// may come from inside the broker (`mio` logs while a stream is registered), where sending it
+/// at once would re-enter the broker: such records are queued, at most [`PENDING_MAX`], and sent
+/// by a job the broker runs once the work in hand is done. A record logged on any other thread
+/// is sent at once, so it reaches the master ahead of the reply of the call that logged it
+/// (nothing in the library logs while holding a lock that sending takes). A record logged
+/// while one is being sent is dropped: it would recurse.
 #[derive(Clone)]
 pub(super) struct LogForwarder {
     pub(super) router: Router,
     pub(super) parent_id: u32,
     pub(super) name: String,
+    pub(super) pending: Arc<Mutex<Pending>>,
 }
+
+/// Records logged on the broker thread, waiting for the job that sends them.
+#[derive(Default)]
+pub(super) struct Pending {
+    records: Vec<LogRecord>,
+    /// Records not kept because `records` was full.
+    dropped: u64,
+}
+
+/// At most this many records wait to be sent from the broker thread; more are counted and
+/// reported as dropped.
+pub(super) const PENDING_MAX: usize = 10_000;
 
 thread_local! {
     static FORWARDING: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Run `f` with forwarding off on this thread: what it logs goes to the debug log file only.
+/// For the broker's calls into `mio`, whose trace records of registering descriptors would
+/// otherwise be made by forwarding itself (a record sent, a stream registered for writing, a
+/// record of that sent, ...), as the I/O log is kept out.
+pub(crate) fn unforwarded<R>(f: impl FnOnce() -> R) -> R {
+    let was = FORWARDING.with(|g| g.replace(true));
+    let r = f();
+    FORWARDING.with(|g| g.set(was));
+    r
+}
+
 impl LogForwarder {
+    pub(super) fn new(router: Router, parent_id: u32, name: String) -> LogForwarder {
+        LogForwarder { router, parent_id, name, pending: Arc::default() }
+    }
+
     pub(super) fn forward(&self, target: &str, level: log::Level, line: &str) {
-        // A record logged while forwarding (say, a write error) would recurse: drop it.
-        if FORWARDING.with(|f| f.replace(true)) {
+        if FORWARDING.with(Cell::get) {
             return;
         }
         let record: LogRecord = (self.name.clone(), target.to_owned(), level as u8, line.to_owned());
+        if self.router.broker().on_broker_thread() {
+            return self.queue(record);
+        }
+        FORWARDING.with(|f| f.set(true));
         self.send(&record);
+        FORWARDING.with(|f| f.set(false));
+    }
+
+    /// Keep `record` for the broker's next pass; the first one waiting queues the job.
+    fn queue(&self, record: LogRecord) {
+        let first = {
+            let mut pending = self.pending.lock();
+            if pending.records.len() >= PENDING_MAX {
+                pending.dropped += 1;
+                return;
+            }
+            pending.records.push(record);
+            pending.records.len() == 1
+        };
+        if first {
+            let fwd = self.clone();
+            // Fails only once the broker has exited: nothing can be sent then anyway.
+            let _ = self.router.broker().defer_queued(move || fwd.send_pending());
+        }
+    }
+
+    /// Send what the broker thread logged (on the broker thread, with nothing of its held).
+    fn send_pending(&self) {
+        let (records, dropped) = {
+            let mut pending = self.pending.lock();
+            (std::mem::take(&mut pending.records), std::mem::take(&mut pending.dropped))
+        };
+        FORWARDING.with(|f| f.set(true));
+        for record in &records {
+            self.send(record);
+        }
+        if dropped > 0 {
+            let line = format!("{dropped} log records dropped: more than {PENDING_MAX} were waiting to be sent");
+            self.send(&(self.name.clone(), "mitogen::log".to_owned(), log::Level::Warn as u8, line));
+        }
         FORWARDING.with(|f| f.set(false));
     }
 
@@ -309,6 +385,14 @@ pub(crate) fn write_debug(record: &log::Record<'_>) {
     // SAFETY: the descriptor stays open for the process's life once published for this pid.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let _ = crate::sys::write(fd, line.as_bytes());
+}
+
+/// Write `line` to this process's debug log, if it has one, as a record of the child at error
+/// level: for the watchdog, which may not go through a logger (the broker may hold its locks).
+pub(crate) fn write_debug_line(line: &str) {
+    write_debug(
+        &log::Record::builder().level(log::Level::Error).target("mitogen::child").args(format_args!("{line}")).build(),
+    );
 }
 
 /// A `log` logger for a master that has none, writing to its debug log file only.

@@ -16,11 +16,11 @@ mod logging;
 pub use config::{executable_digest, read_config, ChildConfig, Hello, CHILD_MARKER, PROTOCOL_VERSION, VERSION};
 pub use dispatch::forget_chain;
 pub(crate) use dispatch::install_panic_hook;
-pub(crate) use logging::logger_is_ours;
 pub use logging::{
     child_log_level, debug_tree, enable_master_debug_log, format_record, log_forwarded, open_debug_log, set_debug_tree,
     set_io_logging, LogRecord, CTX_TARGET, IO_TARGET,
 };
+pub(crate) use logging::{logger_is_ours, unforwarded};
 use logging::{LogForwarder, CHILD_LOGGER};
 
 use std::collections::HashMap;
@@ -53,6 +53,8 @@ struct Inner {
     /// The process this context runs in (a forked copy must not use it).
     pid: u32,
     detached: Arc<AtomicBool>,
+    /// Closed to stop the watchdog ([`watch_parent`]) when the context detaches.
+    watchdog: Mutex<Option<OwnedFd>>,
 }
 
 /// The child's own view of itself: its broker, router, parent, and the channel its calls arrive
@@ -119,6 +121,10 @@ impl ExternalContext {
         let router = Router::with_identity(&broker, identity);
         router.set_max_message_size(config.max_message_size as usize);
         router.set_unidirectional(config.unidirectional);
+        // A copy of the parent's descriptor for the watchdog, taken before the stream owns it.
+        let watched = sys::dup_cloexec(rfd.as_fd()).map_err(|e| Error::stream_io("cannot watch the parent", e))?;
+        let grace = if config.profiling { ORPHAN_GRACE_PROFILED } else { ORPHAN_GRACE };
+        let watchdog = watch_parent(watched, grace, config.name.clone())?;
         let stream = Stream::message_pair(&router, format!("{}: parent {parent_id}", config.name), rfd, wfd)?;
         stream.set_privileged(true);
         let parent = router.context_by_id(parent_id);
@@ -144,7 +150,7 @@ impl ExternalContext {
             },
             HandlerOptions { handle: Some(SHUTDOWN), policy: Some(policy), ..Default::default() },
         )?;
-        let forwarder = LogForwarder { router: router.clone(), parent_id, name: config.name.clone() };
+        let forwarder = LogForwarder::new(router.clone(), parent_id, config.name.clone());
         let ec = ExternalContext {
             inner: Arc::new(Inner {
                 broker,
@@ -156,6 +162,7 @@ impl ExternalContext {
                 forwarder,
                 pid: std::process::id(),
                 detached,
+                watchdog: Mutex::new(Some(watchdog)),
             }),
         };
         ec.publish();
@@ -266,6 +273,8 @@ impl ExternalContext {
         let msg = Message::raw(crate::wire::DETACHING, Vec::new());
         self.inner.parent.send_await::<()>(msg, Some(Duration::from_secs(30)))?;
         self.inner.detached.store(true, Ordering::Release);
+        // Stop watching the parent (the watchdog's copy of its descriptor closes with it).
+        drop(self.inner.watchdog.lock().take());
         log::info!("detaching from {stream:?}; parent is context {parent_id}");
         // Output queued for the parent leaves first: the stream disconnects once it drains,
         // or after a second (Mitogen polls its queue 20 times, 50 ms apart).
@@ -305,6 +314,56 @@ impl ExternalContext {
     }
 }
 
+/// How long a child whose parent has hung up waits for its broker to end the process before
+/// the watchdog ends it: well past the broker's shutdown grace (3 s) and the reaping of the
+/// child's own children (about 1 s each, in parallel).
+const ORPHAN_GRACE: Duration = Duration::from_secs(10);
+/// The same for a profiled child, which also writes its profile on the way out.
+const ORPHAN_GRACE_PROFILED: Duration = Duration::from_secs(40);
+
+/// Watch `parent` (a copy of the descriptor the parent's stream reads) from a thread of its own
+/// that needs nothing of the broker's and takes no lock: when the parent hangs up (it died, or
+/// the path to it did) and the process still runs `grace` later, the broker is wedged, and the
+/// watchdog ends the process, so no context outlives its parent whatever its broker does.
+/// Closing the returned descriptor stops the watch (a context that detaches).
+fn watch_parent(parent: OwnedFd, grace: Duration, name: String) -> Result<OwnedFd> {
+    let (stop_r, stop_w) = sys::pipe(true).map_err(|e| Error::stream_io("cannot watch the parent", e))?;
+    let watch = move || {
+        let stopped = |fds: &[sys::PollFd<'_>]| sys::is_ready(&fds[1]);
+        loop {
+            let mut fds = [sys::hangup(parent.as_fd()), sys::readable(stop_r.as_fd())];
+            match sys::poll(&mut fds, None) {
+                Ok(_) if stopped(&fds) => return,
+                Ok(_) if sys::is_ready(&fds[0]) => break,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut fds = [sys::hangup(parent.as_fd()), sys::readable(stop_r.as_fd())];
+            if sys::poll(&mut fds[1..], Some(left)).is_ok_and(|n| n > 0) {
+                return;
+            }
+        }
+        logging::write_debug_line(&format!(
+            "{name}: parent gone and the broker did not exit within {grace:?}; exiting"
+        ));
+        sys::exit_now(1)
+    };
+    std::thread::Builder::new()
+        .name("mitogen-watchdog".into())
+        // An explicit size: std would read RUST_MIN_STACK under the environment lock.
+        .stack_size(256 << 10)
+        .spawn(watch)
+        .map_err(|e| Error::general(format!("cannot start the watchdog thread: {e}")))?;
+    Ok(stop_w)
+}
+
 /// Run the rest of a child's life after `start`: redirect stdio, take the process title, serve
 /// calls until the parent goes, and exit.
 pub fn serve(ec: &ExternalContext) -> ! {
@@ -333,15 +392,19 @@ pub(crate) fn run_exec_child() -> ! {
 /// corrupt or replaced cache entry), delete the file, so the next connect ships a fresh copy.
 ///
 /// Hashing tens of MiB on every start would dominate a warm connect, so a verified copy gets a
-/// stamp beside it, `<file>.ok`, holding the file's inode, size and modification time: while
-/// those are unchanged (the cache directory is private to the account) the copy is trusted
-/// without hashing it again. A copy that deletes itself (`no_cache`) gets no stamp.
+/// stamp beside it, `<file>.ok`, holding the file's inode, size, modification time and change
+/// time: while those are unchanged (the cache directory is private to the account) the copy is
+/// trusted without hashing it again. Anyone who can write the file can set its modification
+/// time back (`touch -r`, `utimensat`), but no unprivileged call sets the change time, which
+/// every write, `chmod`, `chown`, link and rename moves on: a copy altered in any way is hashed
+/// again. A copy that deletes itself (`no_cache`) gets no stamp.
 fn check_own_executable(expected: Option<&str>) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let expected = expected?;
     let exe = std::fs::read_link("/proc/self/exe").ok().filter(|p| p.exists());
     let stamp = |p: &std::path::Path| {
-        std::fs::metadata(p).ok().map(|m| format!("{} {} {} {}\n", m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+        let m = std::fs::metadata(p).ok()?;
+        Some(format!("{} {} {} {} {} {}\n", m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
     };
     let stamp_path = exe.as_ref().map(|p| {
         let mut s = p.clone().into_os_string();

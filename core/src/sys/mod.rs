@@ -38,7 +38,7 @@ pub use fd::{
 pub use mem::{alloc_bytes, tune_malloc_for_bulk};
 pub use nix::errno::Errno;
 pub use nix::sys::signal::Signal;
-pub use poll::{is_ready, poll, readable, wait_readable, writable, PollFd};
+pub use poll::{hangup, is_ready, poll, readable, wait_readable, writable, PollFd};
 pub use process::{
     become_session_leader_with_tty, check_waitable_child, describe_status, exit_now, fork, hostname, ignore_sigpipe,
     kill_group, pidfd_kill, pidfd_open, set_thread_title, setsid, temp_dir, try_wait, username, Forked, NamespaceEntry,

@@ -20,6 +20,12 @@ pub fn writable(fd: BorrowedFd<'_>) -> PollFd<'_> {
     PollFd::new(fd, PollFlags::POLLOUT)
 }
 
+/// Interest in nothing but `fd` hanging up (or being in error): for a descriptor another
+/// thread reads, watched for its peer going away without taking its data.
+pub fn hangup(fd: BorrowedFd<'_>) -> PollFd<'_> {
+    PollFd::new(fd, PollFlags::empty())
+}
+
 /// Whether the last [`poll`] found `pfd` ready (any event, hang-up and error included).
 pub fn is_ready(pfd: &PollFd<'_>) -> bool {
     pfd.revents().is_some_and(|r| !r.is_empty())
