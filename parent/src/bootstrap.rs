@@ -48,27 +48,34 @@ use crate::prompt::{write_all, PromptReader};
 /// for keys): `y <dir>` passes only when every directory from `/` down to `<dir>`, both as
 /// named and with symbolic links resolved, is owned by root or the account and writable by
 /// neither its group nor others (unless sticky and root's, as `/tmp`: then no one else can
-/// rename or remove what is in it); `z <file>` only a
+/// rename or remove what is in it); `y <dir> <file>` (`z <path>`) also needs the file to be a
 /// regular file of the account's, mode 0700 or stricter, without an ACL, of the size expected.
 /// Each refusal is reported as `MITO008 <uid> <ls -ldn line>`; a refused place is skipped, a
 /// refused file in a private place is replaced by a fresh copy and never run.
 pub(crate) const STAGE1: &str = concat!(
     // No HOME (`env -i`, `lxc-attach --clear-env`): the account's, from its passwd entry.
     "umask 077;set -f;[ \"${HOME}\" ]||eval \"HOME=~$(id -un)\";case ${HOME} in /*);;*)HOME=;;esac;",
-    "c=${XDG_CACHE_HOME:-${HOME:+${HOME}/.cache}};c=${c:+${c}/mitogen};u=$(id -u);",
+    "c=${XDG_CACHE_HOME:-${HOME:+${HOME}/.cache}};c=${c:+${c}/mitogen};",
     "e(){ echo MITO001 1;exec \"${1}\" --mitogen-child;};",
-    "z(){ set -- $(LC_ALL=C ls -ldn \"${1}\" 2>/dev/null);case ${1}:${3} in -???------:${u}|-???------.:${u})[ \"${5}\" = \"${S}\" ];;:)false;;*)echo \"MITO008 ${u} ${*}\";false;;esac;};",
-    "y(){ case ${1} in /*);;*)return 1;;esac;p=$(cd -P \"${1}\"&&pwd -P)||return;q=${1};set --;",
-    "while [ \"${p}\" ];do set -- \"${@}\" \"${p}\";p=${p%/*};done;while [ \"${q}\" ];do set -- \"${@}\" \"${q}\";q=${q%/*};done;",
-    "LC_ALL=C ls -ldn / \"${@}\"|{ k=0;while read -r m l o r;do case ${m}:${o} in l*);;",
-    "d????[!w]??[!w]*:0|d????[!w]??[!w]*:${u}|d????????[tT]*:0);;*)echo \"MITO008 ${u} ${m} ${l} ${o} ${r}\";k=1;;esac;done;exit ${k};};};",
+    // y <dir> [<file>]: the directory is private (every component, as named and, when one is a
+    // symlink, as resolved) and the file in it, if named, is a whole copy that may run. One
+    // `ls`, no fork on the warm path; a refusal is reported with the account's uid.
+    "y(){ Y=${1};F=${2:+${Y}/${2}};k=0;[ \"${F}\" ]&&k=2;case ${Y} in /*);;*)return 1;;esac;set -- ${F:+\"${F}\"};q=${Y};p=;",
+    "while [ \"${q}\" ];do [ -h \"${q}\" ]&&p=1;set -- \"${@}\" \"${q}\";q=${q%/*};done;",
+    "[ \"${p}\" ]&&{ p=$(cd -P \"${Y}\"&&pwd -P)||return;while [ \"${p}\" ];do set -- \"${@}\" \"${p}\";p=${p%/*};done;};",
+    "LC_ALL=C ls -ldn / \"${@}\" 2>/dev/null|{ while read -r m l o r;do n=/${r#* /};case ${m} in l*)[ \"${n%% -> *}\" = \"${F}\" ]&&b;;",
+    "d????[!w]??[!w]*)[ \"${o}\" = 0 ]||[ -O \"${n}\" ]||b;;d????????[tT]*)[ \"${o}\" = 0 ]||b;;",
+    "-???------|-???------.)[ -O \"${n}\" ]||b;set -- ${r};[ \"${2}\" = \"${S}\" ]&&[ ${k} = 2 ]&&k=0;;",
+    "*)b;;esac;done;exit ${k};};};",
+    "b(){ echo \"MITO008 $(id -u) ${m} ${l} ${o} ${r}\";k=1;};",
+    "z(){ y \"${1%/*}\" \"${1##*/}\";};",
     "command -v gzip>/dev/null&&g=1||g=0;",
     "echo \"MITO000 $(uname -sm) ${g}\";",
     "read H S C;",
     // The warm path: the usual place is private and holds a whole copy that may run (`-x` is
     // false on a noexec mount), so nothing is probed.
-    "[ \"${C}\" = 0 ]&&[ ! -h \"${c}\" ]&&[ -O \"${c}\" ]&&[ -x \"${c}/${H}\" ]&&y \"${c}\">/dev/null&&z \"${c}/${H}\"&&e \"${c}/${H}\";",
-    "f=;T=;",
+    "[ \"${C}\" = 0 ]&&[ ! -h \"${c}\" ]&&[ -O \"${c}\" ]&&[ -x \"${c}/${H}\" ]&&y \"${c}\" \"${H}\"&&e \"${c}/${H}\";",
+    "u=$(id -u);f=;T=;",
     "for d in ${c:+\"${c}\"} \"/dev/shm/mitogen-${u}\" \"${TMPDIR:-/tmp}/mitogen-${u}\";do ",
     "mkdir -p \"${d}\"&&[ ! -h \"${d}\" ]&&{ [ -O \"${d}\" ]||{ echo \"MITO008 ${u} $(LC_ALL=C ls -ldn \"${d}\")\";false;};}&&y \"${d}\"&&",
     "t=\"${d}/.t${$}\"&&echo>\"${t}\"&&chmod 700 \"${t}\"&&\"${t}\"&&{ rm -f \"${t}\";f=${d};break;};",
@@ -344,7 +351,8 @@ fn describe_refusal(report: &str) -> String {
         rest = tail.trim_start();
     }
     let [uid, mode, _, owner, group, ..] = fields[..] else { return format!("refused: {report}") };
-    let path = rest;
+    // A symlink is listed as `<path> -> <target>`.
+    let path = if mode.starts_with('l') { rest.split(" -> ").next().unwrap_or(rest) } else { rest };
     let bit = |i: usize, c: char| mode.chars().nth(i) == Some(c);
     let mut why = Vec::new();
     match mode.chars().next() {
@@ -357,7 +365,7 @@ fn describe_refusal(report: &str) -> String {
             } else if !sticky && bit(5, 'w') {
                 why.push(format!("writable by its group (gid {group})"));
             }
-            if why.is_empty() || (owner != uid && owner != "0") {
+            if why.is_empty() || (owner != uid && owner != "0" && !sticky) {
                 why.push(format!("owned by uid {owner}, not the account (uid {uid})"));
             }
         }
@@ -505,6 +513,44 @@ pub(crate) fn prepare(fd: &OwnedFd) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_name_the_path_and_what_is_wrong() {
+        let cases = [
+            (
+                "1000 drwxrwxrwx 2 1000 1000 4096 Dec  4 18:42 /home/u/.cache/mitogen",
+                "refused /home/u/.cache/mitogen: writable by everyone",
+            ),
+            (
+                "1000 drwxrwxr-x 2 0 50 4096 Dec  4 18:42 /srv/my home",
+                "refused /srv/my home: writable by its group (gid 50)",
+            ),
+            (
+                "1000 drwxr-xr-x 2 1001 1001 4096 Dec  4 18:42 /home",
+                "refused /home: owned by uid 1001, not the account (uid 1000)",
+            ),
+            (
+                "1000 drwxrwxrwt 2 1001 0 40 Dec  4  2025 /tmp",
+                "refused /tmp: sticky and writable by others, but owned by uid 1001, not root",
+            ),
+            (
+                "1000 -rwxrwxrwx 1 1000 1000 9 Dec  4 18:42 /c/abc",
+                "refused /c/abc: mode -rwxrwxrwx lets others than its owner at it (0700 or stricter needed)",
+            ),
+            (
+                "1000 -rwx------+ 1 1000 1000 9 Dec  4 18:42 /c/abc",
+                "refused /c/abc: mode -rwx------+ lets others than its owner at it (0700 or stricter needed)",
+            ),
+            (
+                "1000 -rwx------ 1 1002 1002 9 Dec  4 18:42 /c/abc",
+                "refused /c/abc: owned by uid 1002, not the account (uid 1000)",
+            ),
+            ("1000 lrwxrwxrwx 1 1000 1000 9 Dec  4 18:42 /c/abc -> /tmp/x", "refused /c/abc: a symbolic link"),
+        ];
+        for (report, want) in cases {
+            assert_eq!(describe_refusal(report), want);
+        }
+    }
 
     #[test]
     fn stage1_is_short_one_line_and_safe_from_sudo_i() {

@@ -134,6 +134,36 @@ fn sudo_flags_set_home_preserve_env_and_login_take_effect() {
 }
 
 #[test]
+fn sudo_args_are_read_as_sudo_reads_them() {
+    // Issue 20: `-Hu mitogen-other` was refused as an unsupported option "-Hu".
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let user = as_user(&router, "mitogen-user");
+        let other = uid_of("mitogen-other");
+        for args in
+            [&["-Hu", "mitogen-other"][..], &["-EHumitogen-other"], &["--set-home", "--user=mitogen-other", "--"]]
+        {
+            let sudo = SudoOptions {
+                sudo_args: args.iter().map(|a| a.to_string()).collect(),
+                password: Some("userpw".into()),
+                ..SudoOptions::default()
+            };
+            let ctx = router.sudo(sudo, via(&user)).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(ctx.name(), Some("mitogen-user.sudo.mitogen-other"));
+            let (uid, home, _) = ctx.call(who, ()).unwrap();
+            assert_eq!((uid, home.as_str()), (other, "/home/mitogen-other"), "{args:?}: -H and -u took effect");
+            let mark = ctx.call(env_var, ("MITOGEN_MARK".to_owned(),)).unwrap();
+            assert_eq!(mark.is_some(), args[0].starts_with("-E"), "{args:?}: -E only where given");
+            ctx.shutdown(true).unwrap();
+        }
+        let bad = SudoOptions { sudo_args: vec!["-Hk".into()], ..SudoOptions::default() };
+        let e = router.sudo(bad, via(&user)).unwrap_err();
+        assert!(e.is_stream() && e.to_string().contains("unsupported option \"-k\""), "{e}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
 fn sudo_with_requiretty_and_with_pwfeedback() {
     run(|| {
         let router = Router::new(None).unwrap();

@@ -609,7 +609,13 @@ fn a_cached_copy_altered_in_place_with_its_times_restored_is_caught() {
         let tmp = TempDir::new("command-ctime");
         let router = Router::new(None).unwrap();
         let argv = || with_cache(tmp.path(), &[]);
-        connects_and_answers(&router, tmp.path(), argv());
+        let ctx = router.command(spec(argv()), Options::default()).unwrap();
+        let pid = ctx.call(crate::local_whoami, ()).unwrap().1;
+        ctx.shutdown(true).unwrap();
+        // Until it has exited, its file cannot be opened for writing (ETXTBSY).
+        mitogen_tests::wait_until("the child to exit", Duration::from_secs(10), || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
         let file = cached_file(tmp.path());
         assert!(file.with_extension("ok").exists(), "stamped as verified");
         let before = std::fs::metadata(&file).unwrap();
