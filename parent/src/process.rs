@@ -170,21 +170,21 @@ impl ChildProcess {
         if status.is_some() {
             return true;
         }
-        match sys::try_wait(self.pid) {
-            Ok(Some(s)) => {
-                log::debug!("child {} {}", self.pid, sys::describe_status(s));
-                *status = Some(s);
-                lock(&self.pidfd).take();
-                true
-            }
-            Ok(None) => false,
-            Err(e) => {
-                log::error!("waitpid({}): {e}", self.pid);
-                *status = Some(-1);
-                lock(&self.pidfd).take();
-                true
-            }
+        let waited = sys::try_wait(self.pid);
+        *status = match &waited {
+            Ok(None) => return false,
+            Ok(Some(s)) => Some(*s),
+            Err(_) => Some(-1),
+        };
+        drop(status);
+        lock(&self.pidfd).take();
+        // Logged with no lock held: a logger may call back into this library.
+        match waited {
+            Ok(Some(s)) => log::debug!("child {} {}", self.pid, sys::describe_status(s)),
+            Err(e) => log::error!("waitpid({}): {e}", self.pid),
+            Ok(None) => {}
         }
+        true
     }
 
     /// Send `signal` unless already reaped; to its whole process group when it leads one (an
@@ -192,13 +192,14 @@ impl ChildProcess {
     pub fn kill(&self, signal: Signal) {
         if !self.try_reap() {
             let pidfd = lock(&self.pidfd);
-            if let Some(fd) = pidfd.as_ref() {
-                if let Err(e) = sys::pidfd_kill(fd.as_fd(), signal) {
-                    log::debug!("kill({}, {signal}): {e}", self.pid);
-                }
-                if self.group_leader {
-                    let _ = sys::kill_group(self.pid, signal);
-                }
+            let Some(fd) = pidfd.as_ref() else { return };
+            let killed = sys::pidfd_kill(fd.as_fd(), signal);
+            if self.group_leader {
+                let _ = sys::kill_group(self.pid, signal);
+            }
+            drop(pidfd);
+            if let Err(e) = killed {
+                log::debug!("kill({}, {signal}): {e}", self.pid);
             }
         }
     }
