@@ -53,8 +53,9 @@ struct Inner {
     /// The process this context runs in (a forked copy must not use it).
     pid: u32,
     detached: Arc<AtomicBool>,
-    /// Closed to stop the watchdog ([`watch_parent`]) when the context detaches.
-    watchdog: Mutex<Option<OwnedFd>>,
+    /// The watchdog's control ([`watch_parent`]): written to when the parent's stream is gone,
+    /// closed when the context detaches.
+    watchdog: Arc<Mutex<Option<OwnedFd>>>,
 }
 
 /// The child's own view of itself: its broker, router, parent, and the channel its calls arrive
@@ -124,16 +125,21 @@ impl ExternalContext {
         // A copy of the parent's descriptor for the watchdog, taken before the stream owns it.
         let watched = sys::dup_cloexec(rfd.as_fd()).map_err(|e| Error::stream_io("cannot watch the parent", e))?;
         let grace = if config.profiling { ORPHAN_GRACE_PROFILED } else { ORPHAN_GRACE };
-        let watchdog = watch_parent(watched, grace, config.name.clone())?;
+        let watchdog = Arc::new(Mutex::new(Some(watch_parent(watched, grace, config.name.clone())?)));
         let stream = Stream::message_pair(&router, format!("{}: parent {parent_id}", config.name), rfd, wfd)?;
         stream.set_privileged(true);
         let parent = router.context_by_id(parent_id);
         // A child exits when its parent goes away, unless it detached.
         let detached = Arc::new(AtomicBool::new(false));
-        let (b, ps, d) = (broker.clone(), stream.clone(), detached.clone());
+        let (b, ps, d, w) = (broker.clone(), stream.clone(), detached.clone(), watchdog.clone());
         router.on_stream_disconnect_hook(move |_, s, _| {
             if *s == ps && !d.load(Ordering::Acquire) {
                 b.shutdown();
+                // The watchdog lets go of the parent's descriptor (so the parent sees the end
+                // now) and gives the process its grace period to exit.
+                if let Some(fd) = w.lock().as_ref() {
+                    let _ = sys::write(fd.as_fd(), b"d");
+                }
             }
         });
         router.register(&parent, &stream);
@@ -162,7 +168,7 @@ impl ExternalContext {
                 forwarder,
                 pid: std::process::id(),
                 detached,
-                watchdog: Mutex::new(Some(watchdog)),
+                watchdog,
             }),
         };
         ec.publish();
@@ -323,18 +329,33 @@ const ORPHAN_GRACE_PROFILED: Duration = Duration::from_secs(40);
 
 /// Watch `parent` (a copy of the descriptor the parent's stream reads) from a thread of its own
 /// that needs nothing of the broker's and takes no lock: when the parent hangs up (it died, or
-/// the path to it did) and the process still runs `grace` later, the broker is wedged, and the
-/// watchdog ends the process, so no context outlives its parent whatever its broker does.
-/// Closing the returned descriptor stops the watch (a context that detaches).
+/// the path to it did), or the context's own stream to it is gone (a byte on the returned
+/// descriptor; the copy is closed then, so the parent sees the end at once), and the process
+/// still runs `grace` later, the broker is wedged, and the watchdog ends the process: no
+/// context outlives its parent whatever its broker does. Closing the returned descriptor stops
+/// the watch (a context that detaches).
 fn watch_parent(parent: OwnedFd, grace: Duration, name: String) -> Result<OwnedFd> {
     let (stop_r, stop_w) = sys::pipe(true).map_err(|e| Error::stream_io("cannot watch the parent", e))?;
     let watch = move || {
-        let stopped = |fds: &[sys::PollFd<'_>]| sys::is_ready(&fds[1]);
-        loop {
-            let mut fds = [sys::hangup(parent.as_fd()), sys::readable(stop_r.as_fd())];
+        // Ok(true): a byte (the stream is gone); Ok(false): closed (detached).
+        let control = || {
+            let mut byte = [0u8; 1];
+            match sys::read(stop_r.as_fd(), &mut byte) {
+                Ok(0) => Ok(false),
+                Ok(_) => Ok(true),
+                Err(e) => Err(e),
+            }
+        };
+        let mut parent = Some(parent);
+        while let Some(fd) = &parent {
+            let mut fds = [sys::readable(stop_r.as_fd()), sys::hangup(fd.as_fd())];
             match sys::poll(&mut fds, None) {
-                Ok(_) if stopped(&fds) => return,
-                Ok(_) if sys::is_ready(&fds[0]) => break,
+                Ok(_) if sys::is_ready(&fds[0]) => match control() {
+                    Ok(false) => return,
+                    Ok(true) => parent = None,
+                    Err(_) => {}
+                },
+                Ok(_) if sys::is_ready(&fds[1]) => parent = None,
                 Ok(_) => {}
                 Err(_) => return,
             }
@@ -345,8 +366,9 @@ fn watch_parent(parent: OwnedFd, grace: Duration, name: String) -> Result<OwnedF
             if left.is_zero() {
                 break;
             }
-            let mut fds = [sys::hangup(parent.as_fd()), sys::readable(stop_r.as_fd())];
-            if sys::poll(&mut fds[1..], Some(left)).is_ok_and(|n| n > 0) {
+            if sys::poll(&mut [sys::readable(stop_r.as_fd())], Some(left)).is_ok_and(|n| n > 0)
+                && matches!(control(), Ok(false))
+            {
                 return;
             }
         }
