@@ -69,6 +69,8 @@ mod fork_safety;
 mod fuzz;
 #[path = "suite/introspection.rs"]
 mod introspection;
+#[path = "suite/layout.rs"]
+mod layout;
 #[path = "suite/lifetime.rs"]
 mod lifetime;
 #[path = "suite/methods.rs"]

@@ -19,15 +19,6 @@
 //!   unless the installed logger is the core's forwarding logger.
 
 use std::io::{StderrLock, StdoutLock};
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Set in a process that was forked from another: it must not take std's backtrace lock.
-static FORKED: AtomicBool = AtomicBool::new(false);
-
-/// Whether this process is a forked copy of another (it skips backtraces in panics).
-pub(crate) fn is_forked() -> bool {
-    FORKED.load(Ordering::Relaxed)
-}
 
 /// Held by the forking thread across `fork(2)` (see [`prepare_fork`]). Drop it in the parent
 /// after the fork; call [`ForkGuard::in_child`] in the child.
@@ -58,7 +49,7 @@ impl ForkGuard {
     /// latch socket of this thread, silence a logger that is not the core's, and release the
     /// stdio locks (this thread took them, so it may).
     pub fn in_child(self) {
-        FORKED.store(true, Ordering::Relaxed);
+        crate::globals::set_forked();
         crate::latch::forget_thread_socket_after_fork();
         if !crate::child::logger_is_ours() {
             log::set_max_level(log::LevelFilter::Off);

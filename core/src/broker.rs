@@ -17,6 +17,28 @@ use crate::error::{Error, Result};
 
 const WAKER: Token = Token(usize::MAX);
 
+thread_local! {
+    /// Set while this thread is inside the broker's calls into `mio`.
+    static IN_POLLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` (a call into `mio`) marked as inside the poller's bookkeeping: what `mio` logs there
+/// (trace records of registering descriptors) is kept out of forwarding to the master, since
+/// forwarding a record registers a stream for writing, which would log another (see
+/// [`in_poller_call`]).
+fn in_poller<R>(f: impl FnOnce() -> R) -> R {
+    let was = IN_POLLER.with(|g| g.replace(true));
+    let r = f();
+    IN_POLLER.with(|g| g.set(was));
+    r
+}
+
+/// Whether the calling thread is inside the broker's calls into `mio`: a child's log forwarder
+/// writes what is logged there to the debug log only.
+pub(crate) fn in_poller_call() -> bool {
+    IN_POLLER.with(std::cell::Cell::get)
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// What the broker polls and calls back: a connection with a receive side and a transmit side,
@@ -337,7 +359,7 @@ impl Broker {
 
     /// Register one side of `stream` (broker thread only). No lock is held while `mio` is
     /// called: it logs, and a logger may call back into the broker (its records are not
-    /// forwarded to the master: see `unforwarded`).
+    /// forwarded to the master: see [`in_poller_call`]).
     fn register(&self, stream: &Arc<dyn Source>, receive: bool) {
         let id = stream.source_id();
         let (fd, interest, token) = if receive {
@@ -350,7 +372,7 @@ impl Broker {
         if present(&self.inner.registered.lock()) {
             return;
         }
-        match crate::child::unforwarded(|| self.inner.registry.register(&mut SourceFd(&fd), token, interest)) {
+        match in_poller(|| self.inner.registry.register(&mut SourceFd(&fd), token, interest)) {
             Ok(()) => {
                 let mut reg = self.inner.registered.lock();
                 let map = if receive { &mut reg.readers } else { &mut reg.writers };
@@ -370,7 +392,7 @@ impl Broker {
             map.remove(&stream.source_id()).is_some()
         };
         if let (true, Some(fd)) = (removed, fd) {
-            let _ = crate::child::unforwarded(|| self.inner.registry.deregister(&mut SourceFd(&fd)));
+            let _ = in_poller(|| self.inner.registry.deregister(&mut SourceFd(&fd)));
         }
     }
 

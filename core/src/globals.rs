@@ -5,7 +5,7 @@
 //! bootstraps, before any user code runs, and records it here with [`set_identity`]. Routers
 //! created without an explicit [`Identity`] take this one.
 
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 /// A context's identity: its id and the ids of its parents, nearest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -76,4 +76,17 @@ pub fn parent_id() -> Option<u32> {
 /// Ids of every parent, nearest first (Mitogen `mitogen.parent_ids`).
 pub fn parent_ids() -> Vec<u32> {
     current().map(|i| i.parent_ids.clone()).unwrap_or_default()
+}
+
+/// Set in a process that was forked from another: it must not take std's backtrace lock.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+/// Mark this process a forked copy of another (`ForkGuard::in_child`).
+pub(crate) fn set_forked() {
+    FORKED.store(true, Ordering::Relaxed);
+}
+
+/// Whether this process is a forked copy of another (it skips backtraces in panics).
+pub(crate) fn is_forked() -> bool {
+    FORKED.load(Ordering::Relaxed)
 }

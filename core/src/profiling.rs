@@ -148,7 +148,7 @@ fn resolve(ip: usize) -> Vec<String> {
             names.push(format!("{name:#}").replace(';', ","));
         }
     };
-    if crate::atfork::is_forked() {
+    if crate::globals::is_forked() {
         // A forked child may have inherited the crate's lock held by a thread it does not have.
         // SAFETY: this process's only user of the crate's symboliser is this function, run
         // once per profile by the thread that stopped the sampler.

@@ -26,16 +26,16 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use mitogen_core::sys;
 use mitogen_core::{Error, Result, StreamErrorKind};
 
-use crate::prompt::{write_all, PromptReader};
+use crate::io::{check, eof, wait, write_all};
+use crate::prompt::PromptReader;
 
 /// Stage 1, run as `sh -c STAGE1 mitogen-stage1`. POSIX shell only (dash, bash, busybox sh),
 /// and the tools every POSIX system has: `id`, `uname`, `ls`, `mkdir`, `chmod`, `rm`, `mv`,
@@ -207,52 +207,6 @@ pub(crate) struct Shipped {
     pub(crate) cached: bool,
     /// Executable bytes sent (compressed when the target has gzip).
     pub(crate) bytes_sent: usize,
-}
-
-/// What the bootstraps of this process did, since it started (Mitogen has no counterpart; its
-/// importer statistics play the same part).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BootstrapStats {
-    /// Contexts this process connected, by any method (local, fork, command, ssh, ...).
-    pub connections: u64,
-    /// Bootstraps (the methods that run stage 1) that reached the handshake.
-    pub connects: u64,
-    /// Of those, how many ran a copy already cached on the target.
-    pub cached: u64,
-    /// How many shipped a copy.
-    pub shipped: u64,
-    /// Executable bytes sent (compressed when the target had `gzip`).
-    pub bytes_sent: u64,
-}
-
-static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
-static CONNECTS: AtomicU64 = AtomicU64::new(0);
-static CACHED: AtomicU64 = AtomicU64::new(0);
-static SHIPPED_BYTES: AtomicU64 = AtomicU64::new(0);
-
-/// The bootstraps this process ran (through any router), for benchmarks and tests: whether a
-/// connect shipped the executable, and how many bytes.
-pub fn bootstrap_stats() -> BootstrapStats {
-    let (connects, cached) = (CONNECTS.load(Ordering::Relaxed), CACHED.load(Ordering::Relaxed));
-    BootstrapStats {
-        connections: CONNECTIONS.load(Ordering::Relaxed),
-        connects,
-        cached,
-        shipped: connects - cached,
-        bytes_sent: SHIPPED_BYTES.load(Ordering::Relaxed),
-    }
-}
-
-/// Count a context that answered its handshake.
-pub(crate) fn count_connection() {
-    CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Count a bootstrap that reached the handshake.
-pub(crate) fn count(shipped: &Shipped) {
-    CACHED.fetch_add(u64::from(shipped.cached), Ordering::Relaxed);
-    SHIPPED_BYTES.fetch_add(shipped.bytes_sent as u64, Ordering::Relaxed);
-    CONNECTS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The parent's side of stage 1, reading the child's stdout on `fd` and writing its stdin on
@@ -474,40 +428,6 @@ impl LineReader<'_, '_> {
             }
         }
     }
-}
-
-/// The end of the command's output, before the handshake (the caller adds its last lines).
-pub(crate) fn eof() -> Error {
-    Error::stream_kind(StreamErrorKind::Eof { last_lines: Vec::new() }, "EOF")
-}
-
-/// Wait until one of `fds` is ready, the deadline passes, or the broker shuts down; polled in
-/// slices so a shutdown is noticed within 50 ms.
-pub(crate) fn wait(fds: &mut [sys::PollFd<'_>], deadline: Instant, cancelled: &dyn Fn() -> bool) -> Result<()> {
-    loop {
-        let left = check(deadline, cancelled)?;
-        let slice = left.min(Duration::from_millis(50));
-        if sys::poll(fds, Some(slice)).map_err(|e| Error::stream_io("poll", e))? > 0 {
-            return Ok(());
-        }
-    }
-}
-
-/// The time left before `deadline`; an error once it has passed or the broker shuts down.
-fn check(deadline: Instant, cancelled: &dyn Fn() -> bool) -> Result<Duration> {
-    if cancelled() {
-        return Err(Error::stream_kind(StreamErrorKind::Cancelled, "connection cancelled"));
-    }
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(Error::timeout("no answer from stage 1"));
-    }
-    Ok(left)
-}
-
-/// One of our ends of the child's stdin and stdout, non-blocking for the bootstrap.
-pub(crate) fn prepare(fd: &OwnedFd) -> Result<()> {
-    sys::set_nonblocking(fd.as_fd(), true).map_err(|e| Error::stream_io("cannot prepare the child's stdio", e))
 }
 
 #[cfg(test)]

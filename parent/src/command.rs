@@ -11,8 +11,8 @@ use mitogen_core::{Error, Message, Result, Router, Stream, StreamError, StreamEr
 use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::{self, CacheMode};
+use crate::connect::{self, chain_name, handshake, hello_receiver, Deadline, Options};
 use crate::context::Context;
-use crate::local::{chain_name, handshake, hello_receiver, Options};
 use crate::process::{shell_quote, ChildProcess, Setup};
 use crate::prompt::{self, NoPrompts, PromptReader, Prompts};
 use crate::transport::{Started, Transport};
@@ -77,7 +77,18 @@ pub(crate) struct Launch<'a> {
 impl Launch<'_> {
     /// Start the context; a cached copy that fails to start is replaced once.
     pub(crate) fn connect(&self, router: &Router, context_id: u32, options: &Options) -> Result<Context> {
-        let deadline = Instant::now() + options.connect_timeout;
+        self.connect_by(router, context_id, options, Deadline::after(options.connect_timeout))
+    }
+
+    /// [`connect`](Launch::connect) within a deadline the method started earlier (setns,
+    /// which first asks the engine for the container's leader).
+    pub(crate) fn connect_by(
+        &self,
+        router: &Router,
+        context_id: u32,
+        options: &Options,
+        deadline: Deadline,
+    ) -> Result<Context> {
         let mode = if self.no_cache { CacheMode::None } else { CacheMode::Use };
         match self.attempt(router, context_id, mode, options, deadline) {
             Err(Attempt { error, cached: true })
@@ -96,7 +107,7 @@ impl Launch<'_> {
         context_id: u32,
         mode: CacheMode,
         options: &Options,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> std::result::Result<Context, Attempt> {
         let fail = |error| Attempt { error, cached: false };
         let mut argv = self.argv.clone();
@@ -126,17 +137,25 @@ impl Launch<'_> {
             [Some(&read), Some(&write), stderr.as_ref()]
                 .into_iter()
                 .flatten()
-                .try_for_each(bootstrap::prepare)
+                .try_for_each(crate::io::prepare)
                 .and_then(|()| {
                     let cancelled = || broker.shutting_down();
-                    bootstrap::run(read.as_fd(), write.as_fd(), &mut side, mode, deadline, &cancelled, &mut stdout_line)
+                    bootstrap::run(
+                        read.as_fd(),
+                        write.as_fd(),
+                        &mut side,
+                        mode,
+                        deadline.at,
+                        &cancelled,
+                        &mut stdout_line,
+                    )
                 })
         };
         let shipped = match shipped {
             Ok(s) => s,
-            Err(e) => return Err(fail(bootstrap_failed(&name, &proc, stderr, e, options.connect_timeout))),
+            Err(e) => return Err(fail(bootstrap_failed(&name, &proc, stderr, e, deadline.timeout))),
         };
-        bootstrap::count(&shipped);
+        crate::stats::count(shipped.cached, shipped.bytes_sent);
         log::debug!(
             "{name}: bootstrapped ({}, {} executable bytes sent)",
             if shipped.cached { "cached copy" } else { "fresh copy" },
@@ -154,8 +173,7 @@ impl Launch<'_> {
         let mut first = Message::pickled(&config, 0).map_err(fail)?;
         (first.dst_id, first.src_id, first.auth_id) = (context_id, router.context_id(), router.context_id());
         let _ = stream.send(first);
-        let left = deadline.saturating_duration_since(Instant::now());
-        handshake(router, proc, stream, stderr, hello, &config, left).map_err(|error| Attempt { error, cached })
+        handshake(router, proc, stream, stderr, hello, &config, deadline).map_err(|error| Attempt { error, cached })
     }
 }
 
@@ -198,22 +216,9 @@ fn bootstrap_failed(name: &str, proc: &ChildProcess, stderr: Option<OwnedFd>, e:
     }
     proc.reap_blocking();
     match e {
-        _ if eof => Error::stream_kind(
-            StreamErrorKind::Eof { last_lines: proc.last_output() },
-            format!("{name}: EOF before the handshake: {}", proc.describe_exit()),
-        ),
-        Error::TimeoutError(_) => {
-            let out = proc.last_output();
-            let last = match &out[out.len().saturating_sub(3)..] {
-                [] => "it printed nothing".to_owned(),
-                tail => format!("last output: {}", tail.join(" | ")),
-            };
-            Error::timeout(format!("{name}: no handshake from {} within {timeout:?}; {last}", proc.command()))
-        }
-        Error::StreamError(s) if s.kind() == &StreamErrorKind::Cancelled => Error::stream_kind(
-            StreamErrorKind::Cancelled,
-            format!("{name}: connection cancelled because the broker began to shut down"),
-        ),
+        _ if eof => connect::eof_before_handshake(name, proc),
+        Error::TimeoutError(_) => connect::no_handshake(name, proc, timeout),
+        Error::StreamError(s) if s.kind() == &StreamErrorKind::Cancelled => connect::cancelled(name),
         // What the method's prompts found (a wrong password, a host key) says it all.
         e @ Error::StreamError(_)
             if matches!(e.stream_kind_of(), Some(StreamErrorKind::Password | StreamErrorKind::HostKey)) =>

@@ -11,8 +11,8 @@ use mitogen_core::{Error, Result, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Boot, Launch};
+use crate::connect::Options;
 use crate::context::Context;
-use crate::local::Options;
 use crate::prompt::NoPrompts;
 use crate::transport::Transport;
 

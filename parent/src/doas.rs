@@ -7,8 +7,8 @@ use mitogen_core::{Result, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Boot, Launch};
+use crate::connect::Options;
 use crate::context::Context;
-use crate::local::Options;
 use crate::su::PromptTexts;
 use crate::transport::Transport;
 use mitogen_core::Secret;

@@ -41,8 +41,8 @@ use std::sync::Arc;
 
 use mitogen_core::{Error, ExternalContext, Result, Router};
 
+use crate::connect::Options;
 use crate::context::Context;
-use crate::local::Options;
 use crate::process::ChildProcess;
 use mitogen_core::sys::{self, Forked};
 
@@ -88,7 +88,7 @@ pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Res
     let (err_r, err_w) = sys::pipe(false).map_err(|e| Error::stream_io("pipe", e))?;
     let placeholder = format!("fork.{context_id}");
     let mut config = fork.options.config(router, context_id, &placeholder)?;
-    let hello = crate::local::hello_receiver(router, context_id)?;
+    let hello = crate::connect::hello_receiver(router, context_id)?;
     config.handshake_handle = hello.handle();
     if config.profiling {
         mitogen_core::profiling::prepare_fork();
@@ -104,9 +104,11 @@ pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Res
     drop(theirs);
     drop(err_w);
     let proc = Arc::new(ChildProcess::adopt(pid, vec![format!("fork of {}", std::process::id())])?);
-    config.name = crate::local::chain_name(router, fork.options.name.clone().unwrap_or_else(|| format!("fork.{pid}")));
+    config.name =
+        crate::connect::chain_name(router, fork.options.name.clone().unwrap_or_else(|| format!("fork.{pid}")));
     let stream = mitogen_core::Stream::message(router, config.name.clone(), ours)?;
-    crate::local::handshake(router, proc, stream, Some(err_r), hello, &config, fork.options.connect_timeout)
+    let deadline = crate::connect::Deadline::after(fork.options.connect_timeout);
+    crate::connect::handshake(router, proc, stream, Some(err_r), hello, &config, deadline)
 }
 
 /// The forked child's side: only what the module docs allow, then the child's own context.
@@ -133,7 +135,7 @@ fn child_main(
         f();
     }
     let default_name = || format!("fork.{}", std::process::id());
-    config.name = crate::local::chain_name(router, fork.options.name.clone().unwrap_or_else(default_name));
+    config.name = crate::connect::chain_name(router, fork.options.name.clone().unwrap_or_else(default_name));
     let Ok(rfd) = theirs.try_clone() else { sys::exit_now(1) };
     match ExternalContext::start(config, rfd, theirs) {
         Ok(ec) => {

@@ -103,7 +103,7 @@ impl ChildProcess {
         if let Some(fd) = ctty {
             // SAFETY: the hook runs between fork and exec and makes only async-signal-safe
             // system calls (setsid, ioctl), allocating nothing.
-            unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, crate::transport::ctty_hook(fd)) };
+            unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, ctty_hook(fd)) };
         }
         let child = cmd.spawn().map_err(fail)?;
         let pid = child.id() as i32;
@@ -399,4 +399,10 @@ pub(crate) fn shell_quote(word: &str) -> String {
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
     }
+}
+
+/// The descriptor number a `pre_exec` hook makes the controlling terminal: stdin (0) or
+/// stderr (2) after std has moved the prepared descriptors into place.
+pub(crate) fn ctty_hook(fd: i32) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    move || sys::become_session_leader_with_tty(fd)
 }

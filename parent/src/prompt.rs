@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use mitogen_core::{sys, Error, LineSplitter, Result, Secret};
 
+use crate::io::write_all;
+
 /// The password followed by a newline, as typed at a prompt. Passwords are
 /// [`Secret`](mitogen_core::Secret)s: typed at the prompt, never passed in argv, never shown
 /// (`Debug` prints `[secret]`), and serialized as they are, so a `via=` context can type them
@@ -217,27 +219,6 @@ impl<'a> PromptReader<'a> {
 /// Read `fd` until end of file or `deadline`, passing each line to `on_line`.
 pub(crate) fn drain(fd: Option<BorrowedFd<'_>>, deadline: Instant, on_line: &mut dyn FnMut(&str)) {
     let _ = PromptReader::new(fd, &mut NoPrompts, on_line, false).drain(deadline);
-}
-
-/// Write all of `data` to a non-blocking `fd` by `deadline`, unless `cancelled`.
-pub(crate) fn write_all(
-    fd: BorrowedFd<'_>,
-    mut data: &[u8],
-    deadline: Instant,
-    cancelled: &dyn Fn() -> bool,
-) -> Result<()> {
-    while !data.is_empty() {
-        match sys::write(fd, data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                crate::bootstrap::wait(&mut [sys::writable(fd)], deadline, cancelled)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if sys::is_disconnection(&e) => return Err(crate::bootstrap::eof()),
-            Err(e) => return Err(Error::stream_io("write to the command failed", e)),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

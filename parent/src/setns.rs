@@ -11,14 +11,14 @@
 use std::ffi::OsString;
 use std::io::Read;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mitogen_core::{sys, Error, Result, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Boot, Launch};
+use crate::connect::{Deadline, Options};
 use crate::context::Context;
-use crate::local::Options;
 use crate::process::Setup;
 use crate::prompt::NoPrompts;
 use crate::transport::Transport;
@@ -91,7 +91,7 @@ impl SetnsOptions {
 
 /// Run `argv` and return its stdout, within `deadline`.
 fn run_tool(argv: &[OsString], deadline: Instant) -> Result<String> {
-    let shown = crate::shell_join(&argv.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>());
+    let shown = crate::process::shell_join(&argv.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>());
     let mut child = std::process::Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(std::process::Stdio::null())
@@ -170,10 +170,11 @@ fn groups_of(group: &str, user: &str, gid: u32) -> Vec<u32> {
 /// account does not exist in the container, or a namespace cannot be entered; the generic
 /// method's errors otherwise.
 pub fn connect_setns(router: &Router, context_id: u32, o: &SetnsOptions, options: &Options) -> Result<Context> {
-    let deadline = Instant::now() + options.connect_timeout.min(Duration::from_secs(60));
+    // One deadline for the whole connect: asking the engine for the leader, then the rest.
+    let deadline = Deadline::after(options.connect_timeout);
     let pid = match o.leader_query() {
         None => o.container.trim().parse().ok(),
-        Some((argv, label)) => parse_leader(&run_tool(&argv, deadline)?, label),
+        Some((argv, label)) => parse_leader(&run_tool(&argv, deadline.at)?, label),
     }
     .ok_or_else(|| Error::stream(format!("setns: no leader process found for container {:?}", o.container)))?;
     let root = format!("/proc/{pid}/root");
@@ -204,7 +205,7 @@ pub fn connect_setns(router: &Router, context_id: u32, o: &SetnsOptions, options
         prompts: &|| Box::new(NoPrompts),
         setup: Setup { env: Some(env), enter: Some(Arc::new(entry)) },
     };
-    launch.connect(router, context_id, options)
+    launch.connect_by(router, context_id, options, deadline)
 }
 
 #[cfg(test)]

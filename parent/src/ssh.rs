@@ -16,8 +16,8 @@ use mitogen_core::{Error, Result, Router, StreamErrorKind};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Boot, Launch};
+use crate::connect::Options;
 use crate::context::Context;
-use crate::local::Options;
 use crate::prompt::{password_error, PasswordState, Prompts};
 use crate::transport::Transport;
 use mitogen_core::Secret;

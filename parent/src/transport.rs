@@ -112,9 +112,3 @@ impl Transport {
         }
     }
 }
-
-/// The descriptor number a `pre_exec` hook makes the controlling terminal: stdin (0) or
-/// stderr (2) after std has moved the prepared descriptors into place.
-pub(crate) fn ctty_hook(fd: i32) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
-    move || sys::become_session_leader_with_tty(fd)
-}

@@ -96,7 +96,7 @@ pub(crate) fn install_panic_hook() {
                 None => panic_message(info.payload()),
             };
             // std's backtrace lock may have been held by a thread of the parent at the fork.
-            let bt = if crate::atfork::is_forked() {
+            let bt = if crate::globals::is_forked() {
                 "(no backtrace: a forked child does not take std's backtrace lock)".to_owned()
             } else {
                 Backtrace::force_capture().to_string()

@@ -48,24 +48,14 @@ thread_local! {
     static FORWARDING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Run `f` with forwarding off on this thread: what it logs goes to the debug log file only.
-/// For the broker's calls into `mio`, whose trace records of registering descriptors would
-/// otherwise be made by forwarding itself (a record sent, a stream registered for writing, a
-/// record of that sent, ...), as the I/O log is kept out.
-pub(crate) fn unforwarded<R>(f: impl FnOnce() -> R) -> R {
-    let was = FORWARDING.with(|g| g.replace(true));
-    let r = f();
-    FORWARDING.with(|g| g.set(was));
-    r
-}
-
 impl LogForwarder {
     pub(super) fn new(router: Router, parent_id: u32, name: String) -> LogForwarder {
         LogForwarder { router, parent_id, name, pending: Arc::default() }
     }
 
     pub(super) fn forward(&self, target: &str, level: log::Level, line: &str) {
-        if FORWARDING.with(Cell::get) {
+        // Recursion, or `mio`'s own bookkeeping (which forwarding would make more of).
+        if FORWARDING.with(Cell::get) || crate::broker::in_poller_call() {
             return;
         }
         let record: LogRecord = (self.name.clone(), target.to_owned(), level as u8, line.to_owned());
