@@ -7,9 +7,10 @@
 //! ```text
 //! stage 1                                   parent
 //! MITO000 <uname -s> <uname -m> <gzip 0|1>
-//!                                           <sha256> <size> <mode>     (the executable for that machine)
+//!                                           <mode> <size> <sha256>     (the executable for that machine)
 //!   (a whole, executable copy in the usual place: run it; else find a private place to run from)
-//! MITO001 1, then exec of the cached copy   (mode 0: use the cache; 1: no cache; 2: replace it)
+//! MITO001 1, then exec of the cached copy   (mode 0: use the cache; 1: no cache; 2: replace it;
+//!                                            3 0 <path>: run <path>, already on the target)
 //! MITO001 0
 //!                                           <n>, then exactly n bytes (gzip when the target has it)
 //! MITO002, then exec of the new copy
@@ -56,7 +57,6 @@ pub(crate) const STAGE1: &str = concat!(
     // No HOME (`env -i`, `lxc-attach --clear-env`): the account's, from its passwd entry.
     "umask 077;set -f;[ \"${HOME}\" ]||eval \"HOME=~$(id -un)\";case ${HOME} in /*);;*)HOME=;;esac;",
     "c=${XDG_CACHE_HOME:-${HOME:+${HOME}/.cache}};c=${c:+${c}/mitogen};",
-    "e(){ echo MITO001 1;exec \"${1}\" --mitogen-child;};",
     // y <dir> [<file>]: the directory is private (every component, as named and, when one is a
     // symlink, as resolved) and the file in it, if named, is a whole copy that may run. One
     // `ls`, no fork on the warm path; a refusal is reported with the account's uid.
@@ -71,32 +71,36 @@ pub(crate) const STAGE1: &str = concat!(
     "z(){ y \"${1%/*}\" \"${1##*/}\";};",
     "command -v gzip>/dev/null&&g=1||g=0;",
     "echo \"MITO000 $(uname -sm) ${g}\";",
-    "read H S C;",
+    "read C S H;x=\"${c}/${H}\";a=;w=;[ \"${C}\" = 3 ]&&{ x=${H};w=1;};",
     // The warm path: the usual place is private and holds a whole copy that may run (`-x` is
     // false on a noexec mount), so nothing is probed.
-    "[ \"${C}\" = 0 ]&&[ ! -h \"${c}\" ]&&[ -O \"${c}\" ]&&[ -x \"${c}/${H}\" ]&&y \"${c}\" \"${H}\"&&e \"${c}/${H}\";",
-    "u=$(id -u);f=;T=;",
+    "[ \"${C}\" = 0 ]&&[ ! -h \"${c}\" ]&&[ -O \"${c}\" ]&&[ -x \"${x}\" ]&&y \"${c}\" \"${H}\"&&w=1;",
+    "[ \"${w}\" ]||{ u=$(id -u);f=;T=;",
     "for d in ${c:+\"${c}\"} \"/dev/shm/mitogen-${u}\" \"${TMPDIR:-/tmp}/mitogen-${u}\";do ",
     "mkdir -p \"${d}\"&&[ ! -h \"${d}\" ]&&{ [ -O \"${d}\" ]||{ echo \"MITO008 ${u} $(LC_ALL=C ls -ldn \"${d}\")\";false;};}&&y \"${d}\"&&",
     "t=\"${d}/.t${$}\"&&echo>\"${t}\"&&chmod 700 \"${t}\"&&\"${t}\"&&{ rm -f \"${t}\";f=${d};break;};",
     "rm -f \"${d}/.t${$}\";T=\"${T} ${d}\";",
     "done;",
     "[ \"${f}\" ]||{ echo \"MITO009 nowhere to execute from:${T}\";exit 1;};",
-    "x=\"${f}/${H}\";a=;",
+    "x=\"${f}/${H}\";",
     "[ \"${C}\" = 1 ]&&{ x=\"${f}/.n${$}\";a=--mitogen-unlink;};",
     "[ \"${C}\" = 2 ]&&rm -f \"${x}\";",
-    "[ \"${C}\" = 0 ]&&z \"${x}\"&&e \"${x}\";",
-    "echo MITO001 0;",
+    "[ \"${C}\" = 0 ]&&z \"${x}\"&&w=1;",
+    "[ \"${w}\" ]||{ echo MITO001 0;",
     "read n;t=\"${x}.${$}\";D=cat;[ ${g} = 1 ]&&D='gzip -dc';",
     "head -c \"${n}\"|${D}>\"${t}\";",
     "z \"${t}\"&&chmod 700 \"${t}\"&&{ ln \"${t}\" \"${x}\" 2>/dev/null||z \"${x}\"||mv -f \"${t}\" \"${x}\";}||{ rm -f \"${t}\";echo \"MITO009 cannot write ${x}\";exit 1;};",
-    "rm -f \"${t}\";",
-    "echo MITO002;exec \"${x}\" --mitogen-child ${a}",
+    "rm -f \"${t}\";echo MITO002;};};",
+    // The script's own arguments are the command prefix (`Options::command_prefix`).
+    "[ \"${w}\" ]&&echo MITO001 1;exec \"${@}\" \"${x}\" --mitogen-child ${a}",
 );
 
-/// The words that run stage 1: `sh -c STAGE1 mitogen-stage1`, appended to a method's command.
-pub(crate) fn stage1_argv() -> Vec<OsString> {
-    ["sh", "-c", STAGE1, "mitogen-stage1"].into_iter().map(OsString::from).collect()
+/// The words that run stage 1: `sh -c STAGE1 mitogen-stage1 [<prefix>...]`, appended to a
+/// method's command; stage 1 runs the executable behind `prefix` (`Options::command_prefix`).
+pub(crate) fn stage1_argv(prefix: &[OsString]) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = ["sh", "-c", STAGE1, "mitogen-stage1"].into_iter().map(OsString::from).collect();
+    argv.extend(prefix.iter().cloned());
+    argv
 }
 
 /// An executable that can be shipped: its bytes' size and sha256, and, made once, its gzip.
@@ -198,11 +202,21 @@ pub(crate) enum CacheMode {
     Replace = 2,
 }
 
+/// What stage 1 runs: this executable (shipped or cached, per [`CacheMode`]) or a path already
+/// on the target (`Options::executable`, Mitogen's `python_path`), which ships nothing.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Run<'a> {
+    /// The executable for the target's machine.
+    Shipped(CacheMode),
+    /// This file on the target.
+    Given(&'a Path),
+}
+
 /// What a finished bootstrap did.
 #[derive(Debug)]
 pub(crate) struct Shipped {
-    /// The executable's sha256, which the child must report.
-    pub(crate) sha256: String,
+    /// The executable's sha256, which the child must report (`None`: a given path).
+    pub(crate) sha256: Option<String>,
     /// Whether a cached copy was used (no executable bytes crossed).
     pub(crate) cached: bool,
     /// Executable bytes sent (compressed when the target has gzip).
@@ -218,13 +232,13 @@ pub(crate) fn run(
     fd: BorrowedFd<'_>,
     wfd: BorrowedFd<'_>,
     side: &mut PromptReader<'_>,
-    mode: CacheMode,
+    what: Run<'_>,
     deadline: Instant,
     cancelled: &dyn Fn() -> bool,
     other: &mut dyn FnMut(&str),
 ) -> Result<Shipped> {
     let mut lines = LineReader { fd, wfd, buf: Vec::new(), side, cancelled, deadline, refused: Vec::new() };
-    let result = ship(&mut lines, wfd, mode, other);
+    let result = ship(&mut lines, wfd, what, other);
     if matches!(result.as_ref().map_err(Error::stream_kind_of), Err(Some(StreamErrorKind::Eof { .. }))) {
         // The command ended: what it said last on stderr may explain why.
         lines.side.drain(Instant::now() + Duration::from_secs(2))?;
@@ -235,7 +249,7 @@ pub(crate) fn run(
 fn ship(
     lines: &mut LineReader<'_, '_>,
     wfd: BorrowedFd<'_>,
-    mode: CacheMode,
+    what: Run<'_>,
     other: &mut dyn FnMut(&str),
 ) -> Result<Shipped> {
     let hello = lines.marker("MITO000", other)?;
@@ -243,11 +257,22 @@ fn ship(
     let [os, machine, gzip] = words[..] else {
         return Err(Error::stream(format!("stage 1 sent a malformed report: {hello:?}")));
     };
+    let mode = match what {
+        Run::Given(path) => {
+            let path = path.to_str().filter(|p| !p.contains('\n')).ok_or_else(|| {
+                Error::general(format!("executable {path:?} must be UTF-8 without a newline to run on a target"))
+            })?;
+            send(lines, wfd, other, format!("3 0 {path}\n").as_bytes())?;
+            lines.marker("MITO001", other)?;
+            return Ok(Shipped { sha256: None, cached: true, bytes_sent: 0 });
+        }
+        Run::Shipped(mode) => mode,
+    };
     let exe = executable_for(&format!("{os} {machine}"))?;
-    send(lines, wfd, other, format!("{} {} {}\n", exe.sha256, exe.size, mode as u8).as_bytes())?;
+    send(lines, wfd, other, format!("{} {} {}\n", mode as u8, exe.size, exe.sha256).as_bytes())?;
     let have = lines.marker("MITO001", other)?;
     if have.trim() == "1" {
-        return Ok(Shipped { sha256: exe.sha256.clone(), cached: true, bytes_sent: 0 });
+        return Ok(Shipped { sha256: Some(exe.sha256.clone()), cached: true, bytes_sent: 0 });
     }
     let data: Arc<Vec<u8>> = if gzip == "1" {
         exe.gzip()?
@@ -257,7 +282,7 @@ fn ship(
     send(lines, wfd, other, format!("{}\n", data.len()).as_bytes())?;
     send(lines, wfd, other, &data)?;
     lines.marker("MITO002", other)?;
-    Ok(Shipped { sha256: exe.sha256.clone(), cached: false, bytes_sent: data.len() })
+    Ok(Shipped { sha256: Some(exe.sha256.clone()), cached: false, bytes_sent: data.len() })
 }
 
 /// Send `data` to stage 1. It may stop reading and say why (a full disk: `MITO009 cannot

@@ -10,7 +10,7 @@ use mitogen_core::sys::Signal;
 use mitogen_core::{Error, Message, Result, Router, Stream, StreamError, StreamErrorKind};
 use serde::{Deserialize, Serialize};
 
-use crate::bootstrap::{self, CacheMode};
+use crate::bootstrap::{self, CacheMode, Run};
 use crate::connect::{self, chain_name, handshake, hello_receiver, Deadline, Options};
 use crate::context::Context;
 use crate::process::{shell_quote, ChildProcess, Setup};
@@ -111,7 +111,7 @@ impl Launch<'_> {
     ) -> std::result::Result<Context, Attempt> {
         let fail = |error| Attempt { error, cached: false };
         let mut argv = self.argv.clone();
-        let boot = bootstrap::stage1_argv();
+        let boot = bootstrap::stage1_argv(&options.command_prefix);
         let quoted = || boot.iter().map(|w| shell_quote(&w.to_string_lossy()));
         match self.boot {
             Boot::Words => argv.extend(boot.iter().cloned()),
@@ -140,11 +140,15 @@ impl Launch<'_> {
                 .try_for_each(crate::io::prepare)
                 .and_then(|()| {
                     let cancelled = || broker.shutting_down();
+                    let what = match &options.executable {
+                        Some(path) => Run::Given(path),
+                        None => Run::Shipped(mode),
+                    };
                     bootstrap::run(
                         read.as_fd(),
                         write.as_fd(),
                         &mut side,
-                        mode,
+                        what,
                         deadline.at,
                         &cancelled,
                         &mut stdout_line,
@@ -164,7 +168,7 @@ impl Launch<'_> {
         let cached = shipped.cached;
         let mut config = options.config(router, context_id, &name).map_err(fail)?;
         config.handshake_handle = hello.handle();
-        config.expected_sha256 = Some(shipped.sha256);
+        config.expected_sha256 = shipped.sha256;
         let stream = Stream::message_pair(router, name, read, write).map_err(|error| {
             proc.kill(Signal::SIGKILL);
             proc.reap_blocking();

@@ -41,11 +41,15 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// Whether the child's router refuses sibling traffic; default: this router's setting.
     pub unidirectional: Option<bool>,
-    /// Run the executable through this command, e.g. `["env", "X=1"]`, `["taskset", "-c",
-    /// "0"]` or `["valgrind"]` (the counterpart of Mitogen's list-valued `python_path`).
+    /// Run the executable through this command, e.g. `["env", "X=1"]`, `["nice", "-n",
+    /// "10"]` or `["valgrind"]` (the counterpart of Mitogen's list-valued `python_path`): on
+    /// this machine for `local()`, on the target for every bootstrapped method (ssh, sudo,
+    /// containers, ...), where stage 1 runs the executable behind it. `fork()` refuses it.
     pub command_prefix: Vec<OsString>,
-    /// Start this executable instead of the current one (Mitogen's string `python_path`). It
-    /// must be built from the same code to serve the same functions.
+    /// Start this executable instead of the current one (Mitogen's string `python_path`): a
+    /// file on this machine for `local()`, a path on the target for a bootstrapped method,
+    /// which then ships nothing. It must be built from the same code to serve the same
+    /// functions. `fork()` refuses it.
     pub executable: Option<PathBuf>,
     /// Create the child through this context instead of directly (Mitogen `via`).
     #[serde(skip)]

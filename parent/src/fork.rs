@@ -82,8 +82,15 @@ impl std::fmt::Debug for ForkOptions {
 /// the child may touch; `local()` is better for long-lived children.
 ///
 /// # Errors
-/// As [`connect_local`](crate::connect_local).
+/// As [`connect_local`](crate::connect_local); a [`GeneralError`](mitogen_core::GeneralError)
+/// for `command_prefix` or `executable`, which a fork (no program is started) cannot honour.
 pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Result<Context> {
+    if !fork.options.command_prefix.is_empty() || fork.options.executable.is_some() {
+        return Err(Error::general(
+            "fork: command_prefix and executable have no meaning for a fork, which starts no program \
+             (use local() to run the executable under a command or another executable)",
+        ));
+    }
     let (ours, theirs) = sys::socketpair(false).map_err(|e| Error::stream_io("socketpair", e))?;
     let (err_r, err_w) = sys::pipe(false).map_err(|e| Error::stream_io("pipe", e))?;
     let placeholder = format!("fork.{context_id}");

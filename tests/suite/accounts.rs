@@ -163,6 +163,31 @@ fn sudo_args_are_read_as_sudo_reads_them() {
     });
 }
 
+fn process_title() -> String {
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    String::from_utf8_lossy(cmdline.split(|&b| b == 0).next().unwrap_or_default()).into_owned()
+}
+mitogen::remote!(process_title);
+
+#[test]
+fn through_sudo_the_child_runs_under_the_command_prefix_with_its_remote_name_in_ps() {
+    // Issue 21: sudo dropped `command_prefix`, and `ps` showed the cached path.
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let user = as_user(&router, "mitogen-user");
+        let options = Options {
+            command_prefix: vec!["env".into(), "MITOGEN_PREFIXED=as root".into()],
+            remote_name: Some("db-1".into()),
+            ..via(&user)
+        };
+        let root = router.sudo(SudoOptions::default(), options).unwrap();
+        assert_eq!(root.call(who, ()).unwrap().0, 0);
+        assert_eq!(root.call(env_var, ("MITOGEN_PREFIXED".to_owned(),)).unwrap().as_deref(), Some("as root"));
+        assert_eq!(root.call(process_title, ()).unwrap(), "mitogen:db-1");
+        router.shutdown_and_join();
+    });
+}
+
 #[test]
 fn sudo_with_requiretty_and_with_pwfeedback() {
     run(|| {

@@ -215,3 +215,15 @@ fn a_broker_shutdown_during_connect_cancels_it_at_once() {
         assert!(t0.elapsed() < Duration::from_secs(2), "cancelled in {:?}", t0.elapsed());
     });
 }
+
+#[test]
+fn behind_a_command_prefix_the_process_title_is_still_the_remote_name() {
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let prefix = vec!["env".into(), "MITOGEN_TEST_VAR=wrapped".into()];
+        let options = Options { command_prefix: prefix, remote_name: Some("wrapped".into()), ..Options::default() };
+        let child = router.local(options).unwrap();
+        assert_eq!(child.call(process_title, ()).unwrap(), "mitogen:wrapped");
+        router.shutdown_and_join();
+    });
+}

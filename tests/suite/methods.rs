@@ -67,3 +67,53 @@ method_test!(works_through_a_via_context, |router, method, label| {
     let (id, _, parents) = ctx.call(crate::local_whoami, ()).unwrap();
     assert_eq!((id, parents), (ctx.context_id(), vec![via.context_id(), 0]));
 });
+
+/// What `ps` shows for process `pid`: the first word of its command line.
+fn shown_in_ps(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    String::from_utf8_lossy(cmdline.split(|&b| b == 0).next().unwrap()).into_owned()
+}
+
+// Issue 21: `remote_name` showed in `ps` only for `local()` without a prefix; forked and
+// bootstrapped children showed their parent's command line or `.../<sha256> --mitogen-child`.
+method_test!(shows_its_remote_name_in_ps, |router, method, label| {
+    let named = Options { remote_name: Some(format!("{label}-titled")), ..Options::default() };
+    let ctx = router.connect(method, &named).unwrap();
+    let pid = ctx.call(crate::local_whoami, ()).unwrap().1;
+    assert_eq!(shown_in_ps(pid), format!("mitogen:{label}-titled"));
+    // Mitogen's default: mitogen:<user>@<host>:<pid of the parent>.
+    let ctx = router.connect(method, &Options::default()).unwrap();
+    let pid = ctx.call(crate::local_whoami, ()).unwrap().1;
+    assert_eq!(shown_in_ps(pid), format!("mitogen:{}", mitogen::parent::default_remote_name()));
+});
+
+fn env_of(name: String) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn exe_path() -> String {
+    std::fs::read_link("/proc/self/exe").map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+mitogen::remote!(env_of, exe_path);
+
+// Issue 21: `command_prefix` and `executable` were honoured by `local()` only; every other
+// method dropped them silently.
+method_test!(runs_under_the_command_prefix_and_from_the_executable_given, |router, method, label| {
+    let prefixed = Options { command_prefix: vec!["env".into(), "MITOGEN_PREFIXED=yes".into()], ..Options::default() };
+    let this = std::env::current_exe().unwrap();
+    let given = Options { executable: Some(this.clone()), ..Options::default() };
+    if label == "fork" {
+        for options in [prefixed, given] {
+            let e = router.connect(method, &options).unwrap_err();
+            assert!(e.to_string().contains("no meaning for a fork"), "{e}");
+        }
+        return;
+    }
+    let ctx = router.connect(method, &prefixed).unwrap();
+    assert_eq!(ctx.call(env_of, ("MITOGEN_PREFIXED".to_owned(),)).unwrap().as_deref(), Some("yes"));
+    let shipped_before = mitogen::parent::bootstrap_stats().shipped;
+    let ctx = router.connect(method, &given).unwrap();
+    assert_eq!(ctx.call(exe_path, ()).unwrap(), this.display().to_string(), "runs the file given");
+    assert_eq!(mitogen::parent::bootstrap_stats().shipped, shipped_before, "ships nothing");
+});

@@ -55,6 +55,36 @@ fn a_key_login_runs_calls_as_the_account_on_the_host() {
     });
 }
 
+fn env_of(name: String) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn process_title() -> String {
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    String::from_utf8_lossy(cmdline.split(|&b| b == 0).next().unwrap_or_default()).into_owned()
+}
+
+mitogen::remote!(env_of, process_title);
+
+#[test]
+fn over_ssh_the_child_runs_under_the_command_prefix_with_its_remote_name_in_ps() {
+    // Issue 21: ssh dropped `command_prefix`, and `ps` on the host showed the cached path.
+    run(|| {
+        let sshd = Sshd::start("prefix");
+        let router = Router::new(None).unwrap();
+        let options = Options {
+            command_prefix: vec!["env".into(), "MITOGEN_PREFIXED=over ssh".into()],
+            remote_name: Some("web-7".into()),
+            ..Options::default()
+        };
+        let ctx = router.ssh(sshd.ssh("mitogen-key"), options).unwrap();
+        assert_eq!(ctx.call(env_of, ("MITOGEN_PREFIXED".to_owned(),)).unwrap().as_deref(), Some("over ssh"));
+        assert_eq!(ctx.call(process_title, ()).unwrap(), "mitogen:web-7");
+        ctx.shutdown(true).unwrap();
+        router.shutdown_and_join();
+    });
+}
+
 #[test]
 fn a_profiled_context_over_ssh_writes_its_profile_on_the_host_as_the_account() {
     use std::os::unix::fs::MetadataExt;

@@ -392,7 +392,11 @@ pub fn serve(ec: &ExternalContext) -> ! {
     if let Err(e) = ec.redirect_stdio() {
         log::error!("{e}");
     }
-    sys::set_thread_title(&format!("mitogen:{}", ec.config().remote_name));
+    // What an operator sees in `ps` on the target, whichever way this process was started
+    // (Mitogen's `remote_name`): the whole command line, and the main thread's name.
+    let title = format!("mitogen:{}", ec.config().remote_name);
+    sys::set_process_title(&title);
+    sys::set_thread_title(&title);
     ec.dispatch_calls();
     ec.exit()
 }

@@ -152,6 +152,31 @@ pub fn set_thread_title(title: &str) {
     }
 }
 
+/// Set what `ps` shows as this process's command line (`/proc/self/cmdline`; Mitogen's
+/// `setproctitle`): `title` is written over the memory the kernel placed the arguments in,
+/// the rest of which is zeroed, cut to fit that space. No privilege is needed, it is this
+/// process's own memory. Afterwards `std::env::args` reads the title too.
+pub fn set_process_title(title: &str) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+    // Fields after the command name (which may hold spaces): field 3 is the first.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<usize>().ok());
+    let (Some(start), Some(end)) = (field(48), field(49)) else { return };
+    if end <= start {
+        return;
+    }
+    let bytes: Vec<u8> = title.bytes().filter(|&b| b != 0).take(end - start - 1).collect();
+    // SAFETY: [arg_start, arg_end) is this process's argument area, mapped writable on its
+    // initial stack for its whole life (the kernel reports it for this very use). Nothing here
+    // holds a reference into it: std keeps only raw pointers, which see the new bytes.
+    unsafe {
+        let area = start as *mut u8;
+        std::ptr::write_bytes(area, 0, end - start);
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), area, bytes.len());
+    }
+}
+
 /// In a child between `fork` and `exec` (a `pre_exec` hook): start a new session and make
 /// `fd`, a terminal, its controlling terminal, so `/dev/tty` works for sudo, su and ssh. Only
 /// `setsid(2)` and `ioctl(TIOCSCTTY)`: async-signal-safe, no allocation.
