@@ -237,17 +237,7 @@ impl Broker {
             guarded(format_args!("deferred call"), f);
             return Ok(());
         }
-        let mut d = self.inner.deferred.lock();
-        if d.exited {
-            return Err(Error::general(format!("{}: broker has exited; cannot defer work", self.inner.name)));
-        }
-        let was_empty = d.queue.is_empty();
-        d.queue.push(Box::new(f));
-        drop(d);
-        if was_empty {
-            self.wake();
-        }
-        Ok(())
+        self.defer_queued(f)
     }
 
     /// Queue `f` to run on the broker thread, never at once, even when called from it: then it

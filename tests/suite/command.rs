@@ -154,29 +154,44 @@ fn in_noexec_namespace(noexec: &[&Path], env: &[String]) -> Vec<OsString> {
     argv
 }
 
+/// `err` is stage 1's "nowhere to execute from", naming each of `names`.
+fn nowhere_to_execute_from(err: &mitogen::Error, names: &[String]) {
+    let text = err.to_string();
+    assert!(err.is_stream() && text.contains("nowhere to execute from"), "{text}");
+    for name in names {
+        assert!(text.contains(name), "{name:?} named in: {text}");
+    }
+}
+
+/// `<tmp>/xdg` and `<tmp>/tmp`, made, and the environment naming them `XDG_CACHE_HOME` and
+/// `TMPDIR`.
+fn cache_and_tmpdir(tmp: &TempDir) -> (PathBuf, PathBuf, Vec<String>) {
+    let (xdg, tmpdir) = (tmp.path().join("xdg"), tmp.path().join("tmp"));
+    std::fs::create_dir(&xdg).unwrap();
+    std::fs::create_dir(&tmpdir).unwrap();
+    let env = vec![format!("XDG_CACHE_HOME={}", xdg.display()), format!("TMPDIR={}", tmpdir.display())];
+    (xdg, tmpdir, env)
+}
+
 #[test]
 fn a_noexec_cache_and_shm_fall_back_to_tmpdir_and_with_none_left_the_error_names_them() {
     run(|| {
         let tmp = TempDir::new("command-noexec");
-        let (xdg, tmpdir) = (tmp.path().join("xdg"), tmp.path().join("tmp"));
-        std::fs::create_dir(&xdg).unwrap();
-        std::fs::create_dir(&tmpdir).unwrap();
-        let env = vec![format!("XDG_CACHE_HOME={}", xdg.display()), format!("TMPDIR={}", tmpdir.display())];
+        let (xdg, tmpdir, env) = cache_and_tmpdir(&tmp);
         let router = Router::new(None).unwrap();
         let ctx = router.command(spec(in_noexec_namespace(&[&xdg], &env)), Options::default()).unwrap();
         let exe = ctx.call(whoami, ()).unwrap().2;
         assert!(exe.starts_with(&format!("{}/mitogen-0/", tmpdir.display())), "{exe}");
         // Every place noexec: the error says which were tried.
         let err = router.command(spec(in_noexec_namespace(&[&xdg, &tmpdir], &env)), Options::default()).unwrap_err();
-        let text = err.to_string();
-        assert!(err.is_stream() && text.contains("nowhere to execute from"), "{text}");
-        for place in [
-            format!("{}/mitogen", xdg.display()),
-            "/dev/shm/mitogen-0".into(),
-            format!("{}/mitogen-0", tmpdir.display()),
-        ] {
-            assert!(text.contains(&place), "{place} named in: {text}");
-        }
+        nowhere_to_execute_from(
+            &err,
+            &[
+                format!("{}/mitogen", xdg.display()),
+                "/dev/shm/mitogen-0".into(),
+                format!("{}/mitogen-0", tmpdir.display()),
+            ],
+        );
         router.shutdown_and_join();
     });
 }
@@ -464,6 +479,22 @@ fn as_mitogen_user(router: &Router, home: &Path) -> Result<mitogen::master::Cont
     router.command(spec(argv), Options::default())
 }
 
+/// In `tmp`: a home of `mitogen-user`'s with its cache directory (mode 0755 all the way), and
+/// a directory anyone may write to; returns them and the sha256 naming this executable's entry.
+fn mitogen_user_home(tmp: &TempDir) -> (PathBuf, PathBuf, PathBuf, String) {
+    let (home, out) = (tmp.path().join("home"), tmp.path().join("out"));
+    let cache = home.join(".cache/mitogen");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir(&out).unwrap();
+    chmod(&out, 0o777);
+    for dir in [&home, &home.join(".cache"), &cache] {
+        chown(dir, "mitogen-user");
+        chmod(dir, 0o755);
+    }
+    let (_, sha) = mitogen::core::executable_digest(Path::new("/proc/self/exe")).unwrap();
+    (home, cache, out, sha)
+}
+
 /// Whether the master logged a warning containing `text`.
 fn warned(text: &str) -> bool {
     mitogen_tests::logged("mitogen_parent").iter().any(|(l, _, m)| *l == log::Level::Warn && m.contains(text))
@@ -481,16 +512,8 @@ fn a_file_planted_in_a_cache_others_can_write_to_is_never_run() {
     // the right name and size ran as the account (as root, for sudo), and the connect succeeded.
     run(|| {
         let tmp = TempDir::new("planted-dir");
-        let (home, out) = (tmp.path().join("home"), tmp.path().join("out"));
-        let cache = home.join(".cache/mitogen");
-        std::fs::create_dir_all(&cache).unwrap();
-        std::fs::create_dir(&out).unwrap();
-        chmod(&out, 0o777);
-        for dir in [&home, &home.join(".cache"), &cache] {
-            chown(dir, "mitogen-user");
-        }
+        let (home, cache, out, sha) = mitogen_user_home(&tmp);
         chmod(&cache, 0o777);
-        let (_, sha) = mitogen::core::executable_digest(Path::new("/proc/self/exe")).unwrap();
         let (marker, planted) = (out.join("ran"), cache.join(&sha));
         std::fs::write(&planted, planted_script(&marker)).unwrap();
         chown(&planted, "mitogen-other");
@@ -516,16 +539,7 @@ fn a_cache_entry_others_can_write_or_own_or_a_symlink_is_replaced_and_never_run(
     // another account's, or a symlink) ran as the account.
     run(|| {
         let tmp = TempDir::new("planted-file");
-        let (home, out) = (tmp.path().join("home"), tmp.path().join("out"));
-        let cache = home.join(".cache/mitogen");
-        std::fs::create_dir_all(&cache).unwrap();
-        std::fs::create_dir(&out).unwrap();
-        chmod(&out, 0o777);
-        for dir in [&home, &home.join(".cache"), &cache] {
-            chown(dir, "mitogen-user");
-            chmod(dir, 0o755);
-        }
-        let (_, sha) = mitogen::core::executable_digest(Path::new("/proc/self/exe")).unwrap();
+        let (home, cache, out, sha) = mitogen_user_home(&tmp);
         let (marker, entry, elsewhere) = (out.join("ran"), cache.join(&sha), out.join("script"));
         let router = Router::new(None).unwrap();
         type Plant = fn(&Path, &Path, &[u8]);
@@ -580,23 +594,19 @@ fn a_cache_entry_others_can_write_or_own_or_a_symlink_is_replaced_and_never_run(
 fn with_every_place_refused_the_error_names_each_and_what_is_wrong() {
     run(|| {
         let tmp = TempDir::new("refused");
-        let (xdg, tmpdir) = (tmp.path().join("xdg"), tmp.path().join("tmp"));
-        std::fs::create_dir(&xdg).unwrap();
-        std::fs::create_dir(&tmpdir).unwrap();
+        let (xdg, tmpdir, env) = cache_and_tmpdir(&tmp);
         chmod(&xdg, 0o777);
         chmod(&tmpdir, 0o775);
-        let env = vec![format!("XDG_CACHE_HOME={}", xdg.display()), format!("TMPDIR={}", tmpdir.display())];
         let router = Router::new(None).unwrap();
         // /dev/shm is noexec there; the two others are writable by others.
         let err = router.command(spec(in_noexec_namespace(&[], &env)), Options::default()).unwrap_err();
-        let text = err.to_string();
-        assert!(err.is_stream() && text.contains("nowhere to execute from"), "{text}");
-        for refusal in [
-            format!("refused {}: writable by everyone", xdg.display()),
-            format!("refused {}: writable by its group (gid 0)", tmpdir.display()),
-        ] {
-            assert!(text.contains(&refusal), "{refusal:?} in: {text}");
-        }
+        nowhere_to_execute_from(
+            &err,
+            &[
+                format!("refused {}: writable by everyone", xdg.display()),
+                format!("refused {}: writable by its group (gid 0)", tmpdir.display()),
+            ],
+        );
         router.shutdown_and_join();
     });
 }
