@@ -63,8 +63,8 @@ pub use blob::{Blob, Secret};
 pub use broker::{panic_message, Broker, BrokerOptions, Source, TimerHandle};
 pub use child::{
     child_log_level, debug_tree, enable_master_debug_log, executable_digest, forget_chain, format_record,
-    log_forwarded, open_debug_log, read_config, serve, set_debug_tree, set_io_logging, ChildConfig, ExternalContext,
-    Hello, LogRecord, CHILD_MARKER, CTX_TARGET, IO_TARGET, PROTOCOL_VERSION, VERSION,
+    install_library_logger, log_forwarded, open_debug_log, read_config, serve, set_debug_tree, set_io_logging,
+    ChildConfig, ExternalContext, Hello, LogRecord, CHILD_MARKER, CTX_TARGET, IO_TARGET, PROTOCOL_VERSION, VERSION,
 };
 pub use context::Context;
 pub use error::{

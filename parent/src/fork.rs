@@ -93,6 +93,11 @@ pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Res
     }
     let (ours, theirs) = sys::socketpair(false).map_err(|e| Error::stream_io("socketpair", e))?;
     let (err_r, err_w) = sys::pipe(false).map_err(|e| Error::stream_io("pipe", e))?;
+    // A program's own logger is silenced in a fork (it is not fork-safe): with none, the
+    // library's logger is installed first, so a fork asked for debug logs writes them.
+    if fork.options.debug || mitogen_core::debug_tree() {
+        mitogen_core::install_library_logger();
+    }
     let placeholder = format!("fork.{context_id}");
     let mut config = fork.options.config(router, context_id, &placeholder)?;
     let hello = crate::connect::hello_receiver(router, context_id)?;

@@ -81,3 +81,63 @@ fn forking_200_children_while_other_threads_stream_messages_does_not_deadlock() 
         router.shutdown_and_join();
     });
 }
+
+fn log_debug(text: String) {
+    log::debug!("{text}");
+}
+mitogen::remote!(log_debug);
+
+/// Set in the copy of this test binary that the test below starts as a master with no logger.
+const NO_LOGGER: &str = "MITOGEN_TEST_MASTER_WITHOUT_A_LOGGER";
+
+/// In a master with no `log` logger: fork once with `debug: true`, once after `enable_debug()`;
+/// each fork logs a debug record. Prints each fork's pid.
+fn fork_with_debug_in_a_master_without_a_logger() {
+    let router = Router::new(None).unwrap();
+    let debug = ForkOptions { options: Options { debug: true, ..Options::default() }, ..ForkOptions::default() };
+    let first = router.fork(debug).unwrap();
+    first.call(log_debug, ("logged by the fork with debug".to_owned(),)).unwrap();
+    println!("MITOGEN-FORK {}", first.call(crate::local_whoami, ()).unwrap().1);
+    router.enable_debug().unwrap();
+    let second = router.fork(ForkOptions::default()).unwrap();
+    second.call(log_debug, ("logged by the fork after enable_debug".to_owned(),)).unwrap();
+    println!("MITOGEN-FORK {}", second.call(crate::local_whoami, ()).unwrap().1);
+    router.shutdown_and_join();
+}
+
+#[test]
+fn a_fork_of_a_master_without_a_logger_writes_its_debug_log() {
+    // Issue 21: the fork silenced every logger but the child's, the library's own debug-file
+    // logger included, so its debug log stayed empty. The harness installs a logger in every
+    // test process; the master here is a copy of this binary that installs none.
+    if std::env::var_os(NO_LOGGER).is_some() {
+        return fork_with_debug_in_a_master_without_a_logger();
+    }
+    run(|| {
+        let tmp = mitogen_tests::TempDir::new("fork-debug");
+        let name = "fork::a_fork_of_a_master_without_a_logger_writes_its_debug_log";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(NO_LOGGER, "1")
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        // libtest may print its "test <name> ... " ahead of the first line on the same line.
+        let pids: Vec<u32> =
+            stdout.lines().filter_map(|l| l.split("MITOGEN-FORK ").nth(1)?.trim().parse().ok()).collect();
+        assert_eq!(pids.len(), 2, "{stdout}");
+        for (pid, text) in pids.iter().zip(["logged by the fork with debug", "logged by the fork after enable_debug"]) {
+            let prefix = format!("mitogen.{pid}.");
+            let logs: Vec<_> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&prefix))
+                .collect();
+            assert_eq!(logs.len(), 1, "one debug log of fork {pid}: {logs:?}");
+            let log = std::fs::read_to_string(&logs[0]).unwrap();
+            assert!(log.contains(&format!("starting in pid {pid}")) && log.contains(text), "{log}");
+        }
+    });
+}

@@ -385,33 +385,26 @@ pub(crate) fn write_debug_line(line: &str) {
     );
 }
 
-/// A `log` logger for a master that has none, writing to its debug log file only.
-pub(crate) struct DebugFileLogger;
-
-pub(crate) static DEBUG_FILE_LOGGER: DebugFileLogger = DebugFileLogger;
-
-impl log::Log for DebugFileLogger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            write_debug(record);
-        }
-    }
-
-    fn flush(&self) {}
+/// Make the library's own logger this process's `log` logger, unless the program installed
+/// one of its own; returns whether the library's is the logger now. In a master it writes
+/// records to the debug log file, if one is open, and nothing else; a forked child of the
+/// process then keeps it (it is fork-safe, where a program's logger is not, and is silenced in
+/// a fork), writes its own debug log and forwards its records. Done by
+/// [`enable_master_debug_log`] and, in the parent, by a `fork()` with `debug`; a program that
+/// installs its logger later then cannot.
+pub fn install_library_logger() -> bool {
+    log::set_logger(&CHILD_LOGGER).is_ok() || logger_is_ours()
 }
 
-/// In a master: open its debug log and, when the program has installed no `log` logger, install
-/// one that writes there at debug level. With a logger of the program's own, the master's
-/// records go to that logger as before. Returns the file's path when it is written to.
+/// In a master: open its debug log and, when the program has installed no `log` logger, make
+/// the library's logger (see [`install_library_logger`]) write there at debug level. With a
+/// logger of the program's own, the master's records go to that logger as before. Returns the
+/// file's path when it is written to.
 ///
 /// # Errors
 /// If the file cannot be created.
 pub fn enable_master_debug_log() -> std::io::Result<Option<std::path::PathBuf>> {
-    if log::set_logger(&DEBUG_FILE_LOGGER).is_err() {
+    if !install_library_logger() {
         return Ok(None);
     }
     let path = open_debug_log()?;

@@ -18,8 +18,8 @@ pub use dispatch::forget_chain;
 pub(crate) use dispatch::install_panic_hook;
 pub(crate) use logging::logger_is_ours;
 pub use logging::{
-    child_log_level, debug_tree, enable_master_debug_log, format_record, log_forwarded, open_debug_log, set_debug_tree,
-    set_io_logging, LogRecord, CTX_TARGET, IO_TARGET,
+    child_log_level, debug_tree, enable_master_debug_log, format_record, install_library_logger, log_forwarded,
+    open_debug_log, set_debug_tree, set_io_logging, LogRecord, CTX_TARGET, IO_TARGET,
 };
 use logging::{LogForwarder, CHILD_LOGGER};
 
