@@ -21,7 +21,7 @@ fn main() -> Result<(), mitogen::Error> {
         for level in 0..depth {
             // Each level after the first is started by the one above it, from its own copy of
             // the executable; the master only learns the route (ADD_ROUTE).
-            let via = chain.last().map(|c| c.core().clone());
+            let via = chain.last().cloned();
             let ctx = router.local(Options { name: Some(format!("level{level}")), via, ..Options::default() })?;
             println!("started {:?} (context {})", ctx.name().unwrap_or("?"), ctx.context_id());
             chain.push(ctx);

@@ -450,7 +450,7 @@ fn via() -> R {
             let (t, chain) = timed(|| -> Result<Vec<Context>, mitogen::Error> {
                 let mut chain: Vec<Context> = Vec::new();
                 for _ in 0..depth {
-                    let via = chain.last().map(|c| c.core().clone());
+                    let via = chain.last().cloned();
                     chain.push(router.local(Options { via, ..Options::default() })?);
                 }
                 Ok(chain)

@@ -112,7 +112,7 @@ impl Router {
     /// [`TimeoutError`](mitogen_core::TimeoutError) if it does not answer within
     /// `connect_timeout`; [`GeneralError`](mitogen_core::GeneralError) for an invalid option.
     pub fn local(&self, options: Options) -> Result<Context> {
-        self.connect(&Method::Local, &options)
+        self.connect(Method::Local, &options)
     }
 
     /// Start a context through any command: `spec.argv` (for example `["env", "-i"]`,
@@ -140,9 +140,13 @@ impl Router {
     /// ```
     ///
     /// # Errors
-    /// As [`connect_command`](mitogen_parent::connect_command).
+    /// [`StreamError`](mitogen_core::StreamError) of kind `ChildStart` if the command cannot be
+    /// started, `Eof` (with the last lines printed) if it ends before the handshake, `Cancelled`
+    /// if the broker shuts down meanwhile, `CorruptExecutable` if the cached copy is not the one
+    /// shipped, `Other` naming each refused place when stage 1 finds nowhere private to run from;
+    /// [`TimeoutError`](mitogen_core::TimeoutError) if nothing answers within `connect_timeout`.
     pub fn command(&self, spec: CommandSpec, options: Options) -> Result<Context> {
-        self.connect(&Method::Command(spec), &options)
+        self.connect(spec, &options)
     }
 
     /// Start a context on another host through the system's `ssh` (Mitogen `Router.ssh()`): the
@@ -166,10 +170,11 @@ impl Router {
     /// ```
     ///
     /// # Errors
-    /// As [`connect_ssh`](mitogen_parent::connect_ssh): a `Password` or `HostKey`
-    /// [`StreamError`](mitogen_core::StreamError), or the generic method's errors.
+    /// A `Password` [`StreamError`](mitogen_core::StreamError) ("SSH password is incorrect",
+    /// "SSH password was requested, but none specified", "SSH authentication is incorrect"), a
+    /// `HostKey` one, or [`command`](Router::command)'s, an `Eof` one naming what ssh printed.
     pub fn ssh(&self, ssh: SshOptions, options: Options) -> Result<Context> {
-        self.connect(&Method::Ssh(ssh), &options)
+        self.connect(ssh, &options)
     }
 
     /// Start a context in another account through `sudo` (Mitogen `Router.sudo()`): sudo's
@@ -182,101 +187,121 @@ impl Router {
     /// ```
     ///
     /// # Errors
-    /// As [`connect_sudo`](mitogen_parent::connect_sudo).
+    /// A `Password` [`StreamError`](mitogen_core::StreamError) ("sudo password is incorrect",
+    /// "sudo password is required"), one naming an unsupported `sudo_args` option, or
+    /// [`command`](Router::command)'s.
     pub fn sudo(&self, sudo: SudoOptions, options: Options) -> Result<Context> {
-        self.connect(&Method::Sudo(sudo), &options)
+        self.connect(sudo, &options)
     }
 
     /// Start a context in another account through `su` on a PTY (Mitogen `Router.su()`).
     /// Named `su.<user>`.
     ///
     /// # Errors
-    /// As [`connect_su`](mitogen_parent::connect_su).
+    /// A `Password` [`StreamError`](mitogen_core::StreamError) ("su password is incorrect", "su
+    /// password is required"), or [`command`](Router::command)'s.
     pub fn su(&self, su: SuOptions, options: Options) -> Result<Context> {
-        self.connect(&Method::Su(su), &options)
+        self.connect(su, &options)
     }
 
     /// Start a context in another account through `doas` (Mitogen `Router.doas()`). Named
     /// `doas.<user>`.
     ///
     /// # Errors
-    /// As [`connect_doas`](mitogen_parent::connect_doas).
+    /// A `Password` [`StreamError`](mitogen_core::StreamError) ("doas password is incorrect",
+    /// "doas password is required"), or [`command`](Router::command)'s.
     pub fn doas(&self, doas: DoasOptions, options: Options) -> Result<Context> {
-        self.connect(&Method::Doas(doas), &options)
+        self.connect(doas, &options)
     }
 
     /// Start a context in a docker container (Mitogen `Router.docker()`): `docker exec` into a running one, or `docker run --rm` of an image. Named `docker.<container or image>`.
     ///
     /// # Errors
-    /// As [`connect_docker`](mitogen_parent::connect_docker).
+    /// A [`StreamError`](mitogen_core::StreamError) for conflicting options, an `Eof` one with
+    /// what docker printed (`No such container`, ...), or [`command`](Router::command)'s.
     pub fn docker(&self, o: DockerOptions, options: Options) -> Result<Context> {
-        self.connect(&Method::Docker(o), &options)
+        self.connect(o, &options)
     }
 
     /// Start a context in a podman container (current Mitogen's `Router.podman()`). Named `podman.<container>`.
     ///
     /// # Errors
-    /// As [`connect_podman`](mitogen_parent::connect_podman).
+    /// As [`command`](Router::command).
     pub fn podman(&self, o: PodmanOptions, options: Options) -> Result<Context> {
-        self.connect(&Method::Podman(o), &options)
+        self.connect(o, &options)
     }
 
     /// Start a context in a buildah working container (current Mitogen's `Router.buildah()`). Named `buildah.<container>`.
     ///
     /// # Errors
-    /// As [`connect_buildah`](mitogen_parent::connect_buildah).
+    /// As [`command`](Router::command).
     pub fn buildah(&self, o: BuildahOptions, options: Options) -> Result<Context> {
-        self.connect(&Method::Buildah(o), &options)
+        self.connect(o, &options)
     }
 
     /// Start a context in an LXC container through `lxc-attach` (Mitogen `Router.lxc()`). Named `lxc.<container>`.
     ///
     /// # Errors
-    /// As [`connect_lxc`](mitogen_parent::connect_lxc).
+    /// As [`command`](Router::command).
     pub fn lxc(&self, o: LxcOptions, options: Options) -> Result<Context> {
-        self.connect(&Method::Lxc(o), &options)
+        self.connect(o, &options)
     }
 
     /// Start a context in an LXD instance through `lxc exec` (Mitogen `Router.lxd()`), or an Incus one with `LxdOptions::incus` (`Router.incus()`). Named `lxd.<container>` / `incus.<container>`.
     ///
     /// # Errors
-    /// As [`connect_lxd`](mitogen_parent::connect_lxd).
+    /// As [`command`](Router::command).
     pub fn lxd(&self, o: LxdOptions, options: Options) -> Result<Context> {
-        self.connect(&Method::Lxd(o), &options)
+        self.connect(o, &options)
     }
 
     /// Start a context in a FreeBSD jail through `jexec` (Mitogen `Router.jail()`). Named `jail.<container>`.
     ///
     /// # Errors
-    /// As [`connect_jail`](mitogen_parent::connect_jail).
+    /// As [`command`](Router::command).
     pub fn jail(&self, o: JailOptions, options: Options) -> Result<Context> {
-        self.connect(&Method::Jail(o), &options)
+        self.connect(o, &options)
     }
 
     /// Start a context in a Kubernetes pod through `kubectl exec` (Mitogen `Router.kubectl()`). Named `kubectl.<pod>`.
     ///
     /// # Errors
-    /// As [`connect_kubectl`](mitogen_parent::connect_kubectl).
+    /// As [`command`](Router::command).
     pub fn kubectl(&self, o: KubectlOptions, options: Options) -> Result<Context> {
-        self.connect(&Method::Kubectl(o), &options)
+        self.connect(o, &options)
     }
 
     /// Start a context inside a container by entering its namespaces directly, with no container tool in the data path (Mitogen `Router.setns()`; needs root). Named `setns.<container>`.
     ///
     /// # Errors
-    /// As [`connect_setns`](mitogen_parent::connect_setns).
+    /// A [`StreamError`](mitogen_core::StreamError) if the leader cannot be found, the account
+    /// does not exist in the container or a namespace cannot be entered, or
+    /// [`command`](Router::command)'s.
     pub fn setns(&self, o: SetnsOptions, options: Options) -> Result<Context> {
-        self.connect(&Method::Setns(o), &options)
+        self.connect(o, &options)
     }
 
-    /// Start a context with `method` and `options`, through `options.via` when it is set.
+    /// Start a context with `method` (a [`Method`], or any method's options, such as an
+    /// [`SshOptions`]) and `options`, through `options.via` when it is set (Mitogen's
+    /// `Router.connect(method_name, **kwargs)`; each named method below is this).
+    ///
+    /// ```no_run
+    /// use mitogen_master::{Options, Router, SshOptions};
+    ///
+    /// let router = Router::new(None)?;
+    /// let web = router.connect(SshOptions::new("web1"), &Options::default())?;
+    /// let db = router.connect(SshOptions::new("db1"), &Options { via: Some(web.clone()), ..Options::default() })?;
+    /// # let _ = db;
+    /// # Ok::<(), mitogen_core::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As the method's own factory.
-    pub fn connect(&self, method: &Method, options: &Options) -> Result<Context> {
+    pub fn connect(&self, method: impl Into<Method>, options: &Options) -> Result<Context> {
+        let method = method.into();
         match &options.via {
-            Some(via) => mitogen_parent::connect_via(&self.core, via, method, options),
-            None => mitogen_parent::connect_method(&self.core, self.allocate_id(), method, options),
+            Some(via) => mitogen_parent::connect_via(&self.core, via, &method, options),
+            None => mitogen_parent::connect_method(&self.core, self.allocate_id(), &method, options),
         }
     }
 
@@ -300,7 +325,7 @@ impl Router {
             Some(_) if options.on_fork.is_some() || options.on_start.is_some() => Err(mitogen_core::Error::general(
                 "fork(via=...) cannot carry on_fork/on_start closures to the via context",
             )),
-            Some(_) => self.connect(&Method::Fork, &options.options),
+            Some(_) => self.connect(Method::Fork, &options.options),
             None => mitogen_parent::connect_fork(&self.core, self.allocate_id(), &options),
         }
     }

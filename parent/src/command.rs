@@ -44,7 +44,12 @@ pub struct CommandSpec {
 /// the broker shuts down meanwhile, `CorruptExecutable` if the cached copy is not the one
 /// shipped; [`TimeoutError`](mitogen_core::TimeoutError) if nothing answers within
 /// `connect_timeout`.
-pub fn connect_command(router: &Router, context_id: u32, spec: &CommandSpec, options: &Options) -> Result<Context> {
+pub(crate) fn connect_command(
+    router: &Router,
+    context_id: u32,
+    spec: &CommandSpec,
+    options: &Options,
+) -> Result<Context> {
     let launch = Launch {
         argv: spec.argv.clone(),
         boot: Boot::Words,

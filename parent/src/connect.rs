@@ -51,9 +51,10 @@ pub struct Options {
     /// which then ships nothing. It must be built from the same code to serve the same
     /// functions. `fork()` refuses it.
     pub executable: Option<PathBuf>,
-    /// Create the child through this context instead of directly (Mitogen `via`).
+    /// Create the child through this context instead of directly (Mitogen `via`): any context
+    /// this program holds, `Options { via: Some(web.clone()), .. }`.
     #[serde(skip)]
-    pub via: Option<mitogen_core::Context>,
+    pub via: Option<Context>,
 }
 
 impl Default for Options {

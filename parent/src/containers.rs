@@ -111,7 +111,12 @@ impl DockerOptions {
 /// # Errors
 /// A `StreamError` for conflicting options; the generic method's errors otherwise, an `Eof`
 /// one with what docker printed (`No such container`, ...).
-pub fn connect_docker(router: &Router, context_id: u32, o: &DockerOptions, options: &Options) -> Result<Context> {
+pub(crate) fn connect_docker(
+    router: &Router,
+    context_id: u32,
+    o: &DockerOptions,
+    options: &Options,
+) -> Result<Context> {
     connect_tool(router, context_id, o.argv()?, o.default_name(), None, options)
 }
 
@@ -147,7 +152,12 @@ impl PodmanOptions {
 ///
 /// # Errors
 /// The generic method's errors.
-pub fn connect_podman(router: &Router, context_id: u32, o: &PodmanOptions, options: &Options) -> Result<Context> {
+pub(crate) fn connect_podman(
+    router: &Router,
+    context_id: u32,
+    o: &PodmanOptions,
+    options: &Options,
+) -> Result<Context> {
     connect_tool(router, context_id, o.argv(), format!("podman.{}", o.container), None, options)
 }
 
@@ -183,7 +193,12 @@ impl BuildahOptions {
 ///
 /// # Errors
 /// The generic method's errors.
-pub fn connect_buildah(router: &Router, context_id: u32, o: &BuildahOptions, options: &Options) -> Result<Context> {
+pub(crate) fn connect_buildah(
+    router: &Router,
+    context_id: u32,
+    o: &BuildahOptions,
+    options: &Options,
+) -> Result<Context> {
     connect_tool(router, context_id, o.argv(), format!("buildah.{}", o.container), None, options)
 }
 
@@ -214,7 +229,7 @@ impl LxcOptions {
 ///
 /// # Errors
 /// The generic method's errors; an `Eof` one ends with Mitogen's hint to read the host's logs.
-pub fn connect_lxc(router: &Router, context_id: u32, o: &LxcOptions, options: &Options) -> Result<Context> {
+pub(crate) fn connect_lxc(router: &Router, context_id: u32, o: &LxcOptions, options: &Options) -> Result<Context> {
     connect_tool(router, context_id, o.argv(), format!("lxc.{}", o.container), Some(LXC_HINT), options)
 }
 
@@ -255,7 +270,7 @@ impl LxdOptions {
 ///
 /// # Errors
 /// The generic method's errors; an `Eof` one ends with Mitogen's hint to read the host's logs.
-pub fn connect_lxd(router: &Router, context_id: u32, o: &LxdOptions, options: &Options) -> Result<Context> {
+pub(crate) fn connect_lxd(router: &Router, context_id: u32, o: &LxdOptions, options: &Options) -> Result<Context> {
     let name = format!("{}.{}", if o.incus { "incus" } else { "lxd" }, o.container);
     connect_tool(router, context_id, o.argv(), name, Some(LXC_HINT), options)
 }
@@ -292,7 +307,7 @@ impl JailOptions {
 ///
 /// # Errors
 /// The generic method's errors.
-pub fn connect_jail(router: &Router, context_id: u32, o: &JailOptions, options: &Options) -> Result<Context> {
+pub(crate) fn connect_jail(router: &Router, context_id: u32, o: &JailOptions, options: &Options) -> Result<Context> {
     connect_tool(router, context_id, o.argv(), format!("jail.{}", o.container), None, options)
 }
 
@@ -326,7 +341,12 @@ impl KubectlOptions {
 ///
 /// # Errors
 /// The generic method's errors.
-pub fn connect_kubectl(router: &Router, context_id: u32, o: &KubectlOptions, options: &Options) -> Result<Context> {
+pub(crate) fn connect_kubectl(
+    router: &Router,
+    context_id: u32,
+    o: &KubectlOptions,
+    options: &Options,
+) -> Result<Context> {
     connect_tool(router, context_id, o.argv(), format!("kubectl.{}", o.pod), None, options)
 }
 

@@ -67,7 +67,7 @@ impl DoasOptions {
 /// [`Password`](mitogen_core::StreamErrorKind::Password): "doas password is incorrect", "doas
 /// password is required"; the generic method's errors otherwise
 /// ([`connect_command`](crate::connect_command)).
-pub fn connect_doas(router: &Router, context_id: u32, doas: &DoasOptions, options: &Options) -> Result<Context> {
+pub(crate) fn connect_doas(router: &Router, context_id: u32, doas: &DoasOptions, options: &Options) -> Result<Context> {
     let launch = Launch {
         argv: doas.argv(),
         boot: Boot::Words,

@@ -82,7 +82,7 @@ impl std::fmt::Debug for ForkOptions {
 /// the child may touch; `local()` is better for long-lived children.
 ///
 /// # Errors
-/// As [`connect_local`](crate::connect_local); a [`GeneralError`](mitogen_core::GeneralError)
+/// As a local child's (`Router::local`); a [`GeneralError`](mitogen_core::GeneralError)
 /// for `command_prefix` or `executable`, which a fork (no program is started) cannot honour.
 pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Result<Context> {
     if !fork.options.command_prefix.is_empty() || fork.options.executable.is_some() {

@@ -44,23 +44,21 @@ mod sudo;
 mod transport;
 
 pub use bootstrap::add_executable;
-pub use command::{connect_command, CommandSpec};
+pub use command::CommandSpec;
 pub use connect::{default_remote_name, Options};
 pub use containers::{
-    connect_buildah, connect_docker, connect_jail, connect_kubectl, connect_lxc, connect_lxd, connect_podman,
     BuildahOptions, DockerOptions, JailOptions, KubectlOptions, LxcOptions, LxdOptions, PodmanOptions,
 };
 pub use context::{CallChain, Context};
-pub use doas::{connect_doas, DoasOptions};
+pub use doas::DoasOptions;
 pub use fork::{connect_fork, ForkOptions, OnFork, OnStart};
 pub use info::{router_info, RouterInfo, StreamInfo};
-pub use local::connect_local;
 pub use method::{connect_method, connect_via, via_connect, Method, ViaOutcome, ViaRequest};
 pub use process::{shell_join, watch_pidfd, ChildProcess};
 pub use routes::{allocate_child_id, is_immediate_child, serve_allocate_id, upgrade_router, ID_BLOCK};
-pub use setns::{connect_setns, SetnsKind, SetnsOptions};
-pub use ssh::{connect_ssh, CheckHostKeys, SshOptions};
+pub use setns::{SetnsKind, SetnsOptions};
+pub use ssh::{CheckHostKeys, SshOptions};
 pub use stats::{bootstrap_stats, BootstrapStats};
-pub use su::{connect_su, SuOptions};
-pub use sudo::{connect_sudo, SudoOptions, SUDO_PROMPT};
+pub use su::SuOptions;
+pub use sudo::{SudoOptions, SUDO_PROMPT};
 pub use transport::Transport;

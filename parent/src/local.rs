@@ -15,7 +15,7 @@ use mitogen_core::sys::{self, Signal};
 /// [`StreamError`](mitogen_core::StreamError) if it cannot start or dies before the handshake
 /// (with its last output); [`TimeoutError`](mitogen_core::TimeoutError) if no handshake comes
 /// within `connect_timeout`; [`GeneralError`](mitogen_core::GeneralError) for a bad option.
-pub fn connect_local(router: &Router, context_id: u32, options: &Options) -> Result<Context> {
+pub(crate) fn connect_local(router: &Router, context_id: u32, options: &Options) -> Result<Context> {
     let remote_name = options.checked_remote_name()?;
     let (ours, theirs) = sys::socketpair(false).map_err(|e| Error::stream_io("socketpair", e))?;
     let (err_r, err_w) = sys::pipe(false).map_err(|e| Error::stream_io("pipe", e))?;

@@ -58,10 +58,44 @@ pub enum Method {
     Setns(SetnsOptions),
 }
 
+/// `Method::Ssh(ssh)` from `ssh`, and so on, so `router.connect(ssh, &options)` reads as
+/// Mitogen's `router.connect(ssh, **options)`.
+macro_rules! method_from {
+    ($($options:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$options> for Method {
+            fn from(o: $options) -> Method {
+                Method::$variant(o)
+            }
+        })*
+    };
+}
+
+method_from!(
+    CommandSpec => Command,
+    SshOptions => Ssh,
+    SudoOptions => Sudo,
+    SuOptions => Su,
+    DoasOptions => Doas,
+    DockerOptions => Docker,
+    PodmanOptions => Podman,
+    BuildahOptions => Buildah,
+    LxcOptions => Lxc,
+    LxdOptions => Lxd,
+    JailOptions => Jail,
+    KubectlOptions => Kubectl,
+    SetnsOptions => Setns,
+);
+
+impl From<&Method> for Method {
+    fn from(method: &Method) -> Method {
+        method.clone()
+    }
+}
+
 /// Start a context with `method` and `options` from this router, directly.
 ///
 /// # Errors
-/// As the method's own function ([`connect_local`], [`connect_fork`], [`connect_command`]).
+/// As the method's own (see the `Router` method of each in `mitogen-master`).
 pub fn connect_method(router: &Router, context_id: u32, method: &Method, options: &Options) -> Result<crate::Context> {
     match method {
         Method::Local => connect_local(router, context_id, options),
@@ -131,12 +165,11 @@ mitogen_core::remote!(via_connect);
 /// [`ChannelError`](mitogen_core::ChannelError) if the via context is lost meanwhile.
 pub fn connect_via(
     router: &Router,
-    via: &mitogen_core::Context,
+    via: &crate::Context,
     method: &Method,
     options: &Options,
 ) -> Result<crate::Context> {
-    let via_name = format!("{via:?}");
-    let via = crate::Context::from(via.clone());
+    let via_name = format!("{:?}", via.core());
     let request = ViaRequest { method: method.clone(), options: Options { via: None, ..options.clone() } };
     let outcome = via.call(via_connect, (request,))?;
     match outcome.result {

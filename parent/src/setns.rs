@@ -169,7 +169,7 @@ fn groups_of(group: &str, user: &str, gid: u32) -> Vec<u32> {
 /// A `StreamError` if the leader cannot be found (the tool's error, a stopped container), the
 /// account does not exist in the container, or a namespace cannot be entered; the generic
 /// method's errors otherwise.
-pub fn connect_setns(router: &Router, context_id: u32, o: &SetnsOptions, options: &Options) -> Result<Context> {
+pub(crate) fn connect_setns(router: &Router, context_id: u32, o: &SetnsOptions, options: &Options) -> Result<Context> {
     // One deadline for the whole connect: asking the engine for the leader, then the rest.
     let deadline = Deadline::after(options.connect_timeout);
     let pid = match o.leader_query() {

@@ -177,7 +177,7 @@ impl SshOptions {
 /// requested, but none specified", "SSH authentication is incorrect") or
 /// [`HostKey`](StreamErrorKind::HostKey); the generic method's errors otherwise
 /// ([`connect_command`](crate::connect_command)), an `Eof` one naming what ssh printed.
-pub fn connect_ssh(router: &Router, context_id: u32, ssh: &SshOptions, options: &Options) -> Result<Context> {
+pub(crate) fn connect_ssh(router: &Router, context_id: u32, ssh: &SshOptions, options: &Options) -> Result<Context> {
     let launch = Launch {
         argv: ssh.argv(),
         boot: Boot::Quoted,

@@ -75,7 +75,7 @@ impl SuOptions {
 /// [`Password`](mitogen_core::StreamErrorKind::Password): "su password is incorrect", "su
 /// password is required"; the generic method's errors otherwise
 /// ([`connect_command`](crate::connect_command)).
-pub fn connect_su(router: &Router, context_id: u32, su: &SuOptions, options: &Options) -> Result<Context> {
+pub(crate) fn connect_su(router: &Router, context_id: u32, su: &SuOptions, options: &Options) -> Result<Context> {
     let launch = Launch {
         argv: su.argv(),
         boot: Boot::Joined,

@@ -231,7 +231,7 @@ impl SudoOptions {
 /// [`Password`](mitogen_core::StreamErrorKind::Password): "sudo password is incorrect", "sudo
 /// password is required"; a `StreamError` for an unsupported `sudo_args` option; the generic
 /// method's errors otherwise ([`connect_command`](crate::connect_command)).
-pub fn connect_sudo(router: &Router, context_id: u32, sudo: &SudoOptions, options: &Options) -> Result<Context> {
+pub(crate) fn connect_sudo(router: &Router, context_id: u32, sudo: &SudoOptions, options: &Options) -> Result<Context> {
     let launch = Launch {
         argv: sudo.argv()?,
         boot: Boot::Words,

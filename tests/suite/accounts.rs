@@ -57,7 +57,7 @@ fn as_user(router: &Router, user: &str) -> Context {
 }
 
 fn via(ctx: &Context) -> Options {
-    Options { via: Some(ctx.core().clone()), ..Options::default() }
+    Options { via: Some(ctx.clone()), ..Options::default() }
 }
 
 fn password_error(e: &mitogen::Error, text: &str) {

@@ -393,7 +393,7 @@ fn the_command_method_works_through_via() {
         let tmp = TempDir::new("command-via");
         let router = Router::new(None).unwrap();
         let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
-        let options = Options { via: Some(a.core().clone()), name: Some("c".into()), ..Options::default() };
+        let options = Options { via: Some(a.clone()), name: Some("c".into()), ..Options::default() };
         let c = router.command(spec(with_cache(tmp.path(), &[])), options).unwrap();
         assert_eq!(c.name(), Some("a.c"));
         assert_eq!(c.call(whoami, ()).unwrap().0, c.context_id());

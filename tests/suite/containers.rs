@@ -27,7 +27,7 @@ fn inside() -> (String, u32, String, u32, String) {
 mitogen::remote!(inside);
 
 fn via(ctx: &Context) -> Options {
-    Options { via: Some(ctx.core().clone()), ..Options::default() }
+    Options { via: Some(ctx.clone()), ..Options::default() }
 }
 
 /// The context runs in `c`: its host name, and the container's own `sleep infinity` as pid 1.

@@ -199,9 +199,9 @@ fn forks_of_an_intermediate_that_is_allocating_ids_can_start_children() {
         let a = router.local(Options::default()).unwrap();
         a.call(allocate_ids_in_background, (1_000_000,)).unwrap();
         for i in 0..10 {
-            let options = Options { via: Some(a.core().clone()), ..Options::default() };
+            let options = Options { via: Some(a.clone()), ..Options::default() };
             let f = router.fork(ForkOptions { options, ..ForkOptions::default() }).unwrap();
-            let options = Options { via: Some(f.core().clone()), connect_timeout: WAIT, ..Options::default() };
+            let options = Options { via: Some(f.clone()), connect_timeout: WAIT, ..Options::default() };
             let g = router.local(options).unwrap_or_else(|e| panic!("child of fork {i}: {e}"));
             assert_eq!(g.call(super::local_whoami, ()).unwrap().0, g.context_id());
             f.shutdown(false).unwrap().get_timeout(WAIT).unwrap();

@@ -40,8 +40,7 @@ fn get_stats_counts_what_a_scripted_workload_did() {
 /// Contexts `a` and `b`, `b` started through `a`.
 fn a_and_b_via_a(router: &Router) -> (mitogen::master::Context, mitogen::master::Context) {
     let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
-    let b =
-        router.local(Options { name: Some("b".into()), via: Some(a.core().clone()), ..Options::default() }).unwrap();
+    let b = router.local(Options { name: Some("b".into()), via: Some(a.clone()), ..Options::default() }).unwrap();
     (a, b)
 }
 
@@ -95,12 +94,10 @@ fn enable_debug_gives_every_process_of_the_tree_its_own_debug_log() {
         assert_eq!(router.enable_debug().unwrap(), None);
         let env = vec!["env".into(), format!("TMPDIR={}", tmp.path().display()).into()];
         let a = router.local(Options { name: Some("a".into()), command_prefix: env, ..Options::default() }).unwrap();
-        let b = router
-            .local(Options { name: Some("b".into()), via: Some(a.core().clone()), ..Options::default() })
-            .unwrap();
+        let b = router.local(Options { name: Some("b".into()), via: Some(a.clone()), ..Options::default() }).unwrap();
         // A fork of a forks too: its file is its own, under its own pid.
         let f = router.fork(mitogen::master::ForkOptions {
-            options: Options { name: Some("f".into()), via: Some(a.core().clone()), ..Options::default() },
+            options: Options { name: Some("f".into()), via: Some(a.clone()), ..Options::default() },
             ..Default::default()
         });
         let f = f.unwrap();
@@ -196,15 +193,15 @@ fn each_context_filters_at_the_source_with_its_masters_level_for_its_target() {
         log::set_max_level(log::LevelFilter::Debug);
         mitogen_tests::set_target_level("mitogen::ctx::quiet", log::LevelFilter::Info);
         let router = Router::new(None).unwrap();
-        let named = |name: &str, via: Option<&mitogen::core::Context>| Options {
+        let named = |name: &str, via: Option<&mitogen::master::Context>| Options {
             name: Some(name.into()),
             via: via.cloned(),
             ..Options::default()
         };
         let quiet = router.local(named("quiet", None)).unwrap();
-        let below_quiet = router.local(named("below", Some(quiet.core()))).unwrap();
+        let below_quiet = router.local(named("below", Some(&quiet))).unwrap();
         let loud = router.local(named("loud", None)).unwrap();
-        let below_loud = router.local(named("below", Some(loud.core()))).unwrap();
+        let below_loud = router.local(named("below", Some(&loud))).unwrap();
         // Messages the master received on the stream to `first_hop` while `context` logged 300
         // debug records and answered.
         let sent = |first_hop: &mitogen::core::Context, context: &mitogen::parent::Context| {
@@ -275,13 +272,11 @@ fn every_process_of_a_profiled_tree_writes_a_profile_of_each_thread_that_merges(
         // Children write into `tmp` (their TMPDIR); this process into its own temporary directory.
         let env = vec!["env".into(), format!("TMPDIR={}", tmp.path().display()).into()];
         let a = router.local(Options { name: Some("a".into()), command_prefix: env, ..Options::default() }).unwrap();
-        let b = router
-            .local(Options { name: Some("b".into()), via: Some(a.core().clone()), ..Options::default() })
-            .unwrap();
+        let b = router.local(Options { name: Some("b".into()), via: Some(a.clone()), ..Options::default() }).unwrap();
         // A fork of a profiled context profiles itself under its own pid.
         let f = router
             .fork(mitogen::master::ForkOptions {
-                options: Options { name: Some("f".into()), via: Some(b.core().clone()), ..Options::default() },
+                options: Options { name: Some("f".into()), via: Some(b.clone()), ..Options::default() },
                 ..Default::default()
             })
             .unwrap();
@@ -363,7 +358,7 @@ fn at_trace_level_every_kind_of_context_calls_streams_logs_and_shuts_down() {
         let router = Router::new(None).unwrap();
         let named = |name: &str, via: Option<&mitogen::master::Context>| Options {
             name: Some(name.into()),
-            via: via.map(|c| c.core().clone()),
+            via: via.cloned(),
             ..Options::default()
         };
         let a = router.local(named("a", None)).unwrap();

@@ -96,7 +96,7 @@ fn a_child_whose_broker_is_wedged_still_exits_when_its_parent_is_killed() {
         let router = Router::new(None).unwrap();
         let parent = router.local(Options::default()).unwrap();
         let parent_pid = parent.call(super::local_whoami, ()).unwrap().1;
-        let child = router.local(Options { via: Some(parent.core().clone()), ..Options::default() }).unwrap();
+        let child = router.local(Options { via: Some(parent.clone()), ..Options::default() }).unwrap();
         let child_pid = child.call(super::local_whoami, ()).unwrap().1;
         // Its broker now sleeps for 120 s: it cannot notice anything.
         child.call(wedge, ()).unwrap();

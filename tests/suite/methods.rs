@@ -61,7 +61,7 @@ method_test!(answers_calls_and_shuts_down, |router, method, label| {
 
 method_test!(works_through_a_via_context, |router, method, label| {
     let via = router.local(Options { name: Some("via".into()), ..Options::default() }).unwrap();
-    let options = Options { via: Some(via.core().clone()), name: Some(label.into()), ..Options::default() };
+    let options = Options { via: Some(via.clone()), name: Some(label.into()), ..Options::default() };
     let ctx = router.connect(method, &options).unwrap();
     assert_eq!(ctx.name().map(String::from), Some(format!("via.{label}")));
     let (id, _, parents) = ctx.call(crate::local_whoami, ()).unwrap();

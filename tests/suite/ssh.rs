@@ -223,8 +223,8 @@ fn ssh_then_ssh_then_local_chains_through_via() {
             ssh_args: vec!["-F".into(), "/dev/null".into()],
             ..SshOptions::new("127.0.0.1")
         };
-        let second = router.ssh(hop, Options { via: Some(first.core().clone()), ..Options::default() }).unwrap();
-        let third = router.local(Options { via: Some(second.core().clone()), ..Options::default() }).unwrap();
+        let second = router.ssh(hop, Options { via: Some(first.clone()), ..Options::default() }).unwrap();
+        let third = router.local(Options { via: Some(second.clone()), ..Options::default() }).unwrap();
         let names = [a.port(), b.port()].map(|p| format!("ssh.127.0.0.1:{p}"));
         assert_eq!(second.name(), Some(format!("{}.{}", names[0], names[1]).as_str()));
         assert!(third.name().unwrap().starts_with(&format!("{}.{}.local.", names[0], names[1])), "{:?}", third.name());

@@ -87,7 +87,7 @@ mitogen::remote!(
 fn chain(router: &Router, depth: usize, fork_at: &[usize]) -> Vec<Context> {
     let mut out: Vec<Context> = Vec::new();
     for level in 0..depth {
-        let options = Options { via: out.last().map(|c| c.core().clone()), ..Options::default() };
+        let options = Options { via: out.last().cloned(), ..Options::default() };
         let ctx = if fork_at.contains(&level) {
             router.fork(ForkOptions { options, ..ForkOptions::default() })
         } else {
@@ -125,13 +125,11 @@ fn mixed_chains_of_local_and_fork_work_and_names_chain() {
         let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
         let b = router
             .fork(ForkOptions {
-                options: Options { name: Some("b".into()), via: Some(a.core().clone()), ..Options::default() },
+                options: Options { name: Some("b".into()), via: Some(a.clone()), ..Options::default() },
                 ..ForkOptions::default()
             })
             .unwrap();
-        let c = router
-            .local(Options { name: Some("c".into()), via: Some(b.core().clone()), ..Options::default() })
-            .unwrap();
+        let c = router.local(Options { name: Some("c".into()), via: Some(b.clone()), ..Options::default() }).unwrap();
         assert_eq!(c.name(), Some("a.b.c"));
         assert_eq!(c.call(my_name, ()).unwrap(), "a.b.c");
         assert_eq!(c.call(local_whoami, ()).unwrap().2, vec![b.context_id(), a.context_id(), 0]);
@@ -167,7 +165,7 @@ fn a_child_may_not_call_its_parent_or_a_sibling() {
     run(|| {
         let router = Router::new(None).unwrap();
         let a = router.local(Options::default()).unwrap();
-        let b = router.local(Options { via: Some(a.core().clone()), ..Options::default() }).unwrap();
+        let b = router.local(Options { via: Some(a.clone()), ..Options::default() }).unwrap();
         let sibling = router.local(Options::default()).unwrap();
         // b -> a: a is b's parent, and b has no authority over it.
         let err = b.call(call_whoami_in, (a.context_id(),)).unwrap_err();
@@ -203,7 +201,7 @@ fn disconnect_and_disconnect_all_drop_direct_children() {
         let router = Router::new(None).unwrap();
         let a = router.local(Options::default()).unwrap();
         let b = router.local(Options::default()).unwrap();
-        let c = router.local(Options { via: Some(b.core().clone()), ..Options::default() }).unwrap();
+        let c = router.local(Options { via: Some(b.clone()), ..Options::default() }).unwrap();
         router.disconnect(a.core()).unwrap();
         assert!(a.call(local_whoami, ()).unwrap_err().is_channel());
         assert_eq!(c.call(local_whoami, ()).unwrap().0, c.context_id());
@@ -291,11 +289,11 @@ fn a_fork_of_an_intermediate_gets_its_own_ids_and_logs_through_its_own_context()
     run(|| {
         let router = Router::new(None).unwrap();
         let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
-        let options = Options { name: Some("f".into()), via: Some(a.core().clone()), ..Options::default() };
+        let options = Options { name: Some("f".into()), via: Some(a.clone()), ..Options::default() };
         let f = router.fork(ForkOptions { options, ..ForkOptions::default() }).unwrap();
         // a already holds a block of ids; its fork must not hand out the same ones.
-        let from_a = router.local(Options { via: Some(a.core().clone()), ..Options::default() }).unwrap();
-        let from_f = router.local(Options { via: Some(f.core().clone()), ..Options::default() }).unwrap();
+        let from_a = router.local(Options { via: Some(a.clone()), ..Options::default() }).unwrap();
+        let from_f = router.local(Options { via: Some(f.clone()), ..Options::default() }).unwrap();
         let ids = [a.context_id(), f.context_id(), from_a.context_id(), from_f.context_id()];
         let mut unique = ids.to_vec();
         unique.sort_unstable();
@@ -337,7 +335,7 @@ fn a_connect_that_fails_inside_a_via_context_keeps_its_kind_and_names_where() {
         let router = Router::new(None).unwrap();
         let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
         let silent = Options {
-            via: Some(a.core().clone()),
+            via: Some(a.clone()),
             command_prefix: vec!["sh".into(), "-c".into(), "sleep 60".into(), "--".into()],
             connect_timeout: Duration::from_millis(300),
             ..Options::default()
@@ -346,7 +344,7 @@ fn a_connect_that_fails_inside_a_via_context_keeps_its_kind_and_names_where() {
         assert!(err.is_timeout(), "a timeout stays a TimeoutError: {err}");
         assert!(err.to_string().contains("error occurred on host") && err.to_string().contains("\"a\""), "{err}");
         let dies = Options {
-            via: Some(a.core().clone()),
+            via: Some(a.clone()),
             command_prefix: vec!["sh".into(), "-c".into(), "echo gone >&2".into(), "--".into()],
             ..Options::default()
         };
