@@ -83,6 +83,14 @@ impl Message {
         Ok(Message::raw(handle, encode(obj)?))
     }
 
+    /// This message addressed from `router`'s own context to `dst_id`: destination, source and
+    /// authority set at once, as a context addresses what it sends of its own accord.
+    #[must_use]
+    pub fn addressed(mut self, dst_id: u32, router: &Router) -> Message {
+        (self.dst_id, self.src_id, self.auth_id) = (dst_id, router.context_id(), router.context_id());
+        self
+    }
+
     /// A message carrying an encoded [`CallError`]; [`unpickle`](Message::unpickle) re-raises it.
     pub fn call_error(err: &CallError, handle: u32) -> Message {
         Message::raw(handle, encode_call_error(err))

@@ -1,8 +1,9 @@
 //! The master's broker and router (Python's `mitogen.master`).
 //!
 //! A master is context 0, the root of the context tree. Its [`Router`] extends the core router
-//! with context-id allocation; the context factories (`local`, `fork`, ...) arrive with the
-//! child-creation layer in `mitogen-parent`.
+//! with context-id allocation and the context factories: [`Router::connect`] for any method
+//! (`mitogen-parent` implements them), and one method per Mitogen name (`local`, `fork`, `ssh`,
+//! `sudo`, ...) over it.
 #![deny(missing_docs)]
 
 use std::ops::Deref;

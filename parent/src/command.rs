@@ -179,8 +179,7 @@ impl Launch<'_> {
             proc.reap_blocking();
             Attempt { error, cached }
         })?;
-        let mut first = Message::pickled(&config, 0).map_err(fail)?;
-        (first.dst_id, first.src_id, first.auth_id) = (context_id, router.context_id(), router.context_id());
+        let first = Message::pickled(&config, 0).map_err(fail)?.addressed(context_id, router);
         let _ = stream.send(first);
         handshake(router, proc, stream, stderr, hello, &config, deadline).map_err(|error| Attempt { error, cached })
     }

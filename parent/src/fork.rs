@@ -106,7 +106,9 @@ pub fn connect_fork(router: &Router, context_id: u32, fork: &ForkOptions) -> Res
         mitogen_core::profiling::prepare_fork();
     }
     let guard = mitogen_core::prepare_fork();
-    let forked = sys::fork();
+    // SAFETY: the child runs `child_main`, which takes none of the locks other threads may
+    // hold (the module docs list what it touches) and ends with `exit_now`.
+    let forked = unsafe { sys::fork() };
     let pid = match forked {
         Ok(Forked::Child) => child_main(guard, router, fork, config, hello, theirs, (ours, err_r, err_w)),
         Ok(Forked::Parent(pid)) => pid,

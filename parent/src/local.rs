@@ -44,8 +44,7 @@ pub(crate) fn connect_local(router: &Router, context_id: u32, options: &Options)
         proc.kill(Signal::SIGKILL);
         proc.reap_blocking();
     })?;
-    let mut first = Message::pickled(&config, 0)?;
-    (first.dst_id, first.src_id, first.auth_id) = (context_id, router.context_id(), router.context_id());
+    let first = Message::pickled(&config, 0)?.addressed(context_id, router);
     let _ = stream.send(first);
     handshake(router, proc, stream, Some(err_r), hello, &config, Deadline::after(options.connect_timeout))
 }

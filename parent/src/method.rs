@@ -4,118 +4,100 @@
 use mitogen_core::{Error, ExternalContext, Result, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{connect_command, CommandSpec};
+use crate::command::CommandSpec;
 use crate::connect::Options;
 use crate::containers::{
-    connect_buildah, connect_docker, connect_jail, connect_kubectl, connect_lxc, connect_lxd, connect_podman,
     BuildahOptions, DockerOptions, JailOptions, KubectlOptions, LxcOptions, LxdOptions, PodmanOptions,
 };
-use crate::doas::{connect_doas, DoasOptions};
+use crate::doas::DoasOptions;
 use crate::fork::{connect_fork, ForkOptions};
 use crate::local::connect_local;
 use crate::routes::allocate_child_id;
-use crate::setns::{connect_setns, SetnsOptions};
-use crate::ssh::{connect_ssh, SshOptions};
-use crate::su::{connect_su, SuOptions};
-use crate::sudo::{connect_sudo, SudoOptions};
+use crate::setns::SetnsOptions;
+use crate::ssh::SshOptions;
+use crate::su::SuOptions;
+use crate::sudo::SudoOptions;
 
-/// A connection method with its own options: what a factory (`local()`, `fork()`, the generic
-/// command method, and the methods built on it) needs beyond the common [`Options`].
-/// Serializable, so `via=` sends the same description to the via context, which runs it from
-/// there: every method works through any chain.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Method {
-    /// `local()`: this executable, over a socketpair.
-    Local,
-    /// `fork()` (without hooks: closures cannot travel).
-    Fork,
-    /// The generic command method: see [`CommandSpec`].
-    Command(CommandSpec),
-    /// `ssh()`: see [`SshOptions`].
-    Ssh(SshOptions),
-    /// `sudo()`: see [`SudoOptions`].
-    Sudo(SudoOptions),
-    /// `su()`: see [`SuOptions`].
-    Su(SuOptions),
-    /// `doas()`: see [`DoasOptions`].
-    Doas(DoasOptions),
-    /// `docker()`: see [`DockerOptions`].
-    Docker(DockerOptions),
-    /// `podman()`: see [`PodmanOptions`].
-    Podman(PodmanOptions),
-    /// `buildah()`: see [`BuildahOptions`].
-    Buildah(BuildahOptions),
-    /// `lxc()`: see [`LxcOptions`].
-    Lxc(LxcOptions),
-    /// `lxd()` and `incus()`: see [`LxdOptions`].
-    Lxd(LxdOptions),
-    /// `jail()`: see [`JailOptions`].
-    Jail(JailOptions),
-    /// `kubectl()`: see [`KubectlOptions`].
-    Kubectl(KubectlOptions),
-    /// `setns()`: see [`SetnsOptions`].
-    Setns(SetnsOptions),
-}
+/// `Method`, its `From` conversions and its dispatch, from one list: each method built on the
+/// bootstrap is one line here, `Variant(Options) => connect_fn` with its doc.
+macro_rules! methods {
+    ($($(#[$doc:meta])* $variant:ident($options:ty) => $connect:path),* $(,)?) => {
+        /// A connection method with its own options: what a factory (`local()`, `fork()`, the
+        /// generic command method, and the methods built on it) needs beyond the common
+        /// [`Options`]. Serializable, so `via=` sends the same description to the via context,
+        /// which runs it from there: every method works through any chain. Every method's
+        /// options convert into it (`Method::from(SshOptions::new("web1"))`), so
+        /// `Router::connect` takes either.
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[non_exhaustive]
+        pub enum Method {
+            /// `local()`: this executable, over a socketpair.
+            Local,
+            /// `fork()` (without hooks: closures cannot travel).
+            Fork,
+            $($(#[$doc])* $variant($options),)*
+        }
 
-/// `Method::Ssh(ssh)` from `ssh`, and so on, so `router.connect(ssh, &options)` reads as
-/// Mitogen's `router.connect(ssh, **options)`.
-macro_rules! method_from {
-    ($($options:ty => $variant:ident),* $(,)?) => {
         $(impl From<$options> for Method {
             fn from(o: $options) -> Method {
                 Method::$variant(o)
             }
         })*
+
+        /// Start a context with `method` and `options` from this router, directly.
+        ///
+        /// # Errors
+        /// As the method's own (see the `Router` method of each in `mitogen-master`).
+        pub fn connect_method(
+            router: &Router,
+            context_id: u32,
+            method: &Method,
+            options: &Options,
+        ) -> Result<crate::Context> {
+            match method {
+                Method::Local => connect_local(router, context_id, options),
+                Method::Fork => {
+                    let fork = ForkOptions { options: options.clone(), on_fork: None, on_start: None };
+                    connect_fork(router, context_id, &fork)
+                }
+                $(Method::$variant(o) => $connect(router, context_id, o, options),)*
+            }
+        }
     };
 }
 
-method_from!(
-    CommandSpec => Command,
-    SshOptions => Ssh,
-    SudoOptions => Sudo,
-    SuOptions => Su,
-    DoasOptions => Doas,
-    DockerOptions => Docker,
-    PodmanOptions => Podman,
-    BuildahOptions => Buildah,
-    LxcOptions => Lxc,
-    LxdOptions => Lxd,
-    JailOptions => Jail,
-    KubectlOptions => Kubectl,
-    SetnsOptions => Setns,
-);
+methods! {
+    /// The generic command method: see [`CommandSpec`].
+    Command(CommandSpec) => crate::command::connect_command,
+    /// `ssh()`: see [`SshOptions`].
+    Ssh(SshOptions) => crate::ssh::connect_ssh,
+    /// `sudo()`: see [`SudoOptions`].
+    Sudo(SudoOptions) => crate::sudo::connect_sudo,
+    /// `su()`: see [`SuOptions`].
+    Su(SuOptions) => crate::su::connect_su,
+    /// `doas()`: see [`DoasOptions`].
+    Doas(DoasOptions) => crate::doas::connect_doas,
+    /// `docker()`: see [`DockerOptions`].
+    Docker(DockerOptions) => crate::containers::connect_docker,
+    /// `podman()`: see [`PodmanOptions`].
+    Podman(PodmanOptions) => crate::containers::connect_podman,
+    /// `buildah()`: see [`BuildahOptions`].
+    Buildah(BuildahOptions) => crate::containers::connect_buildah,
+    /// `lxc()`: see [`LxcOptions`].
+    Lxc(LxcOptions) => crate::containers::connect_lxc,
+    /// `lxd()` and `incus()`: see [`LxdOptions`].
+    Lxd(LxdOptions) => crate::containers::connect_lxd,
+    /// `jail()`: see [`JailOptions`].
+    Jail(JailOptions) => crate::containers::connect_jail,
+    /// `kubectl()`: see [`KubectlOptions`].
+    Kubectl(KubectlOptions) => crate::containers::connect_kubectl,
+    /// `setns()`: see [`SetnsOptions`].
+    Setns(SetnsOptions) => crate::setns::connect_setns,
+}
 
 impl From<&Method> for Method {
     fn from(method: &Method) -> Method {
         method.clone()
-    }
-}
-
-/// Start a context with `method` and `options` from this router, directly.
-///
-/// # Errors
-/// As the method's own (see the `Router` method of each in `mitogen-master`).
-pub fn connect_method(router: &Router, context_id: u32, method: &Method, options: &Options) -> Result<crate::Context> {
-    match method {
-        Method::Local => connect_local(router, context_id, options),
-        Method::Fork => {
-            let fork = ForkOptions { options: options.clone(), on_fork: None, on_start: None };
-            connect_fork(router, context_id, &fork)
-        }
-        Method::Command(spec) => connect_command(router, context_id, spec, options),
-        Method::Ssh(ssh) => connect_ssh(router, context_id, ssh, options),
-        Method::Sudo(sudo) => connect_sudo(router, context_id, sudo, options),
-        Method::Su(su) => connect_su(router, context_id, su, options),
-        Method::Doas(doas) => connect_doas(router, context_id, doas, options),
-        Method::Docker(o) => connect_docker(router, context_id, o, options),
-        Method::Podman(o) => connect_podman(router, context_id, o, options),
-        Method::Buildah(o) => connect_buildah(router, context_id, o, options),
-        Method::Lxc(o) => connect_lxc(router, context_id, o, options),
-        Method::Lxd(o) => connect_lxd(router, context_id, o, options),
-        Method::Jail(o) => connect_jail(router, context_id, o, options),
-        Method::Kubectl(o) => connect_kubectl(router, context_id, o, options),
-        Method::Setns(o) => connect_setns(router, context_id, o, options),
     }
 }
 

@@ -19,9 +19,7 @@ pub fn is_immediate_child(msg: &Message, stream: Option<&Stream>) -> bool {
 }
 
 fn route_message(handle: u32, dst_id: u32, router: &Router, target_id: u32) -> Message {
-    let mut msg = Message::pickled(&target_id, handle).expect("a u32 always encodes");
-    (msg.dst_id, msg.src_id, msg.auth_id) = (dst_id, router.context_id(), router.context_id());
-    msg
+    Message::pickled(&target_id, handle).expect("a u32 always encodes").addressed(dst_id, router)
 }
 
 /// Send `DEL_ROUTE(target)` to the parent (when `up`), and down every direct stream, except
@@ -62,9 +60,7 @@ pub fn upgrade_router(router: &Router) {
             return log::error!("{r:?}: {e}");
         }
         if let Some(p) = r.identity().parent_id() {
-            let mut up = Message::pickled(&(target, name), ADD_ROUTE).expect("encodes");
-            (up.dst_id, up.src_id, up.auth_id) = (p, r.context_id(), r.context_id());
-            r.route(up);
+            r.route(Message::pickled(&(target, name), ADD_ROUTE).expect("encodes").addressed(p, &r));
         }
     };
     let options = HandlerOptions { handle: Some(ADD_ROUTE), policy: Some(policy.clone()), ..Default::default() };
@@ -118,9 +114,7 @@ pub fn upgrade_router(router: &Router) {
 /// sends.
 pub(crate) fn announce_route(router: &Router, context_id: u32, name: &str) {
     if let Some(p) = router.identity().parent_id() {
-        let mut msg = Message::pickled(&(context_id, name), ADD_ROUTE).expect("encodes");
-        (msg.dst_id, msg.src_id, msg.auth_id) = (p, router.context_id(), router.context_id());
-        router.route(msg);
+        router.route(Message::pickled(&(context_id, name), ADD_ROUTE).expect("encodes").addressed(p, router));
     }
 }
 

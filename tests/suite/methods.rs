@@ -1,5 +1,6 @@
-//! One body over every connection method available (ripgrep's `rgtest!` habit): `local`,
-//! `fork`, and the generic command method through `sh` (later ssh, sudo, ...).
+//! One body over the connection methods that need nothing but this machine (ripgrep's
+//! `rgtest!` habit): `local`, `fork`, and the generic command method through `sh`. The methods
+//! over real tools (ssh, sudo, su, doas, the container engines) have their own files.
 
 use mitogen::master::{CommandSpec, Method, Options, Router};
 use mitogen_tests::{run, TempDir};

@@ -44,16 +44,25 @@ pub fn pipe_blocking_write() -> io::Result<(OwnedFd, OwnedFd)> {
 /// binary data crosses unchanged.
 pub fn openpty(raw: bool) -> io::Result<(OwnedFd, OwnedFd)> {
     use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, LocalFlags, SetArg};
-    let pty = nix::pty::openpty(None, None).map_err(io)?;
-    set_cloexec(pty.master.as_fd(), true)?;
-    set_cloexec(pty.slave.as_fd(), true)?;
-    let mut t = tcgetattr(&pty.slave).map_err(io)?;
+    use std::os::fd::IntoRawFd;
+    // Both ends close-on-exec from the calls that open them (openpty(3) cannot say so).
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let ptm = nix::pty::posix_openpt(flags).map_err(io)?;
+    nix::pty::grantpt(&ptm).map_err(io)?;
+    nix::pty::unlockpt(&ptm).map_err(io)?;
+    let slave_path = nix::pty::ptsname_r(&ptm).map_err(io)?;
+    // SAFETY: posix_openpt returned this descriptor, owned by `ptm` until now.
+    let master = unsafe { OwnedFd::from_raw_fd(ptm.into_raw_fd()) };
+    let slave = nix::fcntl::open(slave_path.as_str(), flags, Mode::empty()).map_err(io)?;
+    // SAFETY: open returned this descriptor, owned by no one else.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    let mut t = tcgetattr(&slave).map_err(io)?;
     if raw {
         cfmakeraw(&mut t);
     }
     t.local_flags.remove(LocalFlags::ECHO | LocalFlags::ECHONL);
-    tcsetattr(&pty.slave, SetArg::TCSANOW, &t).map_err(io)?;
-    Ok((pty.master, pty.slave))
+    tcsetattr(&slave, SetArg::TCSANOW, &t).map_err(io)?;
+    Ok((master, slave))
 }
 
 /// Whether `fd` is a terminal.
@@ -211,6 +220,9 @@ mod tests {
         assert!(is_nonblocking(r.as_fd()).unwrap() && !is_nonblocking(w.as_fd()).unwrap());
         assert!(is_cloexec(open_devnull().unwrap().as_fd()).unwrap());
         assert!(is_cloexec(dup_cloexec(r.as_fd()).unwrap().as_fd()).unwrap());
+        let (master, slave) = openpty(true).unwrap();
+        assert!(is_cloexec(master.as_fd()).unwrap() && is_cloexec(slave.as_fd()).unwrap());
+        assert!(isatty(slave.as_fd()));
     }
 
     #[test]

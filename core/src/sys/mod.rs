@@ -1,4 +1,5 @@
-//! The OS layer of the workspace: every system call the crates make, behind safe functions.
+//! The OS layer of the workspace: every system call the crates make, behind safe functions
+//! (but `fork`, whose hazards fall on its caller).
 //!
 //! Above this module the crates see only `OwnedFd` / `BorrowedFd`, `io::Result`, and the few
 //! types re-exported here ([`Signal`], [`Errno`]); `errno` values and signal numbers stay
@@ -10,7 +11,8 @@
 //!
 //! Every descriptor created here is close-on-exec (and non-blocking where asked) in the very
 //! call that creates it, because another thread may fork and exec a child at any moment
-//! (`socket(2)`, `SOCK_CLOEXEC`). Timeouts have nanosecond resolution or round up: a short wait
+//! (`SOCK_CLOEXEC`, `O_CLOEXEC`, `F_DUPFD_CLOEXEC`; a PTY from `posix_openpt(3)` and `open(2)`
+//! of its slave, not `openpty(3)`, which cannot). Timeouts have nanosecond resolution or round up: a short wait
 //! never becomes a zero-timeout spin.
 //!
 //! | file | what |

@@ -19,11 +19,15 @@ pub enum Forked {
     Child,
 }
 
-/// `fork(2)`. In the child only the calling thread exists: it must touch no lock another
-/// thread may have held (see `mitogen_parent`'s fork module) and must end with [`exit_now`].
-pub fn fork() -> io::Result<Forked> {
-    // SAFETY: fork has no memory-safety preconditions of its own; the hazards (locks held by
-    // threads that do not exist in the child) are the caller's, which touches only fresh state.
+/// `fork(2)`.
+///
+/// # Safety
+/// In the child only the calling thread exists, and every lock another thread held at the
+/// instant of the fork stays held there for ever: the child must touch no such lock (see
+/// `mitogen_parent`'s fork module for what the library's path does) and must end with
+/// [`exit_now`], never by returning through the parent's stack frames.
+pub unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller upholds the child's obligations above.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Parent { child }) => Ok(Forked::Parent(child.as_raw())),
         Ok(ForkResult::Child) => Ok(Forked::Child),
