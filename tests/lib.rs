@@ -232,6 +232,54 @@ impl Drop for TempDir {
     }
 }
 
+/// What an area of the suite needs of this machine beyond a Rust toolchain: what the README's
+/// test command sets up as root (`tests/provision.sh`, `tests/engines.sh`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Root and the test accounts, keys and rules: the bootstrap (other accounts, namespaces,
+    /// mounts, root's cache places) and sudo, su and doas.
+    Accounts,
+    /// That and the ssh keys and `sshd`: a real OpenSSH server on loopback.
+    Sshd,
+    /// That and the container engines the test command starts (dockerd, podman, LXC, LXD).
+    Engines,
+}
+
+/// Whether this machine has what `needs` names. When it has not (a first `cargo test` as
+/// another user, on a machine the test command has not provisioned), the test says so in one
+/// line on stderr, naming the area and the reason, and returns without running: the local
+/// half of the suite still runs and passes there. As root through `bash tests/run`, every
+/// area is provisioned and runs.
+pub fn provisioned(needs: Needs) -> bool {
+    let why = unmet(needs);
+    if let Some(why) = &why {
+        eprintln!("skipped ({needs:?}): {why}; run `bash tests/run` as root to provision this machine");
+    }
+    why.is_none()
+}
+
+fn unmet(needs: Needs) -> Option<String> {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return Some("not root".into());
+    }
+    let accounts = std::process::Command::new("id").arg("mitogen-other").output();
+    if !accounts.is_ok_and(|o| o.status.success()) || !std::path::Path::new("/etc/sudoers.d/mitogen-test").exists() {
+        return Some("the test accounts and sudo rules are missing".into());
+    }
+    match needs {
+        Needs::Accounts => None,
+        Needs::Sshd if !std::path::Path::new(&format!("{}/client_ed25519", sshd::KEYS)).exists() => {
+            Some(format!("no ssh keys in {}", sshd::KEYS))
+        }
+        Needs::Sshd => None,
+        Needs::Engines if std::env::var_os("DOCKER_HOST").is_none() => {
+            Some("the container engines are not running (tests/engines.sh start)".into())
+        }
+        Needs::Engines => None,
+    }
+}
+
 /// The timeout every blocking wait in the suite uses unless it tests timeouts itself.
 pub const WAIT: Duration = Duration::from_secs(30);
 

@@ -75,6 +75,9 @@ fn runs_from_private_cache(exe: &str, home: &str, uid: u32) {
 
 #[test]
 fn sudo_without_a_password_runs_as_root_from_roots_own_cache() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         let user = as_user(&router, "mitogen-user");
@@ -90,6 +93,9 @@ fn sudo_without_a_password_runs_as_root_from_roots_own_cache() {
 
 #[test]
 fn sudo_types_the_right_password_and_reports_a_wrong_or_missing_one() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         let user = as_user(&router, "mitogen-user");
@@ -113,6 +119,9 @@ fn sudo_types_the_right_password_and_reports_a_wrong_or_missing_one() {
 
 #[test]
 fn sudo_flags_set_home_preserve_env_and_login_take_effect() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         let user = as_user(&router, "mitogen-user");
@@ -135,6 +144,9 @@ fn sudo_flags_set_home_preserve_env_and_login_take_effect() {
 
 #[test]
 fn sudo_args_are_read_as_sudo_reads_them() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     // Issue 20: `-Hu mitogen-other` was refused as an unsupported option "-Hu".
     run(|| {
         let router = Router::new(None).unwrap();
@@ -171,6 +183,9 @@ mitogen::remote!(process_title);
 
 #[test]
 fn through_sudo_the_child_runs_under_the_command_prefix_with_its_remote_name_in_ps() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     // Issue 21: sudo dropped `command_prefix`, and `ps` showed the cached path.
     run(|| {
         let router = Router::new(None).unwrap();
@@ -190,6 +205,9 @@ fn through_sudo_the_child_runs_under_the_command_prefix_with_its_remote_name_in_
 
 #[test]
 fn sudo_with_requiretty_and_with_pwfeedback() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         // requiretty: the hybrid transport's PTY is sudo's controlling terminal.
@@ -206,6 +224,9 @@ fn sudo_with_requiretty_and_with_pwfeedback() {
 
 #[test]
 fn su_types_the_password_on_its_pty_and_reports_a_wrong_or_missing_one() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         let user = as_user(&router, "mitogen-user");
@@ -231,6 +252,9 @@ fn su_types_the_password_on_its_pty_and_reports_a_wrong_or_missing_one() {
 
 #[test]
 fn doas_with_and_without_a_password() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         let user = as_user(&router, "mitogen-user");
@@ -251,6 +275,9 @@ fn doas_with_and_without_a_password() {
 
 #[test]
 fn chains_sudo_then_su_sudo_then_sudo_and_ssh_then_sudo() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         let user = as_user(&router, "mitogen-user");
@@ -282,6 +309,9 @@ fn chains_sudo_then_su_sudo_then_sudo_and_ssh_then_sudo() {
 
 #[test]
 fn a_command_that_dies_at_the_prompt_is_a_clear_error_not_a_hang() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         // It prints sudo's prompt on its terminal and exits while the password is being typed.

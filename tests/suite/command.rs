@@ -52,6 +52,9 @@ fn cached_file(cache: &Path) -> PathBuf {
 
 #[test]
 fn a_context_through_sh_runs_from_the_cache_and_the_second_connect_ships_nothing() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("command-cache");
         let router = Router::new(None).unwrap();
@@ -94,6 +97,9 @@ fn connects_and_answers(router: &Router, cache: &Path, argv: Vec<OsString>) {
 
 #[test]
 fn stage_one_runs_under_busybox_with_nothing_but_busybox_tools() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("command-busybox");
         let bin = tmp.path().join("bin");
@@ -110,6 +116,9 @@ fn stage_one_runs_under_busybox_with_nothing_but_busybox_tools() {
 
 #[test]
 fn stage_one_runs_under_bash_and_dash() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("command-shells");
         let router = Router::new(None).unwrap();
@@ -126,6 +135,9 @@ fn stage_one_runs_under_bash_and_dash() {
 
 #[test]
 fn without_gzip_the_executable_ships_uncompressed() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("command-nogzip");
         let tools: Vec<(&str, String)> = ["sh", "id", "uname", "ls", "mkdir", "chmod", "rm", "mv", "ln", "head", "cat"]
@@ -175,6 +187,9 @@ fn cache_and_tmpdir(tmp: &TempDir) -> (PathBuf, PathBuf, Vec<String>) {
 
 #[test]
 fn a_noexec_cache_and_shm_fall_back_to_tmpdir_and_with_none_left_the_error_names_them() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("command-noexec");
         let (xdg, tmpdir, env) = cache_and_tmpdir(&tmp);
@@ -198,6 +213,9 @@ fn a_noexec_cache_and_shm_fall_back_to_tmpdir_and_with_none_left_the_error_names
 
 #[test]
 fn a_read_only_home_falls_back_to_tmpdir() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("command-rohome");
         let (home, tmpdir) = (tmp.path().join("home"), tmp.path().join("tmp"));
@@ -222,6 +240,9 @@ fn a_read_only_home_falls_back_to_tmpdir() {
 
 #[test]
 fn a_missing_home_is_the_accounts_own_and_one_that_does_not_exist_falls_back() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("command-nohome");
         let tmpdir = tmp.path().join("tmp");
@@ -251,6 +272,9 @@ fn a_missing_home_is_the_accounts_own_and_one_that_does_not_exist_falls_back() {
 
 #[test]
 fn a_corrupt_or_truncated_cache_entry_is_replaced() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("command-corrupt");
         let router = Router::new(None).unwrap();
@@ -272,6 +296,9 @@ fn a_corrupt_or_truncated_cache_entry_is_replaced() {
 
 #[test]
 fn a_cache_entry_that_runs_but_is_not_the_one_shipped_is_removed_and_the_next_connect_ships_again() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("command-sha");
         let router = Router::new(None).unwrap();
@@ -293,6 +320,9 @@ fn a_cache_entry_that_runs_but_is_not_the_one_shipped_is_removed_and_the_next_co
 
 #[test]
 fn two_parents_bootstrapping_the_same_account_at_once_both_succeed() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("command-race");
         let cache = tmp.path().to_owned();
@@ -317,6 +347,9 @@ fn two_parents_bootstrapping_the_same_account_at_once_both_succeed() {
 
 #[test]
 fn no_cache_leaves_nothing_on_the_targets_disk() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("command-nocache");
         let router = Router::new(None).unwrap();
@@ -336,6 +369,9 @@ fn no_cache_leaves_nothing_on_the_targets_disk() {
 
 #[test]
 fn another_account_gets_its_own_private_cache() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         let argv = words(&[
@@ -365,6 +401,9 @@ fn another_account_gets_its_own_private_cache() {
 
 #[test]
 fn a_command_that_fails_is_a_clear_error_and_is_reaped() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         let err = router.command(spec(words(&["/nonexistent/tool"])), Options::default()).unwrap_err();
@@ -389,6 +428,9 @@ fn a_command_that_fails_is_a_clear_error_and_is_reaped() {
 
 #[test]
 fn the_command_method_works_through_via() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("command-via");
         let router = Router::new(None).unwrap();
@@ -413,6 +455,9 @@ mitogen::remote!(has_controlling_tty, echo_blob);
 
 #[test]
 fn every_transport_carries_binary_data_and_the_pty_ones_give_a_controlling_terminal() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("command-transports");
         // Without a PTY a child has whatever terminal this test process has (none under CI).
@@ -508,6 +553,9 @@ fn remove_shared_copy(exe: &str) {
 
 #[test]
 fn a_file_planted_in_a_cache_others_can_write_to_is_never_run() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     // Issue 20: with the account's cache directory world-writable, another account's file of
     // the right name and size ran as the account (as root, for sudo), and the connect succeeded.
     run(|| {
@@ -535,6 +583,9 @@ fn a_file_planted_in_a_cache_others_can_write_to_is_never_run() {
 
 #[test]
 fn a_cache_entry_others_can_write_or_own_or_a_symlink_is_replaced_and_never_run() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     // Issue 20: in a private directory, a cached file that is group- or world-writable (or
     // another account's, or a symlink) ran as the account.
     run(|| {
@@ -592,6 +643,9 @@ fn a_cache_entry_others_can_write_or_own_or_a_symlink_is_replaced_and_never_run(
 
 #[test]
 fn with_every_place_refused_the_error_names_each_and_what_is_wrong() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     run(|| {
         let tmp = TempDir::new("refused");
         let (xdg, tmpdir, env) = cache_and_tmpdir(&tmp);
@@ -613,6 +667,9 @@ fn with_every_place_refused_the_error_names_each_and_what_is_wrong() {
 
 #[test]
 fn a_cached_copy_altered_in_place_with_its_times_restored_is_caught() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     // Issue 20: the stamp beside a verified copy held inode, size and mtime, which anyone who
     // can write the file can restore; the change time (ctime) cannot be set back.
     run(|| {
@@ -658,6 +715,9 @@ fn a_cached_copy_altered_in_place_with_its_times_restored_is_caught() {
 
 #[test]
 fn a_command_that_floods_its_output_times_out_on_time_with_a_bounded_error() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
     // Issue 20: stage 1's reader checked its deadline only when a read would block, which
     // never happens under a flood, and kept a line without newlines in memory whole.
     run(|| {

@@ -44,6 +44,9 @@ fn stub(name: &str) -> std::ffi::OsString {
 
 #[test]
 fn docker_exec_runs_calls_in_the_container_as_root_and_as_another_account() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Engines) {
+        return;
+    }
     run(|| {
         let c = Container::start(Engine::Docker, "docker");
         let router = Router::new(None).unwrap();
@@ -65,6 +68,9 @@ fn docker_exec_runs_calls_in_the_container_as_root_and_as_another_account() {
 
 #[test]
 fn docker_run_starts_a_temporary_container_from_an_image() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Engines) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         let ctx = router.docker(DockerOptions::image(IMAGE), Options::default()).unwrap();
@@ -79,6 +85,9 @@ fn docker_run_starts_a_temporary_container_from_an_image() {
 
 #[test]
 fn a_missing_or_stopped_container_is_a_clear_error_within_connect_timeout() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Engines) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         let options = Options { connect_timeout: Duration::from_secs(20), ..Options::default() };
@@ -99,6 +108,9 @@ fn a_missing_or_stopped_container_is_a_clear_error_within_connect_timeout() {
 
 #[test]
 fn callers_wake_with_an_error_when_the_container_is_killed_mid_call() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Engines) {
+        return;
+    }
     run(|| {
         let mut c = Container::start(Engine::Docker, "killed");
         let router = Router::new(None).unwrap();
@@ -110,6 +122,9 @@ fn callers_wake_with_an_error_when_the_container_is_killed_mid_call() {
 
 #[test]
 fn master_to_local_to_docker_to_local_chains_through_via() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Engines) {
+        return;
+    }
     run(|| {
         let c = Container::start(Engine::Docker, "chain");
         let router = Router::new(None).unwrap();
@@ -126,6 +141,9 @@ fn master_to_local_to_docker_to_local_chains_through_via() {
 
 #[test]
 fn podman_and_buildah_run_calls_in_their_containers() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Engines) {
+        return;
+    }
     run(|| {
         let c = Container::start(Engine::Podman, "podman");
         let router = Router::new(None).unwrap();
@@ -150,6 +168,9 @@ fn podman_and_buildah_run_calls_in_their_containers() {
 
 #[test]
 fn lxc_and_lxd_run_calls_in_their_containers_and_setns_enters_lxd() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Engines) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         let c = Container::start(Engine::Lxc, "lxc");
@@ -169,6 +190,9 @@ fn lxc_and_lxd_run_calls_in_their_containers_and_setns_enters_lxd() {
 
 #[test]
 fn setns_enters_docker_and_lxc_containers_and_plain_namespaces_directly() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Engines) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         let d = Container::start(Engine::Docker, "setns-docker");
@@ -193,6 +217,9 @@ fn setns_enters_docker_and_lxc_containers_and_plain_namespaces_directly() {
 
 #[test]
 fn the_stub_kubectl_incus_and_jexec_reach_a_real_container() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Engines) {
+        return;
+    }
     run(|| {
         let c = Container::start(Engine::Podman, "stubs");
         let router = Router::new(None).unwrap();

@@ -42,6 +42,9 @@ fn kind(e: &mitogen::core::Error) -> Option<StreamErrorKind> {
 
 #[test]
 fn a_key_login_runs_calls_as_the_account_on_the_host() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     run(|| {
         let sshd = Sshd::start("key");
         let router = Router::new(None).unwrap();
@@ -68,6 +71,9 @@ mitogen::remote!(env_of, process_title);
 
 #[test]
 fn over_ssh_the_child_runs_under_the_command_prefix_with_its_remote_name_in_ps() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     // Issue 21: ssh dropped `command_prefix`, and `ps` on the host showed the cached path.
     run(|| {
         let sshd = Sshd::start("prefix");
@@ -87,6 +93,9 @@ fn over_ssh_the_child_runs_under_the_command_prefix_with_its_remote_name_in_ps()
 
 #[test]
 fn a_profiled_context_over_ssh_writes_its_profile_on_the_host_as_the_account() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     use std::os::unix::fs::MetadataExt;
     run(|| {
         let sshd = Sshd::start("profiling");
@@ -109,6 +118,9 @@ fn a_profiled_context_over_ssh_writes_its_profile_on_the_host_as_the_account() {
 
 #[test]
 fn a_password_is_typed_at_the_prompt_on_a_pty() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     run(|| {
         let sshd = Sshd::start("password");
         let router = Router::new(None).unwrap();
@@ -123,6 +135,9 @@ fn a_password_is_typed_at_the_prompt_on_a_pty() {
 
 #[test]
 fn a_wrong_password_is_a_password_error_that_does_not_show_it() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     run(|| {
         let sshd = Sshd::start("wrong-password");
         let router = Router::new(None).unwrap();
@@ -138,6 +153,9 @@ fn a_wrong_password_is_a_password_error_that_does_not_show_it() {
 
 #[test]
 fn a_password_account_without_a_password_says_one_is_needed() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     run(|| {
         let sshd = Sshd::start("no-password");
         let router = Router::new(None).unwrap();
@@ -151,6 +169,9 @@ fn a_password_account_without_a_password_says_one_is_needed() {
 
 #[test]
 fn an_unknown_host_key_is_refused_accepted_or_ignored_as_asked() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     run(|| {
         let sshd = Sshd::start("host-keys");
         let router = Router::new(None).unwrap();
@@ -178,6 +199,9 @@ fn an_unknown_host_key_is_refused_accepted_or_ignored_as_asked() {
 
 #[test]
 fn permission_denied_printed_by_a_login_shell_is_not_an_authentication_failure() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     run(|| {
         let sshd = Sshd::start("noisy");
         let router = Router::new(None).unwrap();
@@ -190,6 +214,9 @@ fn permission_denied_printed_by_a_login_shell_is_not_an_authentication_failure()
 
 #[test]
 fn ssh_args_reach_ssh_and_compression_on_or_off_carries_every_byte() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     run(|| {
         let sshd = Sshd::start("args");
         let router = Router::new(None).unwrap();
@@ -210,6 +237,9 @@ fn ssh_args_reach_ssh_and_compression_on_or_off_carries_every_byte() {
 
 #[test]
 fn ssh_then_ssh_then_local_chains_through_via() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     run(|| {
         let (a, b) = (Sshd::start("chain-a"), Sshd::start("chain-b"));
         let router = Router::new(None).unwrap();
@@ -237,6 +267,9 @@ fn ssh_then_ssh_then_local_chains_through_via() {
 
 #[test]
 fn every_caller_wakes_with_an_error_when_sshd_dies_mid_call() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     run(|| {
         let mut sshd = Sshd::start("killed");
         let router = Router::new(None).unwrap();
@@ -248,6 +281,9 @@ fn every_caller_wakes_with_an_error_when_sshd_dies_mid_call() {
 
 #[test]
 fn a_port_that_never_answers_is_a_timeout_error_within_connect_timeout() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     run(|| {
         // The kernel accepts the connection; nothing ever speaks on it.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -270,6 +306,9 @@ fn a_port_that_never_answers_is_a_timeout_error_within_connect_timeout() {
 
 #[test]
 fn the_executable_crosses_once_per_account_and_a_read_only_home_caches_elsewhere() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     run(|| {
         let sshd = Sshd::start("once");
         // Only this test uses mitogen-rohome: its HOME is not writable, so the cache is in
@@ -300,6 +339,9 @@ fn stub(host: &str) -> SshOptions {
 
 #[test]
 fn the_stub_ssh_shows_the_cases_a_real_sshd_cannot() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
     run(|| {
         let router = Router::new(None).unwrap();
         // The boot command, quoted word by word, survives the shell a server hands it to.
