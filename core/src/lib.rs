@@ -58,14 +58,9 @@ mod sync;
 pub mod sys;
 pub mod wire;
 
-pub use atfork::{prepare_fork, ForkGuard};
 pub use blob::{Blob, Secret};
-pub use broker::{panic_message, Broker, BrokerOptions, Source, TimerHandle};
-pub use child::{
-    child_log_level, debug_tree, enable_master_debug_log, executable_digest, forget_chain, format_record,
-    install_library_logger, log_forwarded, open_debug_log, read_config, serve, set_debug_tree, set_io_logging,
-    ChildConfig, ExternalContext, Hello, LogRecord, CHILD_MARKER, CTX_TARGET, IO_TARGET, PROTOCOL_VERSION, VERSION,
-};
+pub use broker::{Broker, BrokerOptions, Source, TimerHandle};
+pub use child::{ExternalContext, CTX_TARGET, IO_TARGET, PROTOCOL_VERSION, VERSION};
 pub use context::Context;
 pub use error::{
     CallError, ChannelError, Error, GeneralError, LatchError, Result, StreamError, StreamErrorKind, TimeoutError,
@@ -75,15 +70,33 @@ pub use latch::{Latch, LatchNotify};
 pub use lines::LineSplitter;
 pub use message::{Message, Payload};
 pub use receiver::{Channel, Iter, Notify, Receiver, Sender};
-pub use remote::{encode_call, encode_call_by_path, RemoteFn, Returns};
+pub use remote::{RemoteFn, Returns};
 pub use router::{has_parent_authority, HandlerOptions, Policy, Router};
-pub use side::{io_op, Side};
+pub use side::Side;
 pub use stream::{Stream, StreamStats, CHUNK_SIZE};
-pub use wire::decode_frames;
 pub use wire::{
-    encode, ADD_ROUTE, ALLOCATE_ID, CALL_FUNCTION, CALL_SERVICE, DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE, DETACHING,
+    ADD_ROUTE, ALLOCATE_ID, CALL_FUNCTION, CALL_SERVICE, DEFAULT_MAX_MESSAGE_SIZE, DEL_ROUTE, DETACHING,
     FIRST_DYNAMIC_HANDLE, FORWARD_LOG, FORWARD_MODULE, GET_MODULE, HEADER_LEN, IS_DEAD, LOAD_MODULE, MAGIC, SHUTDOWN,
 };
+
+// The plumbing the workspace's crates share (the child's start, the fork preparation, log
+// forwarding, call encoding, frames): public for them, not part of the library's API.
+#[doc(hidden)]
+pub use atfork::{prepare_fork, ForkGuard};
+#[doc(hidden)]
+pub use broker::panic_message;
+#[doc(hidden)]
+pub use child::{
+    child_log_level, debug_tree, enable_master_debug_log, executable_digest, forget_chain, format_record,
+    install_library_logger, log_forwarded, open_debug_log, read_config, serve, set_debug_tree, set_io_logging,
+    ChildConfig, Hello, LogRecord, CHILD_MARKER,
+};
+#[doc(hidden)]
+pub use remote::{encode_call, encode_call_by_path};
+#[doc(hidden)]
+pub use side::io_op;
+#[doc(hidden)]
+pub use wire::{decode_frames, encode};
 
 /// Create a connected pair of close-on-exec, non-blocking `AF_UNIX` stream sockets, as used to
 /// join two routers (or a parent and a local child).

@@ -53,12 +53,18 @@ pub use context::{CallChain, Context};
 pub use doas::DoasOptions;
 pub use fork::{connect_fork, ForkOptions, OnFork, OnStart};
 pub use info::{router_info, RouterInfo, StreamInfo};
-pub use method::{connect_method, connect_via, via_connect, Method, ViaOutcome, ViaRequest};
+pub use method::Method;
+#[doc(hidden)]
+pub use method::{connect_method, connect_via, via_connect, ViaOutcome, ViaRequest};
+#[doc(hidden)]
 pub use process::{shell_join, watch_pidfd, ChildProcess};
+#[doc(hidden)]
 pub use routes::{allocate_child_id, is_immediate_child, serve_allocate_id, upgrade_router, ID_BLOCK};
 pub use setns::{SetnsKind, SetnsOptions};
 pub use ssh::{CheckHostKeys, SshOptions};
-pub use stats::{bootstrap_stats, BootstrapStats};
+pub use stats::BootstrapStats;
+#[doc(hidden)]
+pub use stats::bootstrap_stats;
 pub use su::SuOptions;
 pub use sudo::{SudoOptions, SUDO_PROMPT};
 pub use transport::Transport;
