@@ -62,9 +62,9 @@ pub use process::{shell_join, watch_pidfd, ChildProcess};
 pub use routes::{allocate_child_id, is_immediate_child, serve_allocate_id, upgrade_router, ID_BLOCK};
 pub use setns::{SetnsKind, SetnsOptions};
 pub use ssh::{CheckHostKeys, SshOptions};
-pub use stats::BootstrapStats;
 #[doc(hidden)]
 pub use stats::bootstrap_stats;
+pub use stats::BootstrapStats;
 pub use su::SuOptions;
 pub use sudo::{SudoOptions, SUDO_PROMPT};
 pub use transport::Transport;
