@@ -325,3 +325,37 @@ fn a_command_that_dies_at_the_prompt_is_a_clear_error_not_a_hang() {
         router.shutdown_and_join();
     });
 }
+
+#[test]
+fn the_tool_paths_given_are_the_ones_run() {
+    // Issue 21: every non-default tool path through a wrapper that records its use.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
+    run(|| {
+        let tmp = mitogen_tests::TempDir::new("tool-paths");
+        let used = tmp.path().join("used");
+        std::fs::write(&used, "").unwrap();
+        std::fs::set_permissions(&used, PermissionsExt::from_mode(0o666)).unwrap();
+        let wrapper = |tool: &str| {
+            let real =
+                String::from_utf8(std::process::Command::new("which").arg(tool).output().unwrap().stdout).unwrap();
+            let path = tmp.path().join(format!("my-{tool}"));
+            let script = format!("#!/bin/sh\necho {tool} >> {}\nexec {} \"$@\"\n", used.display(), real.trim());
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, PermissionsExt::from_mode(0o755)).unwrap();
+            path.into_os_string()
+        };
+        let router = Router::new(None).unwrap();
+        let user = as_user(&router, "mitogen-user");
+        let sudo = SudoOptions { sudo_path: wrapper("sudo"), ..SudoOptions::default() };
+        assert_eq!(router.sudo(sudo, via(&user)).unwrap().call(who, ()).unwrap().0, 0);
+        let su =
+            SuOptions { su_path: wrapper("su"), password: Some("otherpw".into()), ..SuOptions::new("mitogen-other") };
+        assert_eq!(router.su(su, via(&user)).unwrap().call(who, ()).unwrap().0, uid_of("mitogen-other"));
+        let doas = DoasOptions { doas_path: wrapper("doas"), ..DoasOptions::default() };
+        assert_eq!(router.doas(doas, via(&user)).unwrap().call(who, ()).unwrap().0, 0);
+        assert_eq!(std::fs::read_to_string(&used).unwrap(), "sudo\nsu\ndoas\n", "each wrapper ran, once");
+        router.shutdown_and_join();
+    });
+}

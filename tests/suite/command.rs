@@ -741,3 +741,36 @@ fn a_command_that_floods_its_output_times_out_on_time_with_a_bounded_error() {
         router.shutdown_and_join();
     });
 }
+
+#[test]
+fn a_target_of_another_machine_gets_the_executable_registered_for_it_or_a_clear_error() {
+    // Issue 21: Router::add_executable was untested. A `uname` ahead of the real tools makes
+    // the target say it is an aarch64 machine.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
+    run(|| {
+        let tmp = TempDir::new("machines");
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join("uname"), "#!/bin/sh\necho Linux aarch64\n").unwrap();
+        chmod(&bin.join("uname"), 0o755);
+        let path = format!("PATH={}:/usr/bin:/bin", bin.display());
+        let argv = || with_cache(&tmp.path().join("cache"), &[&path]);
+        let router = Router::new(None).unwrap();
+        let err = router.command(spec(argv()), Options::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(err.is_stream() && text.contains("\"Linux aarch64\"") && text.contains("add_executable"), "{text}");
+        // Registered, that file is what ships: a copy of this program with a byte appended (so
+        // another sha256), which runs here.
+        let build = tmp.path().join("aarch64-build");
+        let mut bytes = std::fs::read("/proc/self/exe").unwrap();
+        bytes.push(0);
+        std::fs::write(&build, bytes).unwrap();
+        router.add_executable("aarch64", &build).unwrap();
+        let ctx = router.command(spec(argv()), Options::default()).unwrap();
+        let (_, sha) = mitogen::core::executable_digest(&build).unwrap();
+        assert!(ctx.call(whoami, ()).unwrap().2.ends_with(&sha), "runs the registered build");
+        router.shutdown_and_join();
+    });
+}

@@ -227,3 +227,22 @@ fn behind_a_command_prefix_the_process_title_is_still_the_remote_name() {
         router.shutdown_and_join();
     });
 }
+
+#[test]
+fn main_with_and_with_router_run_a_function_with_a_router_they_shut_down() {
+    // Issue 21: mitogen::main_with and utils::with_router were untested.
+    run(|| {
+        let options = mitogen::MainOptions { log_level: None, profiling: false };
+        let pid = mitogen::main_with(options, |router| {
+            Ok(router.local(Options::default())?.call(crate::local_whoami, ())?.1)
+        })
+        .unwrap();
+        assert_ne!(pid, std::process::id());
+        let twice = mitogen::utils::with_router(|router, n: u32| {
+            let child = router.local(Options::default())?;
+            Ok(child.call(crate::local_whoami, ())?.0 + n)
+        });
+        assert_eq!(twice(10).unwrap(), 11, "a fresh router each call: context 1 again");
+        assert_eq!(twice(20).unwrap(), 21);
+    });
+}

@@ -368,3 +368,26 @@ fn the_stub_ssh_shows_the_cases_a_real_sshd_cannot() {
         router.shutdown_and_join();
     });
 }
+
+#[test]
+fn the_ssh_path_given_is_the_one_run() {
+    // Issue 21: a non-default `ssh_path`, through a wrapper that records its use.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
+    run(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = mitogen_tests::TempDir::new("ssh-path");
+        let (used, wrapper) = (tmp.path().join("used"), tmp.path().join("my-ssh"));
+        std::fs::write(&wrapper, format!("#!/bin/sh\necho ssh >> {}\nexec /usr/bin/ssh \"$@\"\n", used.display()))
+            .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sshd = Sshd::start("path");
+        let router = Router::new(None).unwrap();
+        let ssh = SshOptions { ssh_path: wrapper.into_os_string(), ..sshd.ssh("mitogen-key") };
+        let ctx = router.ssh(ssh, Options::default()).unwrap();
+        assert_eq!(ctx.call(account, ()).unwrap().1, "mitogen-key");
+        assert_eq!(std::fs::read_to_string(&used).unwrap(), "ssh\n", "the wrapper ran, once");
+        router.shutdown_and_join();
+    });
+}
