@@ -96,8 +96,10 @@ impl Launch<'_> {
     ) -> Result<Context> {
         let mode = if self.no_cache { CacheMode::None } else { CacheMode::Use };
         match self.attempt(router, context_id, mode, options, deadline) {
+            // (A given executable is not the cache's: it is not replaced.)
             Err(Attempt { error, cached: true })
-                if matches!(error.stream_kind_of(), Some(StreamErrorKind::Eof { .. })) =>
+                if options.executable.is_none()
+                    && matches!(error.stream_kind_of(), Some(StreamErrorKind::Eof { .. })) =>
             {
                 log::warn!("the cached executable did not start ({error}); shipping a fresh copy");
                 self.attempt(router, context_id, CacheMode::Replace, options, deadline).map_err(|a| a.error)
