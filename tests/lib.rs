@@ -280,6 +280,16 @@ fn unmet(needs: Needs) -> Option<String> {
     }
 }
 
+/// A script `<dir>/my-<tool>` that appends `<tool>` to `log` and runs `real` with its arguments:
+/// a non-default tool path whose use a test can count. Executable by every account.
+pub fn recording_wrapper(dir: &std::path::Path, tool: &str, real: &str, log: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("my-{tool}"));
+    std::fs::write(&path, format!("#!/bin/sh\necho {tool} >> {}\nexec {real} \"$@\"\n", log.display())).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 /// The timeout every blocking wait in the suite uses unless it tests timeouts itself.
 pub const WAIT: Duration = Duration::from_secs(30);
 

@@ -338,13 +338,7 @@ fn the_tool_paths_given_are_the_ones_run() {
         std::fs::write(&used, "").unwrap();
         std::fs::set_permissions(&used, PermissionsExt::from_mode(0o666)).unwrap();
         let wrapper = |tool: &str| {
-            let real =
-                String::from_utf8(std::process::Command::new("which").arg(tool).output().unwrap().stdout).unwrap();
-            let path = tmp.path().join(format!("my-{tool}"));
-            let script = format!("#!/bin/sh\necho {tool} >> {}\nexec {} \"$@\"\n", used.display(), real.trim());
-            std::fs::write(&path, script).unwrap();
-            std::fs::set_permissions(&path, PermissionsExt::from_mode(0o755)).unwrap();
-            path.into_os_string()
+            mitogen_tests::recording_wrapper(tmp.path(), tool, &format!("/usr/bin/{tool}"), &used).into_os_string()
         };
         let router = Router::new(None).unwrap();
         let user = as_user(&router, "mitogen-user");

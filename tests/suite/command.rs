@@ -310,12 +310,18 @@ fn a_cache_entry_that_runs_but_is_not_the_one_shipped_is_removed_and_the_next_co
         // still runs, but its sha256 is not the one shipped.
         *bytes.last_mut().unwrap() ^= 0xff;
         std::fs::write(&file, &bytes).unwrap();
-        let err = router.command(spec(argv()), Options::default()).unwrap_err();
-        assert!(matches!(err.stream_kind_of(), Some(StreamErrorKind::CorruptExecutable { .. })), "{err}");
-        assert!(!file.exists(), "the child removed the corrupt copy");
-        connects_and_answers(&router, tmp.path(), argv());
+        is_caught_removed_and_shipped_again(&router, tmp.path(), &file, argv);
         router.shutdown_and_join();
     });
+}
+
+/// The cached `file` under `cache` is not the one shipped: the next connect through `argv()`
+/// fails with `CorruptExecutable`, the child removes it, and the one after ships a fresh copy.
+fn is_caught_removed_and_shipped_again(router: &Router, cache: &Path, file: &Path, argv: impl Fn() -> Vec<OsString>) {
+    let err = router.command(spec(argv()), Options::default()).unwrap_err();
+    assert!(matches!(err.stream_kind_of(), Some(StreamErrorKind::CorruptExecutable { .. })), "{err}");
+    assert!(!file.exists(), "the child removed the copy that is not the one shipped");
+    connects_and_answers(router, cache, argv());
 }
 
 #[test]
@@ -705,10 +711,7 @@ fn a_cached_copy_altered_in_place_with_its_times_restored_is_caught() {
             (after.ino(), after.size(), after.mtime(), after.mtime_nsec()),
             (before.ino(), before.size(), before.mtime(), before.mtime_nsec())
         );
-        let err = router.command(spec(argv()), Options::default()).unwrap_err();
-        assert!(matches!(err.stream_kind_of(), Some(StreamErrorKind::CorruptExecutable { .. })), "{err}");
-        assert!(!file.exists(), "the child removed the altered copy");
-        connects_and_answers(&router, tmp.path(), argv());
+        is_caught_removed_and_shipped_again(&router, tmp.path(), &file, argv);
         router.shutdown_and_join();
     });
 }

@@ -376,12 +376,9 @@ fn the_ssh_path_given_is_the_one_run() {
         return;
     }
     run(|| {
-        use std::os::unix::fs::PermissionsExt;
         let tmp = mitogen_tests::TempDir::new("ssh-path");
-        let (used, wrapper) = (tmp.path().join("used"), tmp.path().join("my-ssh"));
-        std::fs::write(&wrapper, format!("#!/bin/sh\necho ssh >> {}\nexec /usr/bin/ssh \"$@\"\n", used.display()))
-            .unwrap();
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let used = tmp.path().join("used");
+        let wrapper = mitogen_tests::recording_wrapper(tmp.path(), "ssh", "/usr/bin/ssh", &used);
         let sshd = Sshd::start("path");
         let router = Router::new(None).unwrap();
         let ssh = SshOptions { ssh_path: wrapper.into_os_string(), ..sshd.ssh("mitogen-key") };
