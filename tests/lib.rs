@@ -69,9 +69,10 @@ impl log::Log for Capture {
         if !self.enabled(record.metadata()) {
             return;
         }
-        // Children's forwarded records are kept at every level (a test that turns debug on can
-        // look for them); everything else from info up.
-        if record.level() <= log::Level::Info || record.target().starts_with("mitogen::ctx::") {
+        // Children's forwarded records and the lines methods' tools print are kept at every
+        // level (a test that turns debug on can look for them); everything else from info up.
+        let kept = ["mitogen::ctx::", "mitogen::stderr"];
+        if record.level() <= log::Level::Info || kept.iter().any(|t| record.target().starts_with(t)) {
             let entry = (record.level(), record.target().to_owned(), record.args().to_string());
             let mut captured = CAPTURED.lock().unwrap_or_else(|e| e.into_inner());
             if captured.len() == CAPTURED_MAX {
@@ -280,14 +281,37 @@ fn unmet(needs: Needs) -> Option<String> {
     }
 }
 
-/// A script `<dir>/my-<tool>` that appends `<tool>` to `log` and runs `real` with its arguments:
-/// a non-default tool path whose use a test can count. Executable by every account.
+/// A script `<dir>/my-<tool>` that appends one line to `log`, `<tool>` and its arguments (each
+/// after a space, newlines in them shown as `~`), and runs `real` with them: a non-default tool
+/// path whose use a test can count and whose argv it can read ([`recorded_runs`]). Executable
+/// by every account.
 pub fn recording_wrapper(dir: &std::path::Path, tool: &str, real: &str, log: &std::path::Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(format!("my-{tool}"));
-    std::fs::write(&path, format!("#!/bin/sh\necho {tool} >> {}\nexec {real} \"$@\"\n", log.display())).unwrap();
+    let log = log.display();
+    let script = format!(
+        "#!/bin/sh\n{{ printf %s {tool}; printf ' %s' \"$@\"; }} | tr '\\n' '~' >> {log}\necho >> {log}\nexec {real} \"$@\"\n"
+    );
+    std::fs::write(&path, script).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
+}
+
+/// What the [`recording_wrapper`]s writing to `log` ran, in order: `(tool, its arguments as
+/// the line shows them)`.
+pub fn recorded_runs(log: &std::path::Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let (tool, args) = line.split_once(' ').unwrap_or((line, ""));
+            (tool.to_owned(), args.to_owned())
+        })
+        .collect()
+}
+
+/// The tools of [`recorded_runs`], in order.
+pub fn recorded_tools(log: &std::path::Path) -> Vec<String> {
+    recorded_runs(log).into_iter().map(|(tool, _)| tool).collect()
 }
 
 /// The timeout every blocking wait in the suite uses unless it tests timeouts itself.

@@ -119,6 +119,15 @@ impl Sshd {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 
+    /// Stop (`SIGSTOP`) every session process sshd started, leaving the connections open: a
+    /// host that stops answering without closing anything. [`kill`](Sshd::kill) ends them.
+    pub fn stop_sessions(&self) {
+        for pid in descendants(self.child.id() as i32) {
+            // SAFETY: kill has no memory-safety preconditions; the pids were just read.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        }
+    }
+
     /// Kill sshd and every session process it started, at once (a host that dies).
     pub fn kill(&mut self) {
         let tree = descendants(self.child.id() as i32);

@@ -140,8 +140,9 @@ impl Launch<'_> {
             };
             let mut stdout_line = on_line;
             let on_data = self.transport == Transport::Pty;
-            let mut side = PromptReader::new(stderr.as_ref().map(|f| f.as_fd()), &mut *prompts, &mut on_line, on_data);
-            [Some(&read), Some(&write), stderr.as_ref()]
+            let stderr_fd = stderr.as_ref().map(|f| f.as_fd());
+            let mut side = PromptReader::new(stderr_fd, &mut *prompts, &mut on_line, on_data, deadline.at);
+            let shipped = [Some(&read), Some(&write), stderr.as_ref()]
                 .into_iter()
                 .flatten()
                 .try_for_each(crate::io::prepare)
@@ -160,7 +161,13 @@ impl Launch<'_> {
                         &cancelled,
                         &mut stdout_line,
                     )
-                })
+                });
+            if let (Err(_), Some(text)) = (&shipped, side.waiting_at()) {
+                // What the command waits after, unanswered (a prompt not recognised), is part
+                // of what it printed.
+                proc.push_output(format!("{text} (waiting)"));
+            }
+            shipped
         };
         let shipped = match shipped {
             Ok(s) => s,

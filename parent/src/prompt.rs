@@ -113,11 +113,16 @@ pub(crate) struct NoPrompts;
 impl Prompts for NoPrompts {}
 
 /// Reads a command's stderr or PTY during the bootstrap and gives it to a [`Prompts`]; answers
-/// are written back to the same descriptor (a PTY master: the command's terminal).
+/// are written back to the same descriptor (a PTY master: the command's terminal), within the
+/// connect's deadline.
 pub(crate) struct PromptReader<'a> {
     fd: Option<BorrowedFd<'a>>,
     split: LineSplitter,
     answered: bool,
+    /// The unanswered text the command waits after, if it waits (for a timeout's message: a
+    /// prompt nobody recognised).
+    waiting: Option<String>,
+    deadline: Instant,
     /// Prompts also arrive on the data channel (a full PTY: `su` has nowhere else).
     on_data: bool,
     data_answered: bool,
@@ -129,19 +134,45 @@ impl<'a> PromptReader<'a> {
     /// Read `fd` (non-blocking) for `prompts`; every complete line also goes to `on_line`.
     /// With `on_data`, what stage 1's channel carries before its markers is offered to
     /// `prompts` too ([`data_line`](Self::data_line), [`data_partial`](Self::data_partial)).
+    /// Answers are typed by `deadline`.
     pub(crate) fn new(
         fd: Option<BorrowedFd<'a>>,
         prompts: &'a mut dyn Prompts,
         on_line: &'a mut dyn FnMut(&str),
         on_data: bool,
+        deadline: Instant,
     ) -> PromptReader<'a> {
         let split = LineSplitter::default();
-        PromptReader { fd, split, answered: false, on_data, data_answered: false, prompts, on_line }
+        let (answered, waiting, data_answered) = (false, None, false);
+        PromptReader { fd, split, answered, waiting, deadline, on_data, data_answered, prompts, on_line }
+    }
+
+    /// The text the command printed last and waits after, unanswered: a prompt the method did
+    /// not recognise, shown when the connect times out.
+    pub(crate) fn waiting_at(&self) -> Option<&str> {
+        self.waiting.as_deref()
+    }
+
+    /// Offer the unterminated `text` to the prompts; type the answer on `wfd`, if any.
+    fn offer(&mut self, text: &str, wfd: BorrowedFd<'_>, cancelled: &dyn Fn() -> bool) -> Result<bool> {
+        let text = text.trim_matches('\r');
+        match self.prompts.partial(text)? {
+            Some(answer) => {
+                self.waiting = None;
+                write_all(wfd, &answer, self.deadline, cancelled)?;
+                Ok(true)
+            }
+            None => {
+                self.waiting = Some(text.to_owned()).filter(|t| !t.trim().is_empty());
+                Ok(false)
+            }
+        }
     }
 
     /// A complete line on the data channel that is not a marker.
     pub(crate) fn data_line(&mut self, line: &str) -> Result<()> {
         self.data_answered = false;
+        self.waiting = None;
         match self.on_data {
             true => self.prompts.line(line.trim_matches('\r')),
             false => Ok(()),
@@ -154,10 +185,7 @@ impl<'a> PromptReader<'a> {
         if !self.on_data || self.data_answered {
             return Ok(());
         }
-        if let Some(answer) = self.prompts.partial(text.trim_matches('\r'))? {
-            self.data_answered = true;
-            write_all(wfd, &answer, Instant::now() + std::time::Duration::from_secs(5), cancelled)?;
-        }
+        self.data_answered = self.offer(text, wfd, cancelled)?;
         Ok(())
     }
 
@@ -179,8 +207,10 @@ impl<'a> PromptReader<'a> {
         };
         let mut result = Ok(());
         let (prompts, on_line, answered) = (&mut *self.prompts, &mut *self.on_line, &mut self.answered);
+        let waiting = &mut self.waiting;
         self.split.feed(&buf[..n], |line| {
             *answered = false;
+            *waiting = None;
             let line = line.trim_matches('\r');
             if !line.is_empty() {
                 on_line(line);
@@ -195,10 +225,7 @@ impl<'a> PromptReader<'a> {
         result?;
         if !self.answered && !self.split.pending().is_empty() {
             let text = String::from_utf8_lossy(self.split.pending()).into_owned();
-            if let Some(answer) = self.prompts.partial(text.trim_matches('\r'))? {
-                self.answered = true;
-                write_all(fd, &answer, Instant::now() + std::time::Duration::from_secs(5), &|| false)?;
-            }
+            self.answered = self.offer(&text, fd, &|| false)?;
         }
         Ok(())
     }
@@ -218,7 +245,7 @@ impl<'a> PromptReader<'a> {
 
 /// Read `fd` until end of file or `deadline`, passing each line to `on_line`.
 pub(crate) fn drain(fd: Option<BorrowedFd<'_>>, deadline: Instant, on_line: &mut dyn FnMut(&str)) {
-    let _ = PromptReader::new(fd, &mut NoPrompts, on_line, false).drain(deadline);
+    let _ = PromptReader::new(fd, &mut NoPrompts, on_line, false, deadline).drain(deadline);
 }
 
 #[cfg(test)]

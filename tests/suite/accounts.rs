@@ -349,7 +349,83 @@ fn the_tool_paths_given_are_the_ones_run() {
         assert_eq!(router.su(su, via(&user)).unwrap().call(who, ()).unwrap().0, uid_of("mitogen-other"));
         let doas = DoasOptions { doas_path: wrapper("doas"), ..DoasOptions::default() };
         assert_eq!(router.doas(doas, via(&user)).unwrap().call(who, ()).unwrap().0, 0);
-        assert_eq!(std::fs::read_to_string(&used).unwrap(), "sudo\nsu\ndoas\n", "each wrapper ran, once");
+        assert_eq!(mitogen_tests::recorded_tools(&used), ["sudo", "su", "doas"], "each wrapper ran, once");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn sudo_passes_the_selinux_role_and_type() {
+    // Issue 21: `selinux_role` and `selinux_type` reach sudo as `-r` and `-t`. SELinux is off on
+    // this machine, so sudo accepts them and runs the command unconfined.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
+    run(|| {
+        let tmp = mitogen_tests::TempDir::new("selinux");
+        let used = tmp.path().join("used");
+        std::fs::write(&used, "").unwrap();
+        std::fs::set_permissions(&used, PermissionsExt::from_mode(0o666)).unwrap();
+        let sudo_path = mitogen_tests::recording_wrapper(tmp.path(), "sudo", "/usr/bin/sudo", &used).into_os_string();
+        let router = Router::new(None).unwrap();
+        let user = as_user(&router, "mitogen-user");
+        let sudo = SudoOptions {
+            sudo_path,
+            selinux_role: Some("staff_r".into()),
+            selinux_type: Some("staff_t".into()),
+            ..SudoOptions::default()
+        };
+        assert_eq!(router.sudo(sudo, via(&user)).unwrap().call(who, ()).unwrap().0, 0);
+        let runs = mitogen_tests::recorded_runs(&used);
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert!(runs[0].1.contains("-r staff_r -t staff_t"), "{runs:?}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn the_su_and_doas_prompt_texts_given_are_the_ones_matched() {
+    // Issue 21: custom `password_prompt` and `incorrect_prompts`. A prompt text the tool does not
+    // print is never answered (the connect times out showing the tool's own prompt); one it
+    // prints in another case is; a refusal text it does not print leaves a wrong password to
+    // show as the tool's exit instead of a `PasswordError`.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let user = as_user(&router, "mitogen-user");
+        let short = Options { connect_timeout: Duration::from_secs(3), ..via(&user) };
+        let unanswered = |e: mitogen::Error, shown: &str| {
+            assert!(e.is_timeout(), "{e}");
+            assert!(e.to_string().contains(shown), "the last lines show the tool's prompt: {e}");
+        };
+        let unrecognised = |e: mitogen::Error| {
+            assert!(matches!(e.stream_kind_of(), Some(StreamErrorKind::Eof { .. })), "{e}");
+            assert!(e.to_string().contains("exited with status 1"), "{e}");
+        };
+
+        let su = |password_prompt: &str, pw: &str| SuOptions {
+            password: Some(pw.into()),
+            password_prompt: password_prompt.into(),
+            ..SuOptions::new("mitogen-other")
+        };
+        unanswered(router.su(su("Kennwort:", "otherpw"), short.clone()).unwrap_err(), "Password:");
+        let ctx = router.su(su("PASSWORD", "otherpw"), via(&user)).unwrap();
+        assert_eq!(ctx.call(who, ()).unwrap().0, uid_of("mitogen-other"));
+        let refused = SuOptions { incorrect_prompts: vec!["falsches Passwort".into()], ..su("Password:", "bad") };
+        unrecognised(router.su(refused, via(&user)).unwrap_err());
+
+        let doas = |password_prompt: &str, pw: &str| DoasOptions {
+            password: Some(pw.into()),
+            password_prompt: password_prompt.into(),
+            ..DoasOptions::new("mitogen-other")
+        };
+        unanswered(router.doas(doas("Kennwort:", "userpw"), short).unwrap_err(), "password:");
+        let ctx = router.doas(doas("(MITOGEN-USER@", "userpw"), via(&user)).unwrap();
+        assert_eq!(ctx.call(who, ()).unwrap().0, uid_of("mitogen-other"));
+        let refused = DoasOptions { incorrect_prompts: vec!["falsches Passwort".into()], ..doas("Password:", "bad") };
+        unrecognised(router.doas(refused, via(&user)).unwrap_err());
         router.shutdown_and_join();
     });
 }

@@ -384,7 +384,139 @@ fn the_ssh_path_given_is_the_one_run() {
         let ssh = SshOptions { ssh_path: wrapper.into_os_string(), ..sshd.ssh("mitogen-key") };
         let ctx = router.ssh(ssh, Options::default()).unwrap();
         assert_eq!(ctx.call(account, ()).unwrap().1, "mitogen-key");
-        assert_eq!(std::fs::read_to_string(&used).unwrap(), "ssh\n", "the wrapper ran, once");
+        assert_eq!(mitogen_tests::recorded_tools(&used), ["ssh"], "the wrapper ran, once");
+        router.shutdown_and_join();
+    });
+}
+
+/// An `ssh-agent` of the test's own holding `key`, stopped when dropped.
+struct Agent {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &std::path::Path, key: &std::path::Path) -> Agent {
+        let socket = dir.join("agent.sock");
+        let child = std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let agent = Agent { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !agent.socket.exists() {
+            assert!(Instant::now() < deadline, "ssh-agent made no socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let added =
+            std::process::Command::new("ssh-add").arg(key).env("SSH_AUTH_SOCK", &agent.socket).output().unwrap();
+        assert!(added.status.success(), "ssh-add: {}", String::from_utf8_lossy(&added.stderr));
+        agent
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn identities_only_offers_the_identity_file_alone_not_the_agents_keys() {
+    // Issue 21: `identities_only` end to end: the agent holds the authorized key, the identity
+    // file is one the server does not know.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
+    run(|| {
+        let tmp = mitogen_tests::TempDir::new("identities-only");
+        let stranger = tmp.path().join("stranger");
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", ""])
+            .arg("-f")
+            .arg(&stranger)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&made.stderr));
+        let agent = Agent::start(tmp.path(), &mitogen_tests::sshd::client_key());
+        let sshd = Sshd::start("identities-only");
+        let router = Router::new(None).unwrap();
+        let with_agent = |identities_only| {
+            let mut ssh =
+                SshOptions { identity_file: Some(stranger.clone()), identities_only, ..sshd.ssh("mitogen-key") };
+            ssh.ssh_args.extend(["-o".into(), format!("IdentityAgent={}", agent.socket.display()).into()]);
+            ssh
+        };
+        let e = router.ssh(with_agent(true), Options::default()).unwrap_err();
+        assert_eq!(kind(&e), Some(StreamErrorKind::Password), "only the unknown key was offered: {e}");
+        let ctx = router.ssh(with_agent(false), Options::default()).unwrap();
+        assert_eq!(ctx.call(account, ()).unwrap().1, "mitogen-key", "the agent's key was offered too");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn ssh_debug_output_is_in_the_debug_log_at_the_level_asked() {
+    // Issue 21: `ssh_debug_level` end to end: ssh's `-v` lines reach the log (target
+    // `mitogen::stderr`, level debug), and at level 0 ssh prints none.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
+    run(|| {
+        log::set_max_level(log::LevelFilter::Debug);
+        let sshd = Sshd::start("debug-level");
+        let router = Router::new(None).unwrap();
+        let ssh_lines = |prefix: &str| {
+            let logged = mitogen_tests::logged("mitogen::stderr");
+            logged.iter().filter(|(l, _, m)| *l == log::Level::Debug && m.contains(prefix)).count()
+        };
+        router.ssh(sshd.ssh("mitogen-key"), Options::default()).unwrap().call(account, ()).unwrap();
+        assert_eq!(ssh_lines("debug1:"), 0, "LogLevel ERROR at level 0");
+        let verbose = SshOptions { ssh_debug_level: 2, ..sshd.ssh("mitogen-key") };
+        router.ssh(verbose, Options::default()).unwrap().call(account, ()).unwrap();
+        assert!(
+            ssh_lines("debug1:") > 0 && ssh_lines("debug2:") > 0,
+            "-vv: {:?}",
+            mitogen_tests::logged("mitogen::stderr")
+        );
+        assert_eq!(ssh_lines("debug3:"), 0, "-vv, not -vvv");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn keepalives_notice_a_host_that_stops_answering_and_none_wait_for_ever() {
+    // Issue 21: `keepalive_*` end to end. Every session process of the server is stopped with
+    // its connection left open: ssh with keepalives (1 s, 2 unanswered) gives up and its caller
+    // wakes; without keepalives the same silence goes unnoticed until the host dies.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
+        return;
+    }
+    run(|| {
+        let mut sshd = Sshd::start("keepalive");
+        let router = Router::new(None).unwrap();
+        let quick = SshOptions { keepalive_interval: 1, keepalive_count: 2, ..sshd.ssh("mitogen-key") };
+        let with = router.ssh(quick, Options::default()).unwrap();
+        let without =
+            router.ssh(SshOptions { keepalive_enabled: false, ..sshd.ssh("mitogen-key") }, Options::default()).unwrap();
+        let noticed = with.call_async(crate::block, (60_000u64,)).unwrap();
+        let unnoticed = without.call_async(crate::block, (60_000u64,)).unwrap();
+        let start = Instant::now();
+        sshd.stop_sessions();
+        let e = noticed.get_timeout(mitogen_tests::WAIT).unwrap_err();
+        assert!(e.is_channel(), "{e}");
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(10), "noticed after {took:?}");
+        assert!(
+            unnoticed.get_timeout(Duration::from_secs(3)).unwrap_err().is_timeout(),
+            "no keepalives: still waiting"
+        );
+        sshd.kill();
+        assert!(unnoticed.get_timeout(mitogen_tests::WAIT).unwrap_err().is_channel(), "woken once the host died");
         router.shutdown_and_join();
     });
 }
