@@ -243,3 +243,139 @@ fn the_stub_kubectl_incus_and_jexec_reach_a_real_container() {
         router.shutdown_and_join();
     });
 }
+
+/// The first `tool` on `PATH`.
+fn on_path(tool: &str) -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path.split(':').map(|d| format!("{d}/{tool}")).find(|p| std::path::Path::new(p).is_file());
+    found.unwrap_or_else(|| panic!("{tool} is not on PATH"))
+}
+
+#[test]
+fn the_engine_paths_given_are_the_ones_run() {
+    // Issue 21: every non-default engine path through a wrapper that records its use:
+    // `docker_path`, `podman_path`, `buildah_path`, `lxc_attach_path`, LXD's `lxc_path`, and
+    // setns's `docker_path`, `lxc_info_path`, `lxc_path` and `machinectl_path` (machinectl
+    // needs systemd-machined, which does not run here: `tests/stubs/machinectl` reports the
+    // leader of a podman container, as `machinectl status` would).
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Engines) {
+        return;
+    }
+    run(|| {
+        let tmp = mitogen_tests::TempDir::new("engine-paths");
+        let used = tmp.path().join("used");
+        let wrapper =
+            |tool: &str, real: &str| mitogen_tests::recording_wrapper(tmp.path(), tool, real, &used).into_os_string();
+        let (docker, podman, buildah, lxc_attach, lxc, lxc_info, machinectl) = (
+            wrapper("docker", &on_path("docker")),
+            wrapper("podman", &on_path("podman")),
+            wrapper("buildah", &on_path("buildah")),
+            wrapper("lxc-attach", &on_path("lxc-attach")),
+            wrapper("lxc", &on_path("lxc")),
+            wrapper("lxc-info", &on_path("lxc-info")),
+            wrapper("machinectl", &stub("machinectl").to_string_lossy()),
+        );
+        let router = Router::new(None).unwrap();
+        let (d, p, b) = (
+            Container::start(Engine::Docker, "paths-docker"),
+            Container::start(Engine::Podman, "paths-podman"),
+            Container::start(Engine::Buildah, "paths-buildah"),
+        );
+        let (l, x) = (Container::start(Engine::Lxc, "paths-lxc"), Container::start(Engine::Lxd, "paths-lxd"));
+        let o = Options::default;
+        runs_in(
+            &router
+                .docker(DockerOptions { docker_path: docker.clone(), ..DockerOptions::container(&d.name) }, o())
+                .unwrap(),
+            &d,
+        );
+        runs_in(&router.podman(PodmanOptions { podman_path: podman, ..PodmanOptions::new(&p.name) }, o()).unwrap(), &p);
+        let ctx =
+            router.buildah(BuildahOptions { buildah_path: buildah, ..BuildahOptions::new(&b.name) }, o()).unwrap();
+        runs_in_buildah(&ctx, &b);
+        runs_in(&router.lxc(LxcOptions { lxc_attach_path: lxc_attach, ..LxcOptions::new(&l.name) }, o()).unwrap(), &l);
+        runs_in(&router.lxd(LxdOptions { lxc_path: lxc.clone(), ..LxdOptions::new(&x.name) }, o()).unwrap(), &x);
+        let setns = |c: &Container, kind| {
+            let setns = SetnsOptions {
+                docker_path: docker.clone(),
+                lxc_path: lxc.clone(),
+                lxc_info_path: lxc_info.clone(),
+                machinectl_path: machinectl.clone(),
+                ..SetnsOptions::new(&c.name, kind)
+            };
+            runs_in(&router.setns(setns, o()).unwrap(), c);
+        };
+        setns(&d, SetnsKind::Docker);
+        setns(&l, SetnsKind::Lxc);
+        setns(&x, SetnsKind::Lxd);
+        setns(&p, SetnsKind::Machinectl);
+        let tools = mitogen_tests::recorded_tools(&used);
+        let expected = ["docker", "podman", "buildah", "lxc-attach", "lxc", "docker", "lxc-info", "lxc", "machinectl"];
+        assert_eq!(tools, expected, "each wrapper ran, once per connect");
+        router.shutdown_and_join();
+    });
+}
+
+/// The context runs in buildah's working container `c`: each `buildah run` is a fresh
+/// container whose host name is the start of the working container's id.
+fn runs_in_buildah(ctx: &Context, c: &Container) {
+    let id = mitogen_tests::containers::sh(&["buildah", "inspect", "--format={{.ContainerID}}", &c.name]);
+    let (hostname, uid, ..) = ctx.call(inside, ()).unwrap();
+    assert!(hostname.len() >= 12 && id.trim().starts_with(&hostname), "{hostname} in {id}");
+    assert_eq!(uid, 0);
+}
+
+/// The pid of `c`'s leader, as its engine reports it.
+fn leader_of(c: &Container) -> String {
+    mitogen_tests::containers::sh(&["docker", "inspect", "--format={{.State.Pid}}", &c.name]).trim().to_owned()
+}
+
+#[test]
+fn setns_by_pid_enters_the_namespaces_of_that_process() {
+    // Issue 21: `SetnsKind::Pid`: no engine is asked; the pid given is the leader.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Engines) {
+        return;
+    }
+    run(|| {
+        let d = Container::start(Engine::Docker, "setns-pid");
+        let router = Router::new(None).unwrap();
+        let pid = leader_of(&d);
+        let ctx = router.setns(SetnsOptions::new(&pid, SetnsKind::Pid), Options::default()).unwrap();
+        assert_eq!(ctx.name(), Some(format!("setns.{pid}").as_str()));
+        assert_eq!(runs_in(&ctx, &d).0, 0);
+        let nobody = SetnsOptions { username: "nobody".into(), ..SetnsOptions::new(&pid, SetnsKind::Pid) };
+        assert_eq!(runs_in(&router.setns(nobody, Options::default()).unwrap(), &d).0, 65534);
+        let e = router.setns(SetnsOptions::new("999999999", SetnsKind::Pid), Options::default()).unwrap_err();
+        assert!(e.to_string().contains("999999999"), "{e}");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn podman_buildah_lxc_and_lxd_work_through_via() {
+    // Issue 21: `via=` for podman, buildah, lxc and lxd: master -> local -> the container.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Engines) {
+        return;
+    }
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let local = router.local(Options::default()).unwrap();
+        let (p, b) = (Container::start(Engine::Podman, "via-podman"), Container::start(Engine::Buildah, "via-buildah"));
+        let (l, x) = (Container::start(Engine::Lxc, "via-lxc"), Container::start(Engine::Lxd, "via-lxd"));
+        let parents = |ctx: &Context| ctx.call(crate::local_whoami, ()).unwrap().2;
+        let through = |ctx: Context, prefix: &str| {
+            assert!(
+                ctx.name().unwrap().starts_with(&format!("{}.{prefix}.", local.name().unwrap())),
+                "{:?}",
+                ctx.name()
+            );
+            assert_eq!(parents(&ctx), vec![local.context_id(), 0], "its parent is the via context");
+            ctx
+        };
+        runs_in(&through(router.podman(PodmanOptions::new(&p.name), via(&local)).unwrap(), "podman"), &p);
+        runs_in_buildah(&through(router.buildah(BuildahOptions::new(&b.name), via(&local)).unwrap(), "buildah"), &b);
+        runs_in(&through(router.lxc(LxcOptions::new(&l.name), via(&local)).unwrap(), "lxc"), &l);
+        runs_in(&through(router.lxd(LxdOptions::new(&x.name), via(&local)).unwrap(), "lxd"), &x);
+        router.shutdown_and_join();
+    });
+}

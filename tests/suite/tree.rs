@@ -35,15 +35,20 @@ fn write_to_parent_soon(bytes: Vec<u8>) {
     });
 }
 
-/// In a child: say so on `started`, detach, and exit by itself after `ms`, writing `path`
-/// first (Mitogen's async-task pattern: the caller learns of the start through a Sender).
+/// In a child: say so on `started`, detach, and exit by itself after `ms`, writing to `path`
+/// first its pid and its session before and after detaching (Mitogen's async-task pattern: the
+/// caller learns of the start through a Sender).
 fn detach_and_finish_later(started: Sender, path: String, ms: u64) {
     started.send(&std::process::id()).unwrap();
+    // SAFETY: getsid(0) has no preconditions.
+    let session = || unsafe { libc::getsid(0) };
+    let before = session();
     ExternalContext::current().expect("runs in a child").detach().unwrap();
     assert!(mitogen::parent_ids().is_empty(), "a detached context has no parents");
+    let after = session();
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(ms));
-        std::fs::write(&path, std::process::id().to_string()).unwrap();
+        std::fs::write(&path, format!("{} {before} {after}", std::process::id())).unwrap();
         std::process::exit(0);
     });
 }
@@ -231,7 +236,11 @@ fn a_detached_child_keeps_running_after_the_master_exits() {
         // SAFETY: waiting for our own child; a valid out-pointer.
         let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
         assert_eq!(reaped, pid);
-        assert_eq!(std::fs::read_to_string(&dir).unwrap(), pid.to_string());
+        // It left the master's session for one of its own (`setsid`), though it was the
+        // leader of its own process group.
+        // SAFETY: getsid(0) has no preconditions.
+        let ours = unsafe { libc::getsid(0) };
+        assert_eq!(std::fs::read_to_string(&dir).unwrap(), format!("{pid} {ours} {pid}"), "pid, session before, after");
         std::fs::remove_file(&dir).unwrap();
     });
 }

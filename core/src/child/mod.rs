@@ -274,8 +274,11 @@ impl ExternalContext {
         let Some(stream) = self.inner.router.stream_by_id(parent_id).filter(|_| !self.is_detached()) else {
             return Ok(());
         };
-        // Fails only for a process group leader (a forked child of one); harmless then.
-        let _ = sys::setsid();
+        // Fails only if a forked child of it is left in its group; it stays in the parent's
+        // session then, in a group of its own.
+        if let Err(e) = sys::setsid() {
+            log::debug!("detach: setsid: {e}; staying in the parent's session");
+        }
         let msg = Message::raw(crate::wire::DETACHING, Vec::new());
         self.inner.parent.send_await::<()>(msg, Some(Duration::from_secs(30)))?;
         self.inner.detached.store(true, Ordering::Release);

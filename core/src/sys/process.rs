@@ -137,9 +137,21 @@ pub fn exit_now(status: i32) -> ! {
     unsafe { libc::_exit(status) }
 }
 
-/// `setsid(2)`: leave the parent's session and process group.
+/// `setsid(2)`: leave the parent's session and process group, into a new session whose
+/// group has this process's id. A process group leader cannot do that, and a child started in a
+/// group of its own (as every exec'd child is, so that a kill reaches what it starts) is one:
+/// it first joins its parent's group, in the same session, then leaves it. Fails if a process
+/// of its old group is left (a forked child of it).
 pub fn setsid() -> io::Result<()> {
-    nix::unistd::setsid().map(drop).map_err(io)
+    use nix::unistd::{getpgid, getpgrp, getpid, getppid, setpgid, setsid};
+    match setsid() {
+        Err(nix::errno::Errno::EPERM) if getpgrp() == getpid() => {
+            let parents = getpgid(Some(getppid())).map_err(io)?;
+            setpgid(getpid(), parents).map_err(io)?;
+            setsid().map(drop).map_err(io)
+        }
+        other => other.map(drop).map_err(io),
+    }
 }
 
 /// Ignore `SIGPIPE`, as Rust's runtime does before `main` (a child may start before it).
