@@ -34,33 +34,43 @@ pub struct CommandSpec {
     pub transport: Transport,
 }
 
-/// Start a context through `spec`'s command: the command runs stage 1, which runs a cached copy
-/// of this executable or receives one, and the context then answers the handshake as a local
-/// child does. A cached copy that fails to start is replaced once.
+impl Bootstrapped for CommandSpec {
+    fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
+        Ok(Launch { no_cache: self.no_cache, ..Launch::new(self.argv.clone(), self.transport) })
+    }
+}
+
+/// A connection method built on the bootstrap (Mitogen's per-method `Connection`, with its
+/// `get_boot_command`, `create_child` and `diag_protocol_class`): what its options say about
+/// how its command starts. Each method's options type implements it in the method's file.
+pub(crate) trait Bootstrapped {
+    /// How to start the command; a method that first asks a tool (setns) spends `deadline`.
+    fn launch(&self, deadline: Deadline) -> Result<Launch<'_>>;
+}
+
+/// Start a context with `method` (any [`Bootstrapped`] method's options), within
+/// `options.connect_timeout`: its command runs stage 1, which runs a cached copy of this
+/// executable or receives one, and the context then answers the handshake as a local child
+/// does. A cached copy that fails to start is replaced once.
 ///
 /// # Errors
-/// [`StreamError`](mitogen_core::StreamError) of kind `ChildStart` if the command cannot be
-/// started, `Eof` (with the last lines printed) if it ends before the handshake, `Cancelled` if
-/// the broker shuts down meanwhile, `CorruptExecutable` if the cached copy is not the one
-/// shipped; [`TimeoutError`](mitogen_core::TimeoutError) if nothing answers within
-/// `connect_timeout`.
-pub(crate) fn connect_command(
+/// The method's own (a `Password` or `HostKey` [`StreamError`] its prompts found), and those
+/// of every method: kind `ChildStart` if the command cannot be started, `Eof` (with the last
+/// lines printed) if it ends before the handshake, `Cancelled` if the broker shuts down
+/// meanwhile, `CorruptExecutable` if the cached copy is not the one shipped;
+/// [`TimeoutError`](mitogen_core::TimeoutError) if nothing answers within `connect_timeout`.
+pub(crate) fn connect(
     router: &Router,
     context_id: u32,
-    spec: &CommandSpec,
+    method: &impl Bootstrapped,
     options: &Options,
 ) -> Result<Context> {
-    let launch = Launch {
-        argv: spec.argv.clone(),
-        boot: Boot::Words,
-        transport: spec.transport,
-        no_cache: spec.no_cache,
-        name: None,
-        prompts: &|| Box::new(NoPrompts),
-        setup: Default::default(),
-    };
-    launch.connect(router, context_id, options)
+    let deadline = Deadline::after(options.connect_timeout);
+    method.launch(deadline)?.connect(router, context_id, options, deadline)
 }
+
+/// The method's prompt handling, made fresh for each attempt.
+pub(crate) type PromptsFn<'a> = Box<dyn Fn() -> Box<dyn Prompts> + Sync + 'a>;
 
 /// How a method runs the boot command: what every connection method (the generic one, ssh,
 /// sudo, ...) hands to the one path they share.
@@ -74,28 +84,34 @@ pub(crate) struct Launch<'a> {
     /// The context's default name; `None` names it `<program>.<pid>`.
     pub(crate) name: Option<String>,
     /// The method's prompt handling, fresh for each attempt.
-    pub(crate) prompts: &'a (dyn Fn() -> Box<dyn Prompts> + Sync),
+    pub(crate) prompts: PromptsFn<'a>,
     /// Environment and namespaces for the command (setns); default: none.
     pub(crate) setup: Setup,
+    /// Added to the error if the command ends before the handshake (LXC's tools report a
+    /// failed start poorly).
+    pub(crate) eof_hint: Option<&'static str>,
 }
 
-impl Launch<'_> {
-    /// Start the context; a cached copy that fails to start is replaced once.
-    pub(crate) fn connect(&self, router: &Router, context_id: u32, options: &Options) -> Result<Context> {
-        self.connect_by(router, context_id, options, Deadline::after(options.connect_timeout))
+impl<'a> Launch<'a> {
+    /// `argv` followed by the boot command as words, on `transport`, with no prompts.
+    pub(crate) fn new(argv: Vec<OsString>, transport: Transport) -> Launch<'a> {
+        Launch {
+            argv,
+            boot: Boot::Words,
+            transport,
+            no_cache: false,
+            name: None,
+            prompts: Box::new(|| Box::new(NoPrompts)),
+            setup: Setup::default(),
+            eof_hint: None,
+        }
     }
 
-    /// [`connect`](Launch::connect) within a deadline the method started earlier (setns,
-    /// which first asks the engine for the container's leader).
-    pub(crate) fn connect_by(
-        &self,
-        router: &Router,
-        context_id: u32,
-        options: &Options,
-        deadline: Deadline,
-    ) -> Result<Context> {
+    /// Start the context within `deadline`; a cached copy that fails to start is replaced
+    /// once.
+    fn connect(&self, router: &Router, context_id: u32, options: &Options, deadline: Deadline) -> Result<Context> {
         let mode = if self.no_cache { CacheMode::None } else { CacheMode::Use };
-        match self.attempt(router, context_id, mode, options, deadline) {
+        let result = match self.attempt(router, context_id, mode, options, deadline) {
             // (A given executable is not the cache's: it is not replaced.)
             Err(Attempt { error, cached: true })
                 if options.executable.is_none()
@@ -105,7 +121,11 @@ impl Launch<'_> {
                 self.attempt(router, context_id, CacheMode::Replace, options, deadline).map_err(|a| a.error)
             }
             other => other.map_err(|a| a.error),
-        }
+        };
+        result.map_err(|e| match (self.eof_hint, e.stream_kind_of()) {
+            (Some(hint), Some(StreamErrorKind::Eof { .. })) => e.suffixed(hint),
+            _ => e,
+        })
     }
 
     fn attempt(

@@ -7,41 +7,20 @@
 
 use std::ffi::OsString;
 
-use mitogen_core::{Error, Result, Router};
+use mitogen_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Boot, Launch};
-use crate::connect::Options;
-use crate::context::Context;
-use crate::prompt::NoPrompts;
+use crate::command::{Bootstrapped, Launch};
+use crate::connect::Deadline;
 use crate::transport::Transport;
 
 /// Mitogen's hint on an LXC or LXD tool's early end: they report a failed start poorly.
 const LXC_HINT: &str = "Note: many versions of LXC do not report program execution failure meaningfully. \
      Please check the host logs (/var/log) for more information.";
 
-/// Start `argv` + the boot command on merged stdio, named `name`.
-fn connect_tool(
-    router: &Router,
-    context_id: u32,
-    argv: Vec<OsString>,
-    name: String,
-    eof_hint: Option<&'static str>,
-    options: &Options,
-) -> Result<Context> {
-    let launch = Launch {
-        argv,
-        boot: Boot::Words,
-        transport: Transport::Merged,
-        no_cache: false,
-        name: Some(name),
-        prompts: &|| Box::new(NoPrompts),
-        setup: Default::default(),
-    };
-    launch.connect(router, context_id, options).map_err(|e| match (eof_hint, e.stream_kind_of()) {
-        (Some(hint), Some(mitogen_core::StreamErrorKind::Eof { .. })) => e.suffixed(hint),
-        _ => e,
-    })
+/// `argv` and the boot command on merged stdio, named `name`.
+fn tool(argv: Vec<OsString>, name: String) -> Launch<'static> {
+    Launch { name: Some(name), ..Launch::new(argv, Transport::Merged) }
 }
 
 fn words<const N: usize>(w: [&str; N]) -> Vec<OsString> {
@@ -106,18 +85,12 @@ impl DockerOptions {
     }
 }
 
-/// Start a context in a docker container (Mitogen `Router.docker()`).
-///
-/// # Errors
-/// A `StreamError` for conflicting options; the generic method's errors otherwise, an `Eof`
-/// one with what docker printed (`No such container`, ...).
-pub(crate) fn connect_docker(
-    router: &Router,
-    context_id: u32,
-    o: &DockerOptions,
-    options: &Options,
-) -> Result<Context> {
-    connect_tool(router, context_id, o.argv()?, o.default_name(), None, options)
+impl Bootstrapped for DockerOptions {
+    /// A `StreamError` for conflicting options; an `Eof` one with what docker printed (`No such
+    /// container`, ...).
+    fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
+        Ok(tool(self.argv()?, self.default_name()))
+    }
 }
 
 /// `podman()` (current Mitogen's `Router.podman()`): in a running container.
@@ -148,17 +121,11 @@ impl PodmanOptions {
     }
 }
 
-/// Start a context in a podman container.
-///
-/// # Errors
-/// The generic method's errors.
-pub(crate) fn connect_podman(
-    router: &Router,
-    context_id: u32,
-    o: &PodmanOptions,
-    options: &Options,
-) -> Result<Context> {
-    connect_tool(router, context_id, o.argv(), format!("podman.{}", o.container), None, options)
+impl Bootstrapped for PodmanOptions {
+    /// In a running container.
+    fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
+        Ok(tool(self.argv(), format!("podman.{}", self.container)))
+    }
 }
 
 /// `buildah()` (current Mitogen's `Router.buildah()`): in a working container.
@@ -189,17 +156,11 @@ impl BuildahOptions {
     }
 }
 
-/// Start a context in a buildah working container.
-///
-/// # Errors
-/// The generic method's errors.
-pub(crate) fn connect_buildah(
-    router: &Router,
-    context_id: u32,
-    o: &BuildahOptions,
-    options: &Options,
-) -> Result<Context> {
-    connect_tool(router, context_id, o.argv(), format!("buildah.{}", o.container), None, options)
+impl Bootstrapped for BuildahOptions {
+    /// In a fresh process of the working container.
+    fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
+        Ok(tool(self.argv(), format!("buildah.{}", self.container)))
+    }
 }
 
 /// `lxc()` (Mitogen `Router.lxc()`): in a running LXC container, through `lxc-attach`.
@@ -225,12 +186,11 @@ impl LxcOptions {
     }
 }
 
-/// Start a context in an LXC container.
-///
-/// # Errors
-/// The generic method's errors; an `Eof` one ends with Mitogen's hint to read the host's logs.
-pub(crate) fn connect_lxc(router: &Router, context_id: u32, o: &LxcOptions, options: &Options) -> Result<Context> {
-    connect_tool(router, context_id, o.argv(), format!("lxc.{}", o.container), Some(LXC_HINT), options)
+impl Bootstrapped for LxcOptions {
+    /// An early end carries Mitogen's hint to look in the host's logs.
+    fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
+        Ok(Launch { eof_hint: Some(LXC_HINT), ..tool(self.argv(), format!("lxc.{}", self.container)) })
+    }
 }
 
 /// `lxd()` (Mitogen `Router.lxd()`), and `incus()` with [`LxdOptions::incus`]: in a running
@@ -266,13 +226,12 @@ impl LxdOptions {
     }
 }
 
-/// Start a context in an LXD or Incus instance.
-///
-/// # Errors
-/// The generic method's errors; an `Eof` one ends with Mitogen's hint to read the host's logs.
-pub(crate) fn connect_lxd(router: &Router, context_id: u32, o: &LxdOptions, options: &Options) -> Result<Context> {
-    let name = format!("{}.{}", if o.incus { "incus" } else { "lxd" }, o.container);
-    connect_tool(router, context_id, o.argv(), name, Some(LXC_HINT), options)
+impl Bootstrapped for LxdOptions {
+    /// An early end carries Mitogen's hint to look in the host's logs.
+    fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
+        let name = format!("{}.{}", if self.incus { "incus" } else { "lxd" }, self.container);
+        Ok(Launch { eof_hint: Some(LXC_HINT), ..tool(self.argv(), name) })
+    }
 }
 
 /// `jail()` (Mitogen `Router.jail()`): in a FreeBSD jail, through `jexec`.
@@ -303,12 +262,11 @@ impl JailOptions {
     }
 }
 
-/// Start a context in a jail.
-///
-/// # Errors
-/// The generic method's errors.
-pub(crate) fn connect_jail(router: &Router, context_id: u32, o: &JailOptions, options: &Options) -> Result<Context> {
-    connect_tool(router, context_id, o.argv(), format!("jail.{}", o.container), None, options)
+impl Bootstrapped for JailOptions {
+    /// In a FreeBSD jail.
+    fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
+        Ok(tool(self.argv(), format!("jail.{}", self.container)))
+    }
 }
 
 /// `kubectl()` (Mitogen `Router.kubectl()`): in a Kubernetes pod.
@@ -337,17 +295,11 @@ impl KubectlOptions {
     }
 }
 
-/// Start a context in a pod.
-///
-/// # Errors
-/// The generic method's errors.
-pub(crate) fn connect_kubectl(
-    router: &Router,
-    context_id: u32,
-    o: &KubectlOptions,
-    options: &Options,
-) -> Result<Context> {
-    connect_tool(router, context_id, o.argv(), format!("kubectl.{}", o.pod), None, options)
+impl Bootstrapped for KubectlOptions {
+    /// In a Kubernetes pod.
+    fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
+        Ok(tool(self.argv(), format!("kubectl.{}", self.pod)))
+    }
 }
 
 #[cfg(test)]

@@ -3,12 +3,11 @@
 
 use std::ffi::OsString;
 
-use mitogen_core::{Result, Router};
+use mitogen_core::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Boot, Launch};
-use crate::connect::Options;
-use crate::context::Context;
+use crate::command::{Bootstrapped, Launch};
+use crate::connect::Deadline;
 use crate::su::PromptTexts;
 use crate::transport::Transport;
 use mitogen_core::Secret;
@@ -60,26 +59,20 @@ impl DoasOptions {
     }
 }
 
-/// Start a context as `doas.username` through doas (Mitogen `Router.doas()`).
-///
-/// # Errors
-/// [`StreamError`](mitogen_core::StreamError) of kind
-/// [`Password`](mitogen_core::StreamErrorKind::Password): "doas password is incorrect", "doas
-/// password is required"; the generic method's errors otherwise
-/// ([`connect_command`](crate::connect_command)).
-pub(crate) fn connect_doas(router: &Router, context_id: u32, doas: &DoasOptions, options: &Options) -> Result<Context> {
-    let launch = Launch {
-        argv: doas.argv(),
-        boot: Boot::Words,
-        transport: Transport::Hybrid,
-        no_cache: false,
-        name: Some(doas.default_name()),
-        prompts: &|| {
-            Box::new(PromptTexts::new(&doas.password_prompt, &doas.incorrect_prompts, doas.password.clone(), "doas"))
-        },
-        setup: Default::default(),
-    };
-    launch.connect(router, context_id, options)
+impl Bootstrapped for DoasOptions {
+    /// On the hybrid transport (doas asks on `/dev/tty`); errors of kind
+    /// [`Password`](mitogen_core::StreamErrorKind::Password): "doas password is incorrect",
+    /// "doas password is required".
+    fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
+        Ok(Launch {
+            name: Some(self.default_name()),
+            prompts: Box::new(|| {
+                let texts = (&self.password_prompt, &self.incorrect_prompts);
+                Box::new(PromptTexts::new(texts.0, texts.1, self.password.clone(), "doas"))
+            }),
+            ..Launch::new(self.argv(), Transport::Hybrid)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,10 @@ use crate::su::SuOptions;
 use crate::sudo::SudoOptions;
 
 /// `Method`, its `From` conversions and its dispatch, from one list: each method built on the
-/// bootstrap is one line here, `Variant(Options) => connect_fn` with its doc.
+/// bootstrap is one line here, `Variant(Options)` with its doc; its options type implements
+/// [`Bootstrapped`](crate::command::Bootstrapped) in the method's file.
 macro_rules! methods {
-    ($($(#[$doc:meta])* $variant:ident($options:ty) => $connect:path),* $(,)?) => {
+    ($($(#[$doc:meta])* $variant:ident($options:ty)),* $(,)?) => {
         /// A connection method with its own options: what a factory (`local()`, `fork()`, the
         /// generic command method, and the methods built on it) needs beyond the common
         /// [`Options`]. Serializable, so `via=` sends the same description to the via context,
@@ -60,7 +61,7 @@ macro_rules! methods {
                     let fork = ForkOptions { options: options.clone(), on_fork: None, on_start: None };
                     connect_fork(router, context_id, &fork)
                 }
-                $(Method::$variant(o) => $connect(router, context_id, o, options),)*
+                $(Method::$variant(o) => crate::command::connect(router, context_id, o, options),)*
             }
         }
     };
@@ -68,31 +69,31 @@ macro_rules! methods {
 
 methods! {
     /// The generic command method: see [`CommandSpec`].
-    Command(CommandSpec) => crate::command::connect_command,
+    Command(CommandSpec),
     /// `ssh()`: see [`SshOptions`].
-    Ssh(SshOptions) => crate::ssh::connect_ssh,
+    Ssh(SshOptions),
     /// `sudo()`: see [`SudoOptions`].
-    Sudo(SudoOptions) => crate::sudo::connect_sudo,
+    Sudo(SudoOptions),
     /// `su()`: see [`SuOptions`].
-    Su(SuOptions) => crate::su::connect_su,
+    Su(SuOptions),
     /// `doas()`: see [`DoasOptions`].
-    Doas(DoasOptions) => crate::doas::connect_doas,
+    Doas(DoasOptions),
     /// `docker()`: see [`DockerOptions`].
-    Docker(DockerOptions) => crate::containers::connect_docker,
+    Docker(DockerOptions),
     /// `podman()`: see [`PodmanOptions`].
-    Podman(PodmanOptions) => crate::containers::connect_podman,
+    Podman(PodmanOptions),
     /// `buildah()`: see [`BuildahOptions`].
-    Buildah(BuildahOptions) => crate::containers::connect_buildah,
+    Buildah(BuildahOptions),
     /// `lxc()`: see [`LxcOptions`].
-    Lxc(LxcOptions) => crate::containers::connect_lxc,
+    Lxc(LxcOptions),
     /// `lxd()` and `incus()`: see [`LxdOptions`].
-    Lxd(LxdOptions) => crate::containers::connect_lxd,
+    Lxd(LxdOptions),
     /// `jail()`: see [`JailOptions`].
-    Jail(JailOptions) => crate::containers::connect_jail,
+    Jail(JailOptions),
     /// `kubectl()`: see [`KubectlOptions`].
-    Kubectl(KubectlOptions) => crate::containers::connect_kubectl,
+    Kubectl(KubectlOptions),
     /// `setns()`: see [`SetnsOptions`].
-    Setns(SetnsOptions) => crate::setns::connect_setns,
+    Setns(SetnsOptions),
 }
 
 impl From<&Method> for Method {

@@ -13,14 +13,12 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mitogen_core::{sys, Error, Result, Router};
+use mitogen_core::{sys, Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Boot, Launch};
-use crate::connect::{Deadline, Options};
-use crate::context::Context;
+use crate::command::{Boot, Bootstrapped, Launch};
+use crate::connect::Deadline;
 use crate::process::Setup;
-use crate::prompt::NoPrompts;
 use crate::transport::Transport;
 
 /// How the container's leader process is found.
@@ -162,16 +160,17 @@ fn groups_of(group: &str, user: &str, gid: u32) -> Vec<u32> {
     groups
 }
 
-/// Start a context inside `setns.container` by entering its namespaces (Mitogen
-/// `Router.setns()`).
-///
-/// # Errors
-/// A `StreamError` if the leader cannot be found (the tool's error, a stopped container), the
-/// account does not exist in the container, or a namespace cannot be entered; the generic
-/// method's errors otherwise.
-pub(crate) fn connect_setns(router: &Router, context_id: u32, o: &SetnsOptions, options: &Options) -> Result<Context> {
-    // One deadline for the whole connect: asking the engine for the leader, then the rest.
-    let deadline = Deadline::after(options.connect_timeout);
+impl Bootstrapped for SetnsOptions {
+    /// Asks the engine for the leader (within the connect's `deadline`), reads the account
+    /// from the container's files, and enters its namespaces between `fork` and `exec`.
+    /// Errors: a `StreamError` naming the container if it has no leader, no such account, or
+    /// its namespaces cannot be opened.
+    fn launch(&self, deadline: Deadline) -> Result<Launch<'_>> {
+        launch(self, deadline)
+    }
+}
+
+fn launch(o: &SetnsOptions, deadline: Deadline) -> Result<Launch<'_>> {
     let pid = match o.leader_query() {
         None => o.container.trim().parse().ok(),
         Some((argv, label)) => parse_leader(&run_tool(&argv, deadline.at)?, label),
@@ -196,16 +195,12 @@ pub(crate) fn connect_setns(router: &Router, context_id: u32, o: &SetnsOptions, 
     ]
     .map(|(k, v)| (OsString::from(k), OsString::from(v)))
     .to_vec();
-    let launch = Launch {
-        argv: vec!["/bin/sh".into(), "-c".into()],
+    Ok(Launch {
         boot: Boot::Forked,
-        transport: Transport::Socketpair,
-        no_cache: false,
         name: Some(format!("setns.{}", o.container)),
-        prompts: &|| Box::new(NoPrompts),
         setup: Setup { env: Some(env), enter: Some(Arc::new(entry)) },
-    };
-    launch.connect_by(router, context_id, options, deadline)
+        ..Launch::new(vec!["/bin/sh".into(), "-c".into()], Transport::Socketpair)
+    })
 }
 
 #[cfg(test)]

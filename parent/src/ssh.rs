@@ -12,12 +12,11 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use mitogen_core::{Error, Result, Router, StreamErrorKind};
+use mitogen_core::{Error, Result, StreamErrorKind};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Boot, Launch};
-use crate::connect::Options;
-use crate::context::Context;
+use crate::command::{Boot, Bootstrapped, Launch};
+use crate::connect::Deadline;
 use crate::prompt::{password_error, PasswordState, Prompts};
 use crate::transport::Transport;
 use mitogen_core::Secret;
@@ -169,25 +168,20 @@ impl SshOptions {
     }
 }
 
-/// Start a context on `ssh.hostname` through the system's ssh (Mitogen `Router.ssh()`).
-///
-/// # Errors
-/// [`StreamError`](mitogen_core::StreamError) of kind
-/// [`Password`](StreamErrorKind::Password) ("SSH password is incorrect", "SSH password was
-/// requested, but none specified", "SSH authentication is incorrect") or
-/// [`HostKey`](StreamErrorKind::HostKey); the generic method's errors otherwise
-/// ([`connect_command`](crate::connect_command)), an `Eof` one naming what ssh printed.
-pub(crate) fn connect_ssh(router: &Router, context_id: u32, ssh: &SshOptions, options: &Options) -> Result<Context> {
-    let launch = Launch {
-        argv: ssh.argv(),
-        boot: Boot::Quoted,
-        transport: if ssh.requires_pty() { Transport::Hybrid } else { Transport::Socketpair },
-        no_cache: false,
-        name: Some(ssh.default_name()),
-        prompts: &|| Box::new(SshPrompts::new(ssh)),
-        setup: Default::default(),
-    };
-    launch.connect(router, context_id, options)
+impl Bootstrapped for SshOptions {
+    /// The boot command quoted word by word for the remote shell; a PTY only to type a
+    /// password or accept a host key. Errors of kind
+    /// [`Password`](mitogen_core::StreamErrorKind::Password) and
+    /// [`HostKey`](mitogen_core::StreamErrorKind::HostKey) with Mitogen's texts.
+    fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
+        let transport = if self.requires_pty() { Transport::Hybrid } else { Transport::Socketpair };
+        Ok(Launch {
+            boot: Boot::Quoted,
+            name: Some(self.default_name()),
+            prompts: Box::new(|| Box::new(SshPrompts::new(self))),
+            ..Launch::new(self.argv(), transport)
+        })
+    }
 }
 
 const PASSWORD_INCORRECT: &str = "SSH password is incorrect";

@@ -4,12 +4,11 @@
 
 use std::ffi::OsString;
 
-use mitogen_core::{Result, Router};
+use mitogen_core::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Boot, Launch};
-use crate::connect::Options;
-use crate::context::Context;
+use crate::command::{Boot, Bootstrapped, Launch};
+use crate::connect::Deadline;
 use crate::prompt::{PasswordState, Prompts};
 use crate::transport::Transport;
 use mitogen_core::Secret;
@@ -68,24 +67,21 @@ impl SuOptions {
     }
 }
 
-/// Start a context as `su.username` through su (Mitogen `Router.su()`).
-///
-/// # Errors
-/// [`StreamError`](mitogen_core::StreamError) of kind
-/// [`Password`](mitogen_core::StreamErrorKind::Password): "su password is incorrect", "su
-/// password is required"; the generic method's errors otherwise
-/// ([`connect_command`](crate::connect_command)).
-pub(crate) fn connect_su(router: &Router, context_id: u32, su: &SuOptions, options: &Options) -> Result<Context> {
-    let launch = Launch {
-        argv: su.argv(),
-        boot: Boot::Joined,
-        transport: Transport::Pty,
-        no_cache: false,
-        name: Some(su.default_name()),
-        prompts: &|| Box::new(PromptTexts::new(&su.password_prompt, &su.incorrect_prompts, su.password.clone(), "su")),
-        setup: Default::default(),
-    };
-    launch.connect(router, context_id, options)
+impl Bootstrapped for SuOptions {
+    /// On a full PTY (su asks on its terminal), the boot command as one word for `-c`; errors
+    /// of kind [`Password`](mitogen_core::StreamErrorKind::Password): "su password is
+    /// incorrect", "su password is required".
+    fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
+        Ok(Launch {
+            boot: Boot::Joined,
+            name: Some(self.default_name()),
+            prompts: Box::new(|| {
+                let texts = (&self.password_prompt, &self.incorrect_prompts);
+                Box::new(PromptTexts::new(texts.0, texts.1, self.password.clone(), "su"))
+            }),
+            ..Launch::new(self.argv(), Transport::Pty)
+        })
+    }
 }
 
 /// A method whose prompt and failures are configurable texts (su, doas): matched

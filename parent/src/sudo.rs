@@ -11,12 +11,11 @@
 
 use std::ffi::OsString;
 
-use mitogen_core::{Error, Result, Router};
+use mitogen_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Boot, Launch};
-use crate::connect::Options;
-use crate::context::Context;
+use crate::command::{Bootstrapped, Launch};
+use crate::connect::Deadline;
 use crate::prompt::{PasswordState, Prompts};
 use crate::transport::Transport;
 use mitogen_core::Secret;
@@ -224,24 +223,17 @@ impl SudoOptions {
     }
 }
 
-/// Start a context as `sudo.username` through sudo (Mitogen `Router.sudo()`).
-///
-/// # Errors
-/// [`StreamError`](mitogen_core::StreamError) of kind
-/// [`Password`](mitogen_core::StreamErrorKind::Password): "sudo password is incorrect", "sudo
-/// password is required"; a `StreamError` for an unsupported `sudo_args` option; the generic
-/// method's errors otherwise ([`connect_command`](crate::connect_command)).
-pub(crate) fn connect_sudo(router: &Router, context_id: u32, sudo: &SudoOptions, options: &Options) -> Result<Context> {
-    let launch = Launch {
-        argv: sudo.argv()?,
-        boot: Boot::Words,
-        transport: Transport::Hybrid,
-        no_cache: false,
-        name: Some(sudo.default_name()?),
-        prompts: &|| Box::new(SudoPrompts { password: PasswordState::new(sudo.password.clone(), "sudo") }),
-        setup: Default::default(),
-    };
-    launch.connect(router, context_id, options)
+impl Bootstrapped for SudoOptions {
+    /// On the hybrid transport, with our own prompt text (`-p`); errors of kind
+    /// [`Password`](mitogen_core::StreamErrorKind::Password): "sudo password is incorrect",
+    /// "sudo password is required"; a `StreamError` for `sudo_args` sudo would refuse.
+    fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
+        Ok(Launch {
+            name: Some(self.default_name()?),
+            prompts: Box::new(|| Box::new(SudoPrompts { password: PasswordState::new(self.password.clone(), "sudo") })),
+            ..Launch::new(self.argv()?, Transport::Hybrid)
+        })
+    }
 }
 
 /// sudo's prompts and failures.
