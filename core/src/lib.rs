@@ -96,6 +96,8 @@ pub use remote::{encode_call, encode_call_by_path};
 #[doc(hidden)]
 pub use side::io_op;
 #[doc(hidden)]
+pub use sync::{Mutex, MutexGuard};
+#[doc(hidden)]
 pub use wire::{decode_frames, encode};
 
 /// Create a connected pair of close-on-exec, non-blocking `AF_UNIX` stream sockets, as used to

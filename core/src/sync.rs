@@ -7,19 +7,27 @@
 
 use std::sync::PoisonError;
 
-/// A mutual-exclusion lock whose `lock` never fails.
+/// A mutual-exclusion lock whose `lock` never fails: the one lock of the workspace's crates.
 #[derive(Debug, Default)]
-pub(crate) struct Mutex<T>(std::sync::Mutex<T>);
+pub struct Mutex<T>(std::sync::Mutex<T>);
 
-pub(crate) type MutexGuard<'a, T> = std::sync::MutexGuard<'a, T>;
+/// What [`Mutex::lock`] holds.
+pub type MutexGuard<'a, T> = std::sync::MutexGuard<'a, T>;
 
 impl<T> Mutex<T> {
-    pub(crate) const fn new(value: T) -> Mutex<T> {
+    /// A lock around `value`.
+    pub const fn new(value: T) -> Mutex<T> {
         Mutex(std::sync::Mutex::new(value))
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+    /// Lock it, waiting if another thread holds it.
+    pub fn lock(&self) -> MutexGuard<'_, T> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The value, through exclusive access (no locking).
+    pub fn get_mut(&mut self) -> &mut T {
+        self.0.get_mut().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -29,11 +29,11 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use mitogen_core::sys;
-use mitogen_core::{Error, Result, StreamErrorKind};
+use mitogen_core::{Error, Mutex, Result, StreamErrorKind};
 
 use crate::io::{check, eof, wait, write_all};
 use crate::prompt::PromptReader;
@@ -170,7 +170,7 @@ fn registry() -> &'static Mutex<Vec<(String, Arc<Executable>)>> {
 pub fn add_executable(machine: &str, path: &Path) -> Result<()> {
     let machine = if machine.contains(' ') { machine.to_owned() } else { format!("Linux {machine}") };
     let exe = Arc::new(Executable::load(path)?);
-    let mut reg = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    let mut reg = registry().lock();
     reg.retain(|(m, _)| *m != machine);
     reg.push((machine, exe));
     Ok(())
@@ -181,7 +181,7 @@ fn executable_for(machine: &str) -> Result<Arc<Executable>> {
     if machine == own_machine() {
         return own_executable();
     }
-    let reg = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    let reg = registry().lock();
     reg.iter().find(|(m, _)| m == machine).map(|(_, e)| e.clone()).ok_or_else(|| {
         Error::stream(format!(
             "the target is {machine:?} but this executable is built for {:?}: build this program for \

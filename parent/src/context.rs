@@ -3,11 +3,11 @@
 use std::borrow::Borrow;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use mitogen_core::{
-    encode_call, forget_chain, HandlerOptions, Latch, Message, Receiver, RemoteFn, Result, Returns, CALL_FUNCTION,
-    SHUTDOWN,
+    encode_call, forget_chain, HandlerOptions, Latch, Message, Mutex, Receiver, RemoteFn, Result, Returns,
+    CALL_FUNCTION, SHUTDOWN,
 };
 use serde::Serialize;
 
@@ -42,7 +42,7 @@ impl CallChain {
         if !self.pipelined {
             return None;
         }
-        let mut id = self.chain_id.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut id = self.chain_id.lock();
         Some(
             id.get_or_insert_with(|| {
                 let n = CHAIN_SERIAL.fetch_add(1, Ordering::Relaxed);
@@ -93,7 +93,7 @@ impl CallChain {
     /// Forget a pipelined chain's failure: tell the context to drop it, and start a new chain id
     /// (Mitogen `reset`).
     pub fn reset(&self) {
-        let old = self.chain_id.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let old = self.chain_id.lock().take();
         if let Some(id) = old {
             if let Ok(data) = encode_call(forget_chain, &(id,), None) {
                 self.context.send(Message::raw(CALL_FUNCTION, data));

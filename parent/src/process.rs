@@ -4,10 +4,10 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mitogen_core::{Broker, Error, LineSplitter, Result, Stream, StreamError, StreamErrorKind};
+use mitogen_core::{Broker, Error, LineSplitter, Mutex, Result, Stream, StreamError, StreamErrorKind};
 
 use mitogen_core::sys::{self, Signal};
 
@@ -52,10 +52,6 @@ pub struct ChildProcess {
     group_leader: bool,
     /// How long it may take to exit after its stream is gone, in milliseconds.
     term_after_ms: std::sync::atomic::AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ChildProcess {
@@ -140,12 +136,12 @@ impl ChildProcess {
 
     /// The raw wait status, once reaped.
     pub fn status(&self) -> Option<i32> {
-        *lock(&self.status)
+        *self.status.lock()
     }
 
     /// The last lines the child wrote to its stderr before redirecting it.
     pub fn last_output(&self) -> Vec<String> {
-        lock(&self.tail).iter().cloned().collect()
+        self.tail.lock().iter().cloned().collect()
     }
 
     pub(crate) fn push_output(&self, mut line: String) {
@@ -157,7 +153,7 @@ impl ChildProcess {
             line.truncate(end);
             line.push_str(" [...]");
         }
-        let mut t = lock(&self.tail);
+        let mut t = self.tail.lock();
         if t.len() == TAIL_LINES {
             t.pop_front();
         }
@@ -166,7 +162,7 @@ impl ChildProcess {
 
     /// Reap the child if it has exited; returns whether it is reaped.
     pub fn try_reap(&self) -> bool {
-        let mut status = lock(&self.status);
+        let mut status = self.status.lock();
         if status.is_some() {
             return true;
         }
@@ -177,7 +173,7 @@ impl ChildProcess {
             Err(_) => Some(-1),
         };
         drop(status);
-        lock(&self.pidfd).take();
+        self.pidfd.lock().take();
         // Logged with no lock held: a logger may call back into this library.
         match waited {
             Ok(Some(s)) => log::debug!("child {} {}", self.pid, sys::describe_status(s)),
@@ -191,7 +187,7 @@ impl ChildProcess {
     /// unreaped leader keeps its pid, and so the group id, from being reused).
     pub fn kill(&self, signal: Signal) {
         if !self.try_reap() {
-            let pidfd = lock(&self.pidfd);
+            let pidfd = self.pidfd.lock();
             let Some(fd) = pidfd.as_ref() else { return };
             let killed = sys::pidfd_kill(fd.as_fd(), signal);
             if self.group_leader {
@@ -209,7 +205,7 @@ impl ChildProcess {
         if self.try_reap() {
             return true;
         }
-        let fd = lock(&self.pidfd).as_ref().and_then(|f| f.try_clone().ok());
+        let fd = self.pidfd.lock().as_ref().and_then(|f| f.try_clone().ok());
         if let Some(fd) = fd {
             let _ = sys::wait_readable(fd.as_fd(), Instant::now().checked_add(timeout));
         }
@@ -295,7 +291,7 @@ pub(crate) fn reap_when_disconnected(broker: &Broker, proc: Arc<ChildProcess>, d
 
 /// Reap `proc` as soon as its pidfd says it exited, while the broker runs.
 fn watch_exit(broker: &Broker, proc: Arc<ChildProcess>) -> Option<Stream> {
-    let pidfd = match lock(&proc.pidfd).as_ref().map(|f| f.try_clone()) {
+    let pidfd = match proc.pidfd.lock().as_ref().map(|f| f.try_clone()) {
         Some(Ok(fd)) => fd,
         Some(Err(e)) => {
             log::error!("cannot watch child {}: {e}", proc.pid);

@@ -29,29 +29,12 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use mitogen_core::{Channel, Error, Latch, Message, Receiver, Result};
+// (The workspace's lock: no poisoning, so a panicking notify cannot wedge the select, and no
+// process-global tables a `fork` could leave locked.)
+use mitogen_core::{Channel, Error, Latch, Message, Mutex, Receiver, Result};
 use serde::de::DeserializeOwned;
 
 type SelectNotify = Arc<dyn Fn() + Send + Sync>;
-
-/// `std::sync::Mutex` without poisoning (a panicking notify must not wedge the select), and
-/// without parking_lot's process-global tables, which a `fork` can leave locked.
-#[derive(Debug, Default)]
-struct Mutex<T>(std::sync::Mutex<T>);
-
-impl<T> Mutex<T> {
-    fn new(v: T) -> Mutex<T> {
-        Mutex(std::sync::Mutex::new(v))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn get_mut(&mut self) -> &mut T {
-        self.0.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
 
 /// Something a [`Select`] can wait on: a receiver (or channel), a latch, or another select.
 #[derive(Clone, Debug)]

@@ -44,10 +44,10 @@ struct Sink {
 /// The logger [`log_to_file`] installs once; each call replaces its sink (Mitogen removes the
 /// handler a previous call added, so no record is written twice).
 struct FileLogger {
-    sink: std::sync::Mutex<Option<Sink>>,
+    sink: mitogen_core::Mutex<Option<Sink>>,
 }
 
-static FILE_LOGGER: FileLogger = FileLogger { sink: std::sync::Mutex::new(None) };
+static FILE_LOGGER: FileLogger = FileLogger { sink: mitogen_core::Mutex::new(None) };
 
 impl log::Log for FileLogger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
@@ -58,7 +58,7 @@ impl log::Log for FileLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sink = self.sink.lock();
         if let Some(sink) = sink.as_mut() {
             if sink.io || !record.target().starts_with(mitogen_core::IO_TARGET) {
                 let _ = sink.out.write_all(mitogen_core::format_record(record).as_bytes());
@@ -67,7 +67,7 @@ impl log::Log for FileLogger {
     }
 
     fn flush(&self) {
-        if let Some(sink) = self.sink.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        if let Some(sink) = self.sink.lock().as_mut() {
             let _ = sink.out.flush();
         }
     }
@@ -95,7 +95,7 @@ pub fn log_to_file(path: Option<&std::path::Path>, io: bool, level: log::LevelFi
         log::set_logger(&FILE_LOGGER)
             .map_err(|_| std::io::Error::other("a logger of the program's own is installed"))?;
     }
-    *FILE_LOGGER.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(Sink { out, io });
+    *FILE_LOGGER.sink.lock() = Some(Sink { out, io });
     log::set_max_level(level);
     mitogen_core::set_io_logging(io);
     Ok(())

@@ -110,7 +110,7 @@ impl LogForwarder {
 }
 
 /// Records a child logs before its context exists (while it starts), forwarded once it does.
-static EARLY: std::sync::Mutex<Vec<(String, log::Level, String)>> = std::sync::Mutex::new(Vec::new());
+static EARLY: Mutex<Vec<(String, log::Level, String)>> = Mutex::new(Vec::new());
 /// The process that keeps early records (0: none).
 static EARLY_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 /// At most this many early records are kept.
@@ -127,7 +127,7 @@ pub(super) fn forward_early_records(ec: &ExternalContext) {
     if EARLY_PID.swap(0, std::sync::atomic::Ordering::AcqRel) != std::process::id() {
         return;
     }
-    let early = std::mem::take(&mut *EARLY.lock().unwrap_or_else(|e| e.into_inner()));
+    let early = std::mem::take(&mut *EARLY.lock());
     for (target, level, line) in early {
         ec.inner.forwarder.forward(&target, level, &line);
     }
@@ -176,7 +176,7 @@ impl log::Log for ChildLogger {
             // Before the context exists: kept, in the process that asked for it only (a forked
             // child must not take a lock its parent's threads may have held).
             _ if EARLY_PID.load(std::sync::atomic::Ordering::Acquire) == pid => {
-                let mut early = EARLY.lock().unwrap_or_else(|e| e.into_inner());
+                let mut early = EARLY.lock();
                 if early.len() < EARLY_MAX {
                     early.push((record.target().to_owned(), record.level(), record.args().to_string()));
                 }
