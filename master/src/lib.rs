@@ -18,10 +18,9 @@ pub use mitogen_parent::{
     SshOptions, SuOptions, SudoOptions,
 };
 
-mod io;
 mod monitor;
 
-pub use io::{iter_read, write_all, IterRead};
+pub use mitogen_parent::{iter_read, write_all, IterRead};
 pub use monitor::ProcessMonitor;
 
 /// What [`Router::get_stats`] reports.

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use mitogen_core::sys;
 use mitogen_core::{Error, Mutex, Result, StreamErrorKind};
 
-use crate::io::{check, eof, wait, write_all};
+use crate::io::{self, check, eof, wait};
 use crate::prompt::PromptReader;
 
 /// Stage 1, run as `sh -c STAGE1 mitogen-stage1`. POSIX shell only (dash, bash, busybox sh),
@@ -289,7 +289,7 @@ fn ship(
 /// write`) while the executable is still being sent: read what it said before calling it the
 /// end of its output.
 fn send(lines: &mut LineReader<'_, '_>, wfd: BorrowedFd<'_>, other: &mut dyn FnMut(&str), data: &[u8]) -> Result<()> {
-    match write_all(wfd, data, lines.deadline, lines.cancelled) {
+    match io::send(wfd, data, lines.deadline, lines.cancelled) {
         Err(e) if matches!(e.stream_kind_of(), Some(StreamErrorKind::Eof { .. })) => {
             // No marker comes any more: this returns MITO009's error, or the end of output.
             lines.marker("MITO\u{0}", other).and(Err(e))

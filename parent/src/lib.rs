@@ -12,7 +12,7 @@
 //! | layer | modules | what |
 //! |---|---|---|
 //! | values | `context`, `info`, `stats` | the parent's `Context` and `CallChain`, router info, connection counters |
-//! | I/O | `io`, `process`, `transport` | deadline-bound reads and writes, child processes and their reaping, how a command's stdio is wired |
+//! | I/O | `io`, `process`, `transport` | deadline-bound reads and writes ([`iter_read`], [`write_all`]), child processes and their reaping, how a command's stdio is wired |
 //! | trees | `routes` | the route monitor (`ADD_ROUTE`, `DEL_ROUTE`, `DETACHING`) and id blocks (`ALLOCATE_ID`) |
 //! | base | `connect` | the common [`Options`], the handshake every method ends with, and its failures |
 //! | bootstrap | `prompt`, `bootstrap`, `command` | prompts on a terminal, stage 1 and shipping the executable, the generic command method |
@@ -53,6 +53,7 @@ pub use context::{CallChain, Context};
 pub use doas::DoasOptions;
 pub use fork::{connect_fork, ForkOptions, OnFork, OnStart};
 pub use info::{router_info, RouterInfo, StreamInfo};
+pub use io::{iter_read, write_all, IterRead};
 pub use method::Method;
 #[doc(hidden)]
 pub use method::{connect_method, connect_via, via_connect, ViaOutcome, ViaRequest};

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use mitogen_core::{sys, Error, LineSplitter, Result, Secret};
 
-use crate::io::write_all;
+use crate::io::send;
 
 /// The password followed by a newline, as typed at a prompt. Passwords are
 /// [`Secret`](mitogen_core::Secret)s: typed at the prompt, never passed in argv, never shown
@@ -159,7 +159,7 @@ impl<'a> PromptReader<'a> {
         match self.prompts.partial(text)? {
             Some(answer) => {
                 self.waiting = None;
-                write_all(wfd, &answer, self.deadline, cancelled)?;
+                send(wfd, &answer, self.deadline, cancelled)?;
                 Ok(true)
             }
             None => {
