@@ -1,9 +1,12 @@
 //! Mitogen for Rust: a program starts copies of itself as child contexts and calls its own
 //! functions in them.
 //!
-//! This facade re-exports the workspace crates under the module paths Python's Mitogen
-//! documents: [`core`] (`mitogen.core`), [`select`] (`mitogen.select`), [`parent`]
-//! (`mitogen.parent`), [`master`] (`mitogen.master`) and [`utils`] (`mitogen.utils`).
+//! What a program calls is at the root: [`Router`] and its [`Context`]s, every method's options
+//! ([`SshOptions`], [`SudoOptions`], ...), [`Receiver`], [`Sender`], [`Select`], the errors,
+//! [`remote!`] and [`main`]. The workspace crates are here too, under the module paths Python's
+//! Mitogen documents, internals included: [`core`] (`mitogen.core`), [`select`]
+//! (`mitogen.select`), [`parent`] (`mitogen.parent`), [`master`] (`mitogen.master`) and
+//! [`utils`] (`mitogen.utils`); `mitogen::Router` is `mitogen::master::Router`.
 //!
 //! # The rule for binaries
 //!
@@ -29,6 +32,8 @@
 //! ```
 #![deny(missing_docs)]
 
+// The layers, under Mitogen's module names: everything each documents, the internals
+// (brokers, streams, sides, the wire constants) included.
 pub use mitogen_core as core;
 pub use mitogen_master as master;
 pub use mitogen_parent as parent;
@@ -38,8 +43,20 @@ pub use mitogen_utils as utils;
 /// `mitogen-profiler` program is its command line.
 pub use mitogen_utils::profiler;
 
+// What a program calls, at the root: the router and its contexts, every method's options,
+// messaging, select, the errors, and the entry points.
 pub use mitogen_core::globals::{context_id, is_master, parent_id, parent_ids};
-pub use mitogen_core::{init, remote, returns, CallError, ChannelError, Error, LatchError, StreamError, TimeoutError};
+pub use mitogen_core::{
+    init, remote, returns, Blob, CallError, Channel, ChannelError, Error, ExternalContext, Latch, LatchError, Message,
+    Receiver, Secret, Sender, StreamError, StreamErrorKind, TimeoutError,
+};
+pub use mitogen_master::{
+    BuildahOptions, CallChain, CheckHostKeys, CommandSpec, Context, DoasOptions, DockerOptions, ForkOptions,
+    JailOptions, KubectlOptions, LxcOptions, LxdOptions, Method, Options, PodmanOptions, Router, SetnsKind,
+    SetnsOptions, SshOptions, SuOptions, SudoOptions,
+};
+pub use mitogen_select::{Select, Selectable};
+pub use mitogen_utils::{log_to_file, run_with_router, with_router};
 
 /// Run `func` with a master router, after entering child mode if this process is a child
 /// (Mitogen `mitogen.main`): [`init`], then [`run_with_router`](utils::run_with_router), which
