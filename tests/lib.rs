@@ -284,10 +284,15 @@ fn unmet(needs: Needs) -> Option<String> {
 /// A script `<dir>/my-<tool>` that appends one line to `log`, `<tool>` and its arguments (each
 /// after a space, newlines in them shown as `~`), and runs `real` with them: a non-default tool
 /// path whose use a test can count and whose argv it can read ([`recorded_runs`]). Executable
-/// by every account.
+/// by every account; `log` is made writable by every account.
 pub fn recording_wrapper(dir: &std::path::Path, tool: &str, real: &str, log: &std::path::Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join(format!("my-{tool}"));
+    // Every account a method runs the tool as writes to it.
+    if !log.exists() {
+        std::fs::write(log, "").unwrap();
+        std::fs::set_permissions(log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
     let log = log.display();
     let script = format!(
         "#!/bin/sh\n{{ printf %s {tool}; printf ' %s' \"$@\"; }} | tr '\\n' '~' >> {log}\necho >> {log}\nexec {real} \"$@\"\n"

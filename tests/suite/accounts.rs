@@ -335,8 +335,6 @@ fn the_tool_paths_given_are_the_ones_run() {
     run(|| {
         let tmp = mitogen_tests::TempDir::new("tool-paths");
         let used = tmp.path().join("used");
-        std::fs::write(&used, "").unwrap();
-        std::fs::set_permissions(&used, PermissionsExt::from_mode(0o666)).unwrap();
         let wrapper = |tool: &str| {
             mitogen_tests::recording_wrapper(tmp.path(), tool, &format!("/usr/bin/{tool}"), &used).into_os_string()
         };
@@ -364,8 +362,6 @@ fn sudo_passes_the_selinux_role_and_type() {
     run(|| {
         let tmp = mitogen_tests::TempDir::new("selinux");
         let used = tmp.path().join("used");
-        std::fs::write(&used, "").unwrap();
-        std::fs::set_permissions(&used, PermissionsExt::from_mode(0o666)).unwrap();
         let sudo_path = mitogen_tests::recording_wrapper(tmp.path(), "sudo", "/usr/bin/sudo", &used).into_os_string();
         let router = Router::new(None).unwrap();
         let user = as_user(&router, "mitogen-user");
