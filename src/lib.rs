@@ -59,7 +59,7 @@ pub use mitogen_select::{Select, Selectable};
 pub use mitogen_utils::{log_to_file, run_with_router, with_router};
 
 /// Run `func` with a master router, after entering child mode if this process is a child
-/// (Mitogen `mitogen.main`): [`init`], then [`run_with_router`](utils::run_with_router), which
+/// (Mitogen `mitogen.main`): [`init`], then [`run_with_router`], which
 /// shuts the broker down and joins it however `func` ends, panics included.
 ///
 /// # Errors

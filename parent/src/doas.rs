@@ -13,7 +13,7 @@ use crate::transport::Transport;
 use mitogen_core::Secret;
 
 /// The doas method's own options (the keywords of Mitogen's `Router.doas()`); the common ones
-/// are in [`Options`]. Serializable, so it works through `via=`.
+/// are in [`Options`](crate::Options). Serializable, so it works through `via=`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DoasOptions {
     /// The account; default `root`.
@@ -48,7 +48,7 @@ impl DoasOptions {
         }
     }
 
-    /// The context's name unless [`Options::name`] says otherwise: `doas.<user>`.
+    /// The context's name unless [`Options::name`](crate::Options::name) says otherwise: `doas.<user>`.
     pub fn default_name(&self) -> String {
         format!("doas.{}", self.username)
     }

@@ -37,7 +37,7 @@ pub enum CheckHostKeys {
 }
 
 /// The ssh method's own options (the keywords of Mitogen's `Router.ssh()`); the common ones are
-/// in [`Options`]. Serializable, so it works through `via=`.
+/// in [`Options`](crate::Options). Serializable, so it works through `via=`.
 ///
 /// ```
 /// let ssh = mitogen_parent::SshOptions {
@@ -102,7 +102,7 @@ impl SshOptions {
         }
     }
 
-    /// The context's name unless [`Options::name`] says otherwise: `ssh.<host>`, with
+    /// The context's name unless [`Options::name`](crate::Options::name) says otherwise: `ssh.<host>`, with
     /// `:<port>` when the port is not 22.
     pub fn default_name(&self) -> String {
         match self.port {

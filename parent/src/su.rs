@@ -14,7 +14,7 @@ use crate::transport::Transport;
 use mitogen_core::Secret;
 
 /// The su method's own options (the keywords of Mitogen's `Router.su()`); the common ones are
-/// in [`Options`]. Serializable, so it works through `via=`.
+/// in [`Options`](crate::Options). Serializable, so it works through `via=`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SuOptions {
     /// The account; default `root`.
@@ -56,7 +56,7 @@ impl SuOptions {
         }
     }
 
-    /// The context's name unless [`Options::name`] says otherwise: `su.<user>`.
+    /// The context's name unless [`Options::name`](crate::Options::name) says otherwise: `su.<user>`.
     pub fn default_name(&self) -> String {
         format!("su.{}", self.username)
     }

@@ -24,7 +24,7 @@ use mitogen_core::Secret;
 pub const SUDO_PROMPT: &str = "mitogen-sudo-prompt:";
 
 /// The sudo method's own options (the keywords of Mitogen's `Router.sudo()`); the common ones
-/// are in [`Options`]. Serializable, so it works through `via=`.
+/// are in [`Options`](crate::Options). Serializable, so it works through `via=`.
 ///
 /// ```
 /// let sudo = mitogen_parent::SudoOptions {
@@ -188,7 +188,7 @@ impl SudoOptions {
         Ok(self.username.clone().or(flags.user).unwrap_or_else(|| "root".into()))
     }
 
-    /// The context's name unless [`Options::name`] says otherwise: `sudo.<user>`.
+    /// The context's name unless [`Options::name`](crate::Options::name) says otherwise: `sudo.<user>`.
     ///
     /// # Errors
     /// As [`target_user`](Self::target_user).
