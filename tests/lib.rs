@@ -244,6 +244,9 @@ pub enum Needs {
     Sshd,
     /// That and the container engines the test command starts (dockerd, podman, LXC, LXD).
     Engines,
+    /// That and this suite built static for `x86_64-unknown-linux-musl`, with the quickstart
+    /// example beside it (`tests/run` builds them; see [`static_build`]).
+    StaticBuild,
 }
 
 /// Whether this machine has what `needs` names. When it has not (a first `cargo test` as
@@ -278,7 +281,28 @@ fn unmet(needs: Needs) -> Option<String> {
             Some("the container engines are not running (tests/engines.sh start)".into())
         }
         Needs::Engines => None,
+        Needs::StaticBuild => match (static_build(), static_other_program()) {
+            (Some(_), Some(_)) => unmet(Needs::Accounts),
+            _ => Some("no static build of the suite (tests/run builds it: MITOGEN_TEST_STATIC_BUILD)".into()),
+        },
     }
+}
+
+/// An executable file named by the environment variable `var`.
+fn built(var: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os(var).map(std::path::PathBuf::from).filter(|p| p.is_file())
+}
+
+/// This suite's test binary built for `x86_64-unknown-linux-musl` (static: it fits any Linux
+/// x86_64), named by `MITOGEN_TEST_STATIC_BUILD`, which `tests/run` sets.
+pub fn static_build() -> Option<std::path::PathBuf> {
+    built("MITOGEN_TEST_STATIC_BUILD")
+}
+
+/// Another program built the same way (the quickstart example), named by
+/// `MITOGEN_TEST_STATIC_OTHER`: what a parent must refuse to run as this one.
+pub fn static_other_program() -> Option<std::path::PathBuf> {
+    built("MITOGEN_TEST_STATIC_OTHER")
 }
 
 /// A script `<dir>/my-<tool>` that appends one line to `log`, `<tool>` and its arguments (each

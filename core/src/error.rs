@@ -153,6 +153,16 @@ pub enum StreamErrorKind {
         /// The sha256 the child found.
         actual: String,
     },
+    /// No executable this program can ship fits the target (its machine, or its libc and
+    /// version): the text names the target, what each known executable needs, and the cargo
+    /// command that builds one that fits. Nothing was left on the target.
+    NoExecutable {
+        /// The target as stage 1 reported it, e.g. `Linux x86_64, glibc 2.31`.
+        target: String,
+    },
+    /// The child is another program: its remote functions are not this program's (an
+    /// executable registered or given is not this program built for the target).
+    WrongProgram,
 }
 
 /// A stream failed (Mitogen `StreamError`): see its [`kind`](StreamError::kind). An underlying

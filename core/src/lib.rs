@@ -92,7 +92,7 @@ pub use child::{
     ChildConfig, Hello, LogRecord, CHILD_MARKER,
 };
 #[doc(hidden)]
-pub use remote::{encode_call, encode_call_by_path};
+pub use remote::{encode_call, encode_call_by_path, program_id};
 #[doc(hidden)]
 pub use side::io_op;
 #[doc(hidden)]

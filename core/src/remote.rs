@@ -47,10 +47,27 @@ fn table() -> &'static HashMap<&'static str, Invoke> {
     TABLE.get_or_init(|| REMOTE_FUNCTIONS.iter().map(|e| ((e.name)(), e.invoke)).collect())
 }
 
+/// What identifies this program across its builds: the sha256 (16 hex digits) of the sorted
+/// paths of its remote functions. A build of the same program for another target (musl,
+/// aarch64) has the same; another program, or another version with other functions, does
+/// not. A child reports it in its `Hello`, and a parent refuses a child whose differs.
+#[doc(hidden)]
+pub fn program_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        use sha2::Digest;
+        let mut names: Vec<&str> = REMOTE_FUNCTIONS.iter().map(|e| (e.name)()).collect();
+        names.sort_unstable();
+        let digest = sha2::Sha256::digest(names.join("\n").as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    })
+}
+
 /// Build the table now (before a `fork`, so no other thread is half way through building it
 /// at that instant: a `OnceLock` left mid-initialisation would block the child for ever).
 pub(crate) fn build_table() {
     table();
+    program_id();
 }
 
 /// Look up a registered function by its path.

@@ -305,14 +305,18 @@ impl Router {
         }
     }
 
-    /// Ship `path` to targets whose `uname -sm` is `machine` (`"Linux aarch64"`, or just
-    /// `"aarch64"`): this program built for that target. Without one, connecting to a target of
-    /// another machine than this one fails, naming it.
+    /// Ship `path` to targets this program's own executable does not fit (another machine, an
+    /// older glibc, no glibc): this program built for another target, e.g. by `cargo build
+    /// --release --target aarch64-unknown-linux-musl`. What it fits is read from the file. Builds
+    /// in cargo's layout beside this one (`target/<triple>/<profile>/<program>`) are found
+    /// without this call. Without one that fits, connecting fails with a
+    /// [`NoExecutable`](mitogen_core::StreamErrorKind::NoExecutable) error naming the target and
+    /// the command that builds one.
     ///
     /// # Errors
-    /// If the file cannot be read.
-    pub fn add_executable(&self, machine: &str, path: &std::path::Path) -> Result<()> {
-        mitogen_parent::add_executable(machine, path)
+    /// If the file cannot be read or is not an ELF executable of a machine this library knows.
+    pub fn add_executable(&self, path: &std::path::Path) -> Result<()> {
+        mitogen_parent::add_executable(path)
     }
 
     /// Fork this process into a new child context (Mitogen `fork()`); see

@@ -6,8 +6,9 @@
 //!
 //! ```text
 //! stage 1                                   parent
-//! MITO000 <uname -s> <uname -m> <gzip 0|1>
-//!                                           <mode> <size> <sha256>     (the executable for that machine)
+//! MITO000 <uname -s> <uname -m> <gzip 0|1> <libc>    (glibc-<x.y>, musl, both, or none)
+//!                                           <mode> <size> <sha256>     (the executable that fits)
+//!                                           or an empty line: none fits (stage 1 exits)
 //!   (a whole, executable copy in the usual place: run it; else find a private place to run from)
 //! MITO001 1, then exec of the cached copy   (mode 0: use the cache; 1: no cache; 2: replace it;
 //!                                            3 0 <path>: run <path>, already on the target)
@@ -37,10 +38,11 @@ use mitogen_core::{Error, Mutex, Result, StreamErrorKind};
 
 use crate::io::{self, check, eof, wait};
 use crate::prompt::PromptReader;
+use crate::target::{Needs, Target};
 
 /// Stage 1, run as `sh -c STAGE1 mitogen-stage1`. POSIX shell only (dash, bash, busybox sh),
 /// and the tools every POSIX system has: `id`, `uname`, `ls`, `mkdir`, `chmod`, `rm`, `mv`,
-/// `ln`, `head`, `cat` (and `gzip` when there is one). About 1.5 KiB, so every method's command
+/// `ln`, `head`, `cat` (and `gzip` and `getconf` when there are). About 1.5 KiB, so every method's command
 /// line stays short. One line, and every variable written `${name}`: `sudo -i` hands its
 /// command to a login shell with every character but `$` escaped, joining lines at escaped
 /// newlines and expanding `$name` (but not `${name}`) before stage 1 runs.
@@ -70,8 +72,12 @@ pub(crate) const STAGE1: &str = concat!(
     "b(){ echo \"MITO008 $(id -u) ${m} ${l} ${o} ${r}\";k=1;};",
     "z(){ y \"${1%/*}\" \"${1##*/}\";};",
     "command -v gzip>/dev/null&&g=1||g=0;",
-    "echo \"MITO000 $(uname -sm) ${g}\";",
-    "read C S H;x=\"${c}/${H}\";a=;w=;[ \"${C}\" = 3 ]&&{ x=${H};w=1;};",
+    // The C library: glibc's version, musl's loader, both or none.
+    "s=$(uname -sm);l=$(getconf GNU_LIBC_VERSION 2>/dev/null);l=${l:+glibc-${l#glibc }};",
+    "[ -e \"/lib/ld-musl-${s#* }.so.1\" ]&&l=${l:+${l},}musl;",
+    "echo \"MITO000 ${s} ${g} ${l:-none}\";",
+    // An empty answer: no executable fits; nothing was written.
+    "read C S H;[ \"${H}\" ]||exit 1;x=\"${c}/${H}\";a=;w=;[ \"${C}\" = 3 ]&&{ x=${H};w=1;};",
     // The warm path: the usual place is private and holds a whole copy that may run (`-x` is
     // false on a noexec mount), so nothing is probed.
     "[ \"${C}\" = 0 ]&&[ ! -h \"${c}\" ]&&[ -O \"${c}\" ]&&[ -x \"${x}\" ]&&y \"${c}\" \"${H}\"&&w=1;",
@@ -109,14 +115,19 @@ pub(crate) struct Executable {
     path: PathBuf,
     size: u64,
     sha256: String,
+    /// What it needs of a target, read from the file.
+    needs: Needs,
     gzip: OnceLock<Arc<Vec<u8>>>,
 }
 
 impl Executable {
     fn load(path: &Path) -> Result<Executable> {
-        let (size, sha256) = mitogen_core::executable_digest(path)
-            .map_err(|e| Error::stream_io(format!("cannot read executable {}", path.display()), e))?;
-        Ok(Executable { path: path.to_owned(), size, sha256, gzip: OnceLock::new() })
+        let unreadable = |e| Error::stream_io(format!("cannot read executable {}", path.display()), e);
+        let data = std::fs::read(path).map_err(unreadable)?;
+        let needs = Needs::of_elf(&data).map_err(|e| Error::stream(format!("{}: {e}", path.display())))?;
+        drop(data);
+        let (size, sha256) = mitogen_core::executable_digest(path).map_err(unreadable)?;
+        Ok(Executable { path: path.to_owned(), size, sha256, needs, gzip: OnceLock::new() })
     }
 
     /// The file's bytes, gzip-compressed at level 1: an executable of tens of MiB compresses
@@ -144,51 +155,84 @@ fn own_executable() -> Result<Arc<Executable>> {
     Ok(OWN.get_or_init(|| e).clone())
 }
 
-/// `uname -sm` of this process's own machine, as stage 1 reports a target's.
-fn own_machine() -> String {
-    let os = match std::env::consts::OS {
-        "linux" => "Linux",
-        "macos" => "Darwin",
-        "freebsd" => "FreeBSD",
-        other => other,
-    };
-    format!("{os} {}", std::env::consts::ARCH)
-}
-
-/// Executables registered for other machines (`Router::add_executable`), by `uname -sm`.
-fn registry() -> &'static Mutex<Vec<(String, Arc<Executable>)>> {
-    static REGISTRY: Mutex<Vec<(String, Arc<Executable>)>> = Mutex::new(Vec::new());
+/// Executables registered for other targets ([`add_executable`]), in the order given.
+fn registry() -> &'static Mutex<Vec<Arc<Executable>>> {
+    static REGISTRY: Mutex<Vec<Arc<Executable>>> = Mutex::new(Vec::new());
     &REGISTRY
 }
 
-/// Register `path` as the executable to ship to targets whose `uname -sm` is `machine` (for
-/// example `"Linux aarch64"`; a bare machine such as `"aarch64"` means Linux). It must be this
-/// program built for that target.
+/// Ship `path` to targets this executable does not fit: this program built for another
+/// target (`cargo build --target x86_64-unknown-linux-musl` gives one that fits any Linux
+/// x86_64). What it fits (its machine, its C library and version) is read from the file; a
+/// target gets this program's own executable if that fits, else the first registered one
+/// that does, else one found in cargo's layout beside it (see [`discovered`]).
 ///
 /// # Errors
-/// [`StreamError`](mitogen_core::StreamError) if the file cannot be read.
-pub fn add_executable(machine: &str, path: &Path) -> Result<()> {
-    let machine = if machine.contains(' ') { machine.to_owned() } else { format!("Linux {machine}") };
+/// [`StreamError`](mitogen_core::StreamError) if the file cannot be read or is not an ELF
+/// executable of a machine this library knows.
+pub fn add_executable(path: &Path) -> Result<()> {
     let exe = Arc::new(Executable::load(path)?);
+    log::debug!("registered {} ({})", path.display(), exe.needs);
     let mut reg = registry().lock();
-    reg.retain(|(m, _)| *m != machine);
-    reg.push((machine, exe));
+    reg.retain(|e| e.sha256 != exe.sha256);
+    reg.push(exe);
     Ok(())
 }
 
-/// The executable to ship to a target reporting `machine`.
-fn executable_for(machine: &str) -> Result<Arc<Executable>> {
-    if machine == own_machine() {
-        return own_executable();
-    }
-    let reg = registry().lock();
-    reg.iter().find(|(m, _)| m == machine).map(|(_, e)| e.clone()).ok_or_else(|| {
-        Error::stream(format!(
-            "the target is {machine:?} but this executable is built for {:?}: build this program for \
-             that target and register it with Router::add_executable({machine:?}, path)",
-            own_machine()
-        ))
+/// The builds of this program in cargo's layout, found without registering them: for a program
+/// running from `<target>/<profile>/prog` (or `<target>/<profile>/examples/prog`), every
+/// `<target>/<triple>/<profile>/prog` that `cargo build --target <triple>` made. Read once.
+fn discovered() -> &'static [Arc<Executable>] {
+    static FOUND: OnceLock<Vec<Arc<Executable>>> = OnceLock::new();
+    FOUND.get_or_init(|| {
+        let Ok(own) = std::fs::read_link("/proc/self/exe") else { return Vec::new() };
+        let mut found = Vec::new();
+        for base in own.ancestors().skip(2).take(2) {
+            let (Ok(rel), Ok(entries)) = (own.strip_prefix(base), std::fs::read_dir(base)) else { continue };
+            for entry in entries.flatten() {
+                let triple = entry.file_name().to_string_lossy().into_owned();
+                let candidate = entry.path().join(rel);
+                if triple.matches('-').count() >= 2 && candidate.is_file() {
+                    match Executable::load(&candidate) {
+                        Ok(exe) => found.push(Arc::new(exe)),
+                        Err(e) => log::debug!("not a build of this program: {e}"),
+                    }
+                }
+            }
+        }
+        found
     })
+}
+
+/// The executable to ship to `target`: this one if it fits, else the first registered or
+/// discovered one that does; a [`NoExecutable`](StreamErrorKind::NoExecutable) error naming
+/// the target, what each candidate needs, and the command that builds one that fits.
+fn executable_for(target: &Target) -> Result<Arc<Executable>> {
+    let own = own_executable()?;
+    if own.needs.fit(target) {
+        return Ok(own);
+    }
+    let registered = registry().lock().clone();
+    let candidates = registered.iter().chain(discovered());
+    if let Some(exe) = candidates.clone().find(|e| e.needs.fit(target)) {
+        log::debug!("{target}: shipping {} ({})", exe.path.display(), exe.needs);
+        return Ok(exe.clone());
+    }
+    let own_path = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| own.path.clone());
+    let known: Vec<String> = std::iter::once((own_path.as_path(), &own.needs))
+        .chain(candidates.map(|e| (e.path.as_path(), &e.needs)))
+        .map(|(path, needs)| format!("{} needs {needs}", path.display()))
+        .collect();
+    let triple = target.triple();
+    let reason = format!(
+        "no executable of this program fits the target ({target}): {}. Build one that does with \
+         `cargo build --release --target {triple}` (static: it fits any Linux {}), and register \
+         it with Router::add_executable, or leave it at target/{triple}/<profile>/ beside this \
+         program's own build, where it is found",
+        known.join("; "),
+        target.machine,
+    );
+    Err(Error::stream_kind(StreamErrorKind::NoExecutable { target: target.to_string() }, reason))
 }
 
 /// How stage 1 is to treat the cache.
@@ -253,10 +297,8 @@ fn ship(
     other: &mut dyn FnMut(&str),
 ) -> Result<Shipped> {
     let hello = lines.marker("MITO000", other)?;
-    let words: Vec<&str> = hello.split_whitespace().collect();
-    let [os, machine, gzip] = words[..] else {
-        return Err(Error::stream(format!("stage 1 sent a malformed report: {hello:?}")));
-    };
+    let target =
+        Target::parse(&hello).ok_or_else(|| Error::stream(format!("stage 1 sent a malformed report: {hello:?}")))?;
     let mode = match what {
         Run::Given(path) => {
             let path = path.to_str().filter(|p| !p.contains('\n')).ok_or_else(|| {
@@ -268,13 +310,20 @@ fn ship(
         }
         Run::Shipped(mode) => mode,
     };
-    let exe = executable_for(&format!("{os} {machine}"))?;
+    let exe = match executable_for(&target) {
+        Ok(exe) => exe,
+        Err(e) => {
+            // Stage 1 exits at an empty answer, having written nothing.
+            let _ = send(lines, wfd, other, b"\n");
+            return Err(e);
+        }
+    };
     send(lines, wfd, other, format!("{} {} {}\n", mode as u8, exe.size, exe.sha256).as_bytes())?;
     let have = lines.marker("MITO001", other)?;
     if have.trim() == "1" {
         return Ok(Shipped { sha256: Some(exe.sha256.clone()), cached: true, bytes_sent: 0 });
     }
-    let data: Arc<Vec<u8>> = if gzip == "1" {
+    let data: Arc<Vec<u8>> = if target.gzip {
         exe.gzip()?
     } else {
         Arc::new(std::fs::read(&exe.path).map_err(|e| Error::stream_io("cannot read executable", e))?)

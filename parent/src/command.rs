@@ -57,7 +57,9 @@ pub(crate) trait Bootstrapped {
 /// The method's own (a `Password` or `HostKey` [`StreamError`] its prompts found), and those
 /// of every method: kind `ChildStart` if the command cannot be started, `Eof` (with the last
 /// lines printed) if it ends before the handshake, `Cancelled` if the broker shuts down
-/// meanwhile, `CorruptExecutable` if the cached copy is not the one shipped;
+/// meanwhile, `CorruptExecutable` if the cached copy is not the one shipped, `NoExecutable`
+/// if no executable of this program fits the target, `WrongProgram` if the child is another
+/// program;
 /// [`TimeoutError`](mitogen_core::TimeoutError) if nothing answers within `connect_timeout`.
 pub(crate) fn connect(
     router: &Router,
@@ -258,7 +260,10 @@ fn bootstrap_failed(name: &str, proc: &ChildProcess, stderr: Option<OwnedFd>, e:
         Error::StreamError(s) if s.kind() == &StreamErrorKind::Cancelled => connect::cancelled(name),
         // What the method's prompts found (a wrong password, a host key) says it all.
         e @ Error::StreamError(_)
-            if matches!(e.stream_kind_of(), Some(StreamErrorKind::Password | StreamErrorKind::HostKey)) =>
+            if matches!(
+                e.stream_kind_of(),
+                Some(StreamErrorKind::Password | StreamErrorKind::HostKey | StreamErrorKind::NoExecutable { .. })
+            ) =>
         {
             e.prefixed(name)
         }

@@ -234,6 +234,17 @@ pub(crate) fn handshake(
             );
             Err(Error::stream_kind(StreamErrorKind::CorruptExecutable { expected, actual }, reason))
         }
+        Ok(h) if h.protocol_version == PROTOCOL_VERSION && h.program_id != mitogen_core::program_id() => {
+            proc.kill(Signal::SIGKILL);
+            stream.on_disconnect(broker);
+            let reason = format!(
+                "{name}: the child is another program (its remote functions are not this one's: program \
+                 id {}, this one's {}); register only this program built for the target",
+                h.program_id,
+                mitogen_core::program_id()
+            );
+            Err(Error::stream_kind(StreamErrorKind::WrongProgram, reason))
+        }
         Ok(h) if h.protocol_version == PROTOCOL_VERSION => {
             connected.store(true, Ordering::Release);
             if config.profiling {

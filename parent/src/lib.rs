@@ -15,7 +15,7 @@
 //! | I/O | `io`, `process`, `transport` | deadline-bound reads and writes ([`iter_read`], [`write_all`]), child processes and their reaping, how a command's stdio is wired |
 //! | trees | `routes` | the route monitor (`ADD_ROUTE`, `DEL_ROUTE`, `DETACHING`) and id blocks (`ALLOCATE_ID`) |
 //! | base | `connect` | the common [`Options`], the handshake every method ends with, and its failures |
-//! | bootstrap | `prompt`, `bootstrap`, `command` | prompts on a terminal, stage 1 and shipping the executable, the generic command method |
+//! | bootstrap | `prompt`, `target`, `bootstrap`, `command` | prompts on a terminal, which executable fits which target, stage 1 and shipping the executable, the generic command method |
 //! | methods | `local`, `fork`, `ssh`, `su`, `sudo`, `doas`, `containers`, `setns` | one file per method (doas shares su's prompt texts) |
 //! | top | `method` | [`Method`], the one dispatch to each method, and `via=` |
 #![deny(missing_docs)]
@@ -41,6 +41,7 @@ mod ssh;
 mod stats;
 mod su;
 mod sudo;
+mod target;
 mod transport;
 
 pub use bootstrap::add_executable;

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mitogen::core::StreamErrorKind;
 use mitogen::master::{CommandSpec, Options, Router};
@@ -745,35 +745,91 @@ fn a_command_that_floods_its_output_times_out_on_time_with_a_bounded_error() {
     });
 }
 
+/// A directory of fake tools ahead of the real ones on `PATH`, making the target report
+/// `uname` and `getconf` as another machine would; the argv for the generic method that runs
+/// stage 1 there, with its cache under `dir`.
+fn fake_target(dir: &Path, uname: Option<&str>, getconf: Option<&str>) -> Vec<OsString> {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (tool, says) in [("uname", uname), ("getconf", getconf)] {
+        if let Some(says) = says {
+            std::fs::write(bin.join(tool), format!("#!/bin/sh\necho {says}\n")).unwrap();
+            chmod(&bin.join(tool), 0o755);
+        }
+    }
+    with_cache(&dir.join("cache"), &[&format!("PATH={}:/usr/bin:/bin", bin.display())])
+}
+
 #[test]
-fn a_target_of_another_machine_gets_the_executable_registered_for_it_or_a_clear_error() {
-    // Issue 21: Router::add_executable was untested. A `uname` ahead of the real tools makes
-    // the target say it is an aarch64 machine.
+fn a_target_no_build_fits_gets_a_clear_error_naming_it_and_nothing_is_left_there() {
+    // Issue 22: another machine, and an older glibc than this build needs, with nothing
+    // registered that fits: a `NoExecutable` error naming the target, what this build needs
+    // and the cargo command that builds one that fits, within connect_timeout; stage 1 exits
+    // having written nothing.
     if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
         return;
     }
     run(|| {
-        let tmp = TempDir::new("machines");
-        let bin = tmp.path().join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        std::fs::write(bin.join("uname"), "#!/bin/sh\necho Linux aarch64\n").unwrap();
-        chmod(&bin.join("uname"), 0o755);
-        let path = format!("PATH={}:/usr/bin:/bin", bin.display());
-        let argv = || with_cache(&tmp.path().join("cache"), &[&path]);
         let router = Router::new(None).unwrap();
-        let err = router.command(spec(argv()), Options::default()).unwrap_err();
-        let text = err.to_string();
-        assert!(err.is_stream() && text.contains("\"Linux aarch64\"") && text.contains("add_executable"), "{text}");
-        // Registered, that file is what ships: a copy of this program with a byte appended (so
-        // another sha256), which runs here.
-        let build = tmp.path().join("aarch64-build");
-        let mut bytes = std::fs::read("/proc/self/exe").unwrap();
-        bytes.push(0);
-        std::fs::write(&build, bytes).unwrap();
-        router.add_executable("aarch64", &build).unwrap();
-        let ctx = router.command(spec(argv()), Options::default()).unwrap();
-        let (_, sha) = mitogen::core::executable_digest(&build).unwrap();
-        assert!(ctx.call(whoami, ()).unwrap().2.ends_with(&sha), "runs the registered build");
+        let cases = [
+            // (This machine's own getconf answers there.)
+            ("arm", Some("Linux aarch64"), None, "Linux aarch64, glibc 2.", "aarch64-unknown-linux-musl"),
+            ("old", None, Some("glibc 2.17"), "Linux x86_64, glibc 2.17", "x86_64-unknown-linux-musl"),
+        ];
+        for (what, uname, getconf, target, triple) in cases {
+            let tmp = TempDir::new(&format!("no-fit-{what}"));
+            let start = Instant::now();
+            let options = Options { connect_timeout: Duration::from_secs(10), ..Options::default() };
+            let err = router.command(spec(fake_target(tmp.path(), uname, getconf)), options).unwrap_err();
+            assert!(start.elapsed() < Duration::from_secs(10), "{what}: took {:?}", start.elapsed());
+            let named = matches!(err.stream_kind_of(), Some(StreamErrorKind::NoExecutable { target: t }) if t.starts_with(target));
+            assert!(named, "{what}: {err}");
+            let text = err.to_string();
+            assert!(text.contains(&format!("cargo build --release --target {triple}")), "{what}: {text}");
+            assert!(text.contains("needs Linux x86_64, glibc >= 2."), "{what}: what this build needs: {text}");
+            assert!(!tmp.path().join("cache").exists(), "{what}: nothing was written on the target");
+        }
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_static_build_registered_is_chosen_where_this_one_does_not_fit_and_only_there() {
+    // Issue 22: this suite built for x86_64-unknown-linux-musl (tests/run builds it) is
+    // registered; a target with an older glibc gets it, this machine still gets this build.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::StaticBuild) {
+        return;
+    }
+    run(|| {
+        let static_build = mitogen_tests::static_build().unwrap();
+        let tmp = TempDir::new("static-fits");
+        let router = Router::new(None).unwrap();
+        router.add_executable(&static_build).unwrap();
+        let old = router.command(spec(fake_target(tmp.path(), None, Some("glibc 2.17"))), Options::default()).unwrap();
+        let (_, sha) = mitogen::core::executable_digest(&static_build).unwrap();
+        assert!(old.call(whoami, ()).unwrap().2.ends_with(&sha), "the old glibc target runs the static build");
+        let here = router.command(spec(with_cache(&tmp.path().join("here"), &[])), Options::default()).unwrap();
+        let (_, own) = mitogen::core::executable_digest(Path::new("/proc/self/exe")).unwrap();
+        assert!(here.call(whoami, ()).unwrap().2.ends_with(&own), "this machine runs this build");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn another_program_registered_for_a_target_is_refused_when_it_answers() {
+    // Issue 22: every candidate must be this program: the quickstart example built static is
+    // registered; it starts on the old-glibc target, and its answer names another program.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::StaticBuild) {
+        return;
+    }
+    run(|| {
+        let tmp = TempDir::new("wrong-program");
+        let router = Router::new(None).unwrap();
+        router.add_executable(&mitogen_tests::static_other_program().unwrap()).unwrap();
+        let err =
+            router.command(spec(fake_target(tmp.path(), None, Some("glibc 2.17"))), Options::default()).unwrap_err();
+        assert_eq!(err.stream_kind_of(), Some(&StreamErrorKind::WrongProgram), "{err}");
+        assert!(err.to_string().contains("another program"), "{err}");
         router.shutdown_and_join();
     });
 }

@@ -71,6 +71,10 @@ pub struct Hello {
     /// The child's [`VERSION`].
     #[serde(default)]
     pub version: String,
+    /// The child's [`program_id`](crate::program_id): a parent refuses a child that is
+    /// another program.
+    #[serde(default)]
+    pub program_id: String,
 }
 
 /// The size and sha256 (hex) of the file at `path`: how a bootstrapped executable is named in a

@@ -191,6 +191,7 @@ impl ExternalContext {
             context_id: ec.inner.config.context_id,
             exe_sha256: check_own_executable(ec.inner.config.expected_sha256.as_deref()),
             version: crate::child::VERSION.to_owned(),
+            program_id: crate::remote::program_id().to_owned(),
         };
         ec.inner.parent.send(Message::pickled(&hello, ec.inner.config.handshake_handle)?);
         Ok(ec)

@@ -26,8 +26,10 @@ pub fn alloc_bytes(cap: usize) -> Vec<u8> {
 /// message: glibc's defaults return any free block over ~2 MiB at once, so each bulk message
 /// would fault its pages in afresh (measured: page faults were 90% of a child's time moving
 /// 1 MiB messages). Applied in children only, which this library owns; a master's allocator is
-/// its program's business. libc: `mallopt(3)` is glibc's, nix does not wrap it.
+/// its program's business. libc: `mallopt(3)` is glibc's, nix does not wrap it; with another
+/// libc (musl, a static build) this does nothing.
 pub fn tune_malloc_for_bulk() {
+    #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator thresholds.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);

@@ -215,7 +215,7 @@ pub fn skipped() -> u64 {
 }
 
 fn set_timer(period_us: i64) -> io::Result<()> {
-    let interval = libc::timeval { tv_sec: 0, tv_usec: period_us as libc::suseconds_t };
+    let interval = libc::timeval { tv_sec: 0, tv_usec: period_us as _ };
     let timer = libc::itimerval { it_interval: interval, it_value: interval };
     // SAFETY: setitimer(2) reads `timer`; the old value is not asked for. (libc: nix has no
     // setitimer.)
