@@ -40,6 +40,14 @@ start() {
     docker image inspect "$IMAGE" >/dev/null 2>&1 || docker import "$MT/rootfs.tar.gz" "$IMAGE" >/dev/null
 
     podman image exists "localhost/$IMAGE" || podman import --quiet "$MT/rootfs.tar.gz" "$IMAGE" >/dev/null
+    # Targets this machine's build does not fit (issue 22): Debian 11, and a static busybox alone.
+    local root
+    for root in bullseye busybox; do
+        docker image inspect "mitogen-test:$root" >/dev/null 2>&1 ||
+            docker import "$MT/$root.tar.gz" "mitogen-test:$root" >/dev/null
+    done
+    # The Debian 11 root where mitogen-old's ssh sessions are chrooted: a child there reads /proc.
+    mountpoint -q "$MT/bullseye/proc" || mount -t proc proc "$MT/bullseye/proc"
 
     if ! lxc info >/dev/null 2>&1; then
         lxd --group root --logfile "$RUN/lxd.log" >/dev/null 2>&1 &
@@ -72,6 +80,7 @@ PRESEED
 }
 
 stop() {
+    ! mountpoint -q "$MT/bullseye/proc" || umount -l "$MT/bullseye/proc"
     if [[ -f $RUN/lxd.pid ]]; then
         lxd shutdown --timeout 30 >/dev/null 2>&1 || kill "$(cat "$RUN/lxd.pid")" 2>/dev/null || true
         rm -f "$RUN/lxd.pid"

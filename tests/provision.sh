@@ -137,3 +137,46 @@ if [[ ! -f $MT/rootfs.tar.gz ]]; then
     mv "$MT/rootfs.tmp" "$MT/rootfs"
     mv "$MT/rootfs.tar.gz.tmp" "$MT/rootfs.tar.gz"
 fi
+
+# --- reach (issue 22): targets this machine's own build does not fit, as root filesystems that
+# tests/engines.sh imports as images: a Debian 11 minbase (glibc 2.31, older than this build
+# needs), and one holding only a static busybox (no C library at all). The Debian 11 root is
+# also where an sshd test account's sessions are chrooted (ChrootDirectory), with /proc mounted
+# by tests/engines.sh start.
+if [[ ! -f $MT/bullseye.tar.gz ]]; then
+    mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    mirror=${mirror:-$(awk '/^deb / { print $2; exit }' /etc/apt/sources.list)}
+    echo "tests/provision.sh: debootstrap of a minbase bullseye (Debian 11, glibc 2.31) from $mirror" >&2
+    rm -rf "$MT/bullseye.tmp"
+    debootstrap --variant=minbase bullseye "$MT/bullseye.tmp" "$mirror" >"$MT/debootstrap-bullseye.log" 2>&1 ||
+        { tail -20 "$MT/debootstrap-bullseye.log" >&2; exit 1; }
+    tar -C "$MT/bullseye.tmp" -c --numeric-owner . | gzip -1 > "$MT/bullseye.tar.gz.tmp"
+    rm -rf "$MT/bullseye"
+    mv "$MT/bullseye.tmp" "$MT/bullseye"
+    mv "$MT/bullseye.tar.gz.tmp" "$MT/bullseye.tar.gz"
+fi
+if [[ ! -f $MT/busybox.tar.gz ]]; then
+    echo "tests/provision.sh: a root filesystem of one static busybox (busybox-static, unpacked only)" >&2
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download busybox-static >/dev/null 2>&1) ||
+        { apt-get update >/dev/null && (cd "$tmp" && apt-get download busybox-static >/dev/null); }
+    dpkg-deb -x "$tmp"/busybox-static_*.deb "$tmp/pkg"
+    root=$tmp/root
+    mkdir -p "$root"/{bin,tmp,root,proc,dev,etc}
+    chmod 1777 "$root/tmp"
+    chmod 700 "$root/root"
+    cp "$tmp/pkg/bin/busybox" "$root/bin/busybox"
+    for applet in $("$root/bin/busybox" --list); do
+        [[ -e $root/bin/$applet ]] || ln -s busybox "$root/bin/$applet"
+    done
+    tar -C "$root" -c --numeric-owner . | gzip -1 > "$MT/busybox.tar.gz"
+    rm -rf "$tmp"
+fi
+# The account whose ssh sessions land in the Debian 11 root (Match User in tests/sshd_config.in).
+account mitogen-old /bin/sh
+if ! grep -q '^mitogen-old:' "$MT/bullseye/etc/passwd"; then
+    grep '^mitogen-old:' /etc/passwd >> "$MT/bullseye/etc/passwd"
+    grep '^mitogen-old:' /etc/group >> "$MT/bullseye/etc/group"
+fi
+install -d -o mitogen-old -g mitogen-old -m 700 "$MT/bullseye/home/mitogen-old"
+install -m 644 "$MT/ssh/client_ed25519.pub" "$MT/ssh/authorized_keys/mitogen-old"

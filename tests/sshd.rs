@@ -160,7 +160,7 @@ pub fn ssh_args(known_hosts: &Path) -> Vec<std::ffi::OsString> {
 
 fn sshd_config(port: u16, extra: &str) -> String {
     let template = include_str!("sshd_config.in");
-    format!("{}{extra}\n", template.replace("@PORT@", &port.to_string()).replace("@KEYS@", KEYS))
+    template.replace("@PORT@", &port.to_string()).replace("@KEYS@", KEYS).replace("@EXTRA@", extra)
 }
 
 /// Every process below `pid`, read from `/proc`.

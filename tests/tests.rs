@@ -32,6 +32,22 @@ pub(crate) fn profiles_of(
     files.into_iter().filter(|p| written(p)).map(|p| (mitogen::profiler::thread_of(&p).unwrap(), p)).collect()
 }
 
+/// `/etc/debian_version` where it runs (`"none"` without one): which root it runs in.
+pub(crate) fn debian_version() -> String {
+    std::fs::read_to_string("/etc/debian_version").map_or_else(|_| "none".into(), |v| v.trim().to_owned())
+}
+mitogen::remote!(debian_version);
+
+/// Whether a C library is installed where it runs (any `libc.so*` or musl loader in `/lib`).
+pub(crate) fn has_libc() -> bool {
+    let dirs = ["/lib", "/lib64", "/usr/lib", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"];
+    dirs.iter().filter_map(|d| std::fs::read_dir(d).ok()).flatten().flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.starts_with("libc.so") || name.starts_with("ld-musl") || name.starts_with("ld-linux")
+    })
+}
+mitogen::remote!(has_libc);
+
 /// Block where it runs until its context dies (at most `ms`): a call left in flight.
 pub(crate) fn block(ms: u64) -> u64 {
     let (_keep, never) = std::sync::mpsc::channel::<()>();

@@ -379,3 +379,39 @@ fn podman_buildah_lxc_and_lxd_work_through_via() {
         router.shutdown_and_join();
     });
 }
+
+#[test]
+fn debian_11_and_busybox_containers_get_the_static_build_or_a_clear_error() {
+    // Issue 22: a Debian 11 image (glibc 2.31, older than this build needs) and one holding a
+    // static busybox alone (no C library): with nothing registered, a NoExecutable error
+    // naming the target; with the static build registered, it is chosen and answers there.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Engines)
+        || !mitogen_tests::provisioned(mitogen_tests::Needs::StaticBuild)
+    {
+        return;
+    }
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let images = [
+            ("mitogen-test:bullseye", "Linux x86_64, glibc 2.31"),
+            ("mitogen-test:busybox", "Linux x86_64, no C library"),
+        ];
+        for (image, target) in images {
+            let e = router.docker(DockerOptions::image(image), Options::default()).unwrap_err();
+            let kind = StreamErrorKind::NoExecutable { target: target.into() };
+            assert_eq!(e.stream_kind_of(), Some(&kind), "{image}: {e}");
+            assert!(e.to_string().contains("cargo build --release --target x86_64-unknown-linux-musl"), "{e}");
+        }
+        let static_build = mitogen_tests::static_build().unwrap();
+        let (_, sha) = mitogen::core::executable_digest(&static_build).unwrap();
+        router.add_executable(&static_build).unwrap();
+        let old = router.docker(DockerOptions::image("mitogen-test:bullseye"), Options::default()).unwrap();
+        assert!(old.call(crate::debian_version, ()).unwrap().starts_with("11."), "runs in Debian 11");
+        assert!(old.call(inside, ()).unwrap().4.ends_with(&sha), "from the static build");
+        let bare = router.docker(DockerOptions::image("mitogen-test:busybox"), Options::default()).unwrap();
+        assert_eq!(bare.call(crate::debian_version, ()).unwrap(), "none");
+        assert!(!bare.call(crate::has_libc, ()).unwrap(), "no C library there");
+        assert!(bare.call(inside, ()).unwrap().4.ends_with(&sha), "from the static build");
+        router.shutdown_and_join();
+    });
+}

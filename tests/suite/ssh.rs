@@ -520,3 +520,63 @@ fn keepalives_notice_a_host_that_stops_answering_and_none_wait_for_ever() {
         router.shutdown_and_join();
     });
 }
+
+#[test]
+fn over_ssh_a_debian_11_host_gets_the_static_build_and_never_runs_a_planted_entry() {
+    // Issue 22: mitogen-old's sessions are chrooted into a Debian 11 root (glibc 2.31): with
+    // nothing registered, a NoExecutable error naming it; with the static build registered, it
+    // is chosen and answers there. A symlink planted at the static build's cache entry, and a
+    // root-owned file at it, are replaced by a fresh copy and never run.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd)
+        || !mitogen_tests::provisioned(mitogen_tests::Needs::StaticBuild)
+    {
+        return;
+    }
+    run(|| {
+        let sshd = Sshd::start("bullseye");
+        let router = Router::new(None).unwrap();
+        let e = router.ssh(sshd.ssh("mitogen-old"), Options::default()).unwrap_err();
+        let kind = StreamErrorKind::NoExecutable { target: "Linux x86_64, glibc 2.31".into() };
+        assert_eq!(e.stream_kind_of(), Some(&kind), "{e}");
+        let static_build = mitogen_tests::static_build().unwrap();
+        let (_, sha) = mitogen::core::executable_digest(&static_build).unwrap();
+        router.add_executable(&static_build).unwrap();
+
+        // What the account's cache holds, seen from outside the chroot.
+        let root = std::path::Path::new("/var/lib/mitogen-tests/bullseye");
+        let cache = root.join("home/mitogen-old/.cache/mitogen");
+        let _ = std::fs::remove_dir_all(root.join("home/mitogen-old/.cache"));
+        let marker = root.join("tmp/planted-ran");
+        let _ = std::fs::remove_file(&marker);
+        let uid = uid_of("mitogen-old");
+        let own = |p: &std::path::Path| std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
+        std::fs::create_dir_all(&cache).unwrap();
+        own(&root.join("home/mitogen-old/.cache"));
+        own(&cache);
+        std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let script = root.join("tmp/planted");
+        std::fs::write(&script, "#!/bin/sh\ntouch /tmp/planted-ran\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let entry = cache.join(&sha);
+        for plant in ["symlink", "root's file"] {
+            let _ = std::fs::remove_file(&entry);
+            match plant {
+                "symlink" => std::os::unix::fs::symlink("/tmp/planted", &entry).unwrap(),
+                _ => {
+                    std::fs::copy(&script, &entry).unwrap();
+                }
+            }
+            let ctx = router.ssh(sshd.ssh("mitogen-old"), Options::default()).unwrap();
+            assert!(ctx.call(crate::debian_version, ()).unwrap().starts_with("11."), "{plant}: runs in Debian 11");
+            let exe = ctx.call(exe_path, ()).unwrap();
+            assert_eq!(exe, format!("/home/mitogen-old/.cache/mitogen/{sha}"), "{plant}: the static build");
+            assert!(!marker.exists(), "{plant}: the planted entry never ran");
+            let meta = std::fs::symlink_metadata(&entry).unwrap();
+            assert!(meta.is_file() && std::os::unix::fs::MetadataExt::uid(&meta) == uid, "{plant}: replaced");
+            ctx.shutdown(true).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(root.join("home/mitogen-old/.cache"));
+        let _ = std::fs::remove_file(&script);
+        router.shutdown_and_join();
+    });
+}
