@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! stage 1                                   parent
-//! MITO000 <uname -s> <uname -m> <gzip 0|1> <libc>    (glibc-<x.y>, musl, both, or none)
+//! MITO000 <uname -s> <uname -m> <gzip 0|1> [glibc <x.y>] [musl]
 //!                                           <mode> <size> <sha256>     (the executable that fits)
 //!                                           or an empty line: none fits (stage 1 exits)
 //!   (a whole, executable copy in the usual place: run it; else find a private place to run from)
@@ -42,7 +42,7 @@ use crate::target::{Needs, Target};
 
 /// Stage 1, run as `sh -c STAGE1 mitogen-stage1`. POSIX shell only (dash, bash, busybox sh),
 /// and the tools every POSIX system has: `id`, `uname`, `ls`, `mkdir`, `chmod`, `rm`, `mv`,
-/// `ln`, `head`, `cat` (and `gzip` and `getconf` when there are). About 1.5 KiB, so every method's command
+/// `ln`, `head`, `cat` (and `gzip` and `getconf` when there are). About 2 KiB, so every method's command
 /// line stays short. One line, and every variable written `${name}`: `sudo -i` hands its
 /// command to a login shell with every character but `$` escaped, joining lines at escaped
 /// newlines and expanding `$name` (but not `${name}`) before stage 1 runs.
@@ -73,9 +73,8 @@ pub(crate) const STAGE1: &str = concat!(
     "z(){ y \"${1%/*}\" \"${1##*/}\";};",
     "command -v gzip>/dev/null&&g=1||g=0;",
     // The C library: glibc's version, musl's loader, both or none.
-    "s=$(uname -sm);l=$(getconf GNU_LIBC_VERSION 2>/dev/null);l=${l:+glibc-${l#glibc }};",
-    "[ -e \"/lib/ld-musl-${s#* }.so.1\" ]&&l=${l:+${l},}musl;",
-    "echo \"MITO000 ${s} ${g} ${l:-none}\";",
+    "s=$(uname -sm);l=$(getconf GNU_LIBC_VERSION 2>/dev/null);[ -e /lib/ld-musl-${s#* }.so.1 ]&&l=\"${l} musl\";",
+    "echo \"MITO000 ${s} ${g} ${l}\";",
     // An empty answer: no executable fits; nothing was written.
     "read C S H;[ \"${H}\" ]||exit 1;x=\"${c}/${H}\";a=;w=;[ \"${C}\" = 3 ]&&{ x=${H};w=1;};",
     // The warm path: the usual place is private and holds a whole copy that may run (`-x` is
@@ -85,7 +84,7 @@ pub(crate) const STAGE1: &str = concat!(
     "for d in ${c:+\"${c}\"} \"/dev/shm/mitogen-${u}\" \"${TMPDIR:-/tmp}/mitogen-${u}\";do ",
     "mkdir -p \"${d}\"&&[ ! -h \"${d}\" ]&&{ [ -O \"${d}\" ]||{ echo \"MITO008 ${u} $(LC_ALL=C ls -ldn \"${d}\")\";false;};}&&y \"${d}\"&&",
     "t=\"${d}/.t${$}\"&&echo>\"${t}\"&&chmod 700 \"${t}\"&&\"${t}\"&&{ rm -f \"${t}\";f=${d};break;};",
-    "rm -f \"${d}/.t${$}\";T=\"${T} ${d}\";",
+    "rm -f \"${t}\";T=\"${T} ${d}\";",
     "done;",
     "[ \"${f}\" ]||{ echo \"MITO009 nowhere to execute from:${T}\";exit 1;};",
     "x=\"${f}/${H}\";",
@@ -548,7 +547,8 @@ mod tests {
 
     #[test]
     fn stage1_is_short_one_line_and_safe_from_sudo_i() {
-        assert!(STAGE1.len() < 2048, "stage 1 is {} bytes", STAGE1.len());
+        // (It rides in every method's command line: sudo's, su's `-c` word, ssh's remote command.)
+        assert!(STAGE1.len() < 2176, "stage 1 is {} bytes", STAGE1.len());
         assert!(!STAGE1.contains('\n'));
         // `$` may only start `${...}` or `$(...)` (or be the name in `${$}`): sudo -i expands
         // `$name` and `$$` early.

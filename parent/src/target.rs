@@ -122,8 +122,8 @@ fn parse_version(text: &str) -> Option<(u32, u32)> {
     Some((parts.next()?.parse().ok()?, parts.next().unwrap_or("0").parse().ok()?))
 }
 
-/// What stage 1 found on the target: `MITO000 <os> <machine> <gzip> <libc>`, where `<libc>`
-/// is `glibc-<x.y>`, `musl`, both joined with a comma, or `none`.
+/// What stage 1 found on the target: `MITO000 <os> <machine> <gzip 0|1> [glibc <x.y>] [musl]`
+/// (what `getconf GNU_LIBC_VERSION` prints, and whether musl's loader is there).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Target {
     /// `uname -s`.
@@ -141,14 +141,14 @@ pub(crate) struct Target {
 impl Target {
     /// Parse stage 1's report (the words after `MITO000`).
     pub(crate) fn parse(report: &str) -> Option<Target> {
-        let words: Vec<&str> = report.split_whitespace().collect();
-        let [os, machine, gzip, libc] = words[..] else { return None };
+        let mut words = report.split_whitespace();
+        let (os, machine, gzip) = (words.next()?, words.next()?, words.next()?);
         let mut target = Target { os: os.into(), machine: machine.into(), gzip: gzip == "1", glibc: None, musl: false };
-        for l in libc.split(',') {
-            match l {
+        while let Some(word) = words.next() {
+            match word {
                 "musl" => target.musl = true,
-                "none" => {}
-                other => target.glibc = Some(other.strip_prefix("glibc-").and_then(parse_version)?),
+                "glibc" => target.glibc = Some(parse_version(words.next()?)?),
+                _ => return None,
             }
         }
         Some(target)
@@ -182,15 +182,16 @@ mod tests {
 
     #[test]
     fn reports_are_read_as_stage_1_writes_them() {
-        let old = target("Linux x86_64 1 glibc-2.31");
+        let old = target("Linux x86_64 1 glibc 2.31");
         assert_eq!((old.glibc, old.musl, old.gzip), (Some((2, 31)), false, true));
         assert_eq!(old.to_string(), "Linux x86_64, glibc 2.31");
-        let bare = target("Linux x86_64 0 none");
+        let bare = target("Linux x86_64 0");
         assert_eq!((bare.glibc, bare.musl), (None, false));
         assert_eq!(bare.to_string(), "Linux x86_64, no C library");
-        assert!(target("Linux aarch64 1 glibc-2.36,musl").musl);
-        assert_eq!(Target::parse("Linux x86_64 1"), None);
-        assert_eq!(Target::parse("Linux x86_64 1 glibc-x"), None);
+        assert!(target("Linux aarch64 1 glibc 2.36 musl").musl);
+        assert_eq!(Target::parse("Linux x86_64"), None);
+        assert_eq!(Target::parse("Linux x86_64 1 glibc x"), None);
+        assert_eq!(Target::parse("Linux x86_64 1 glibc"), None);
     }
 
     #[test]
@@ -198,16 +199,16 @@ mod tests {
         let static_x86 = Needs { machine: "x86_64".into(), libc: Libc::Static };
         let glibc_234 = Needs { machine: "x86_64".into(), libc: Libc::Glibc((2, 34)) };
         let musl = Needs { machine: "x86_64".into(), libc: Libc::Musl };
-        for t in ["Linux x86_64 1 glibc-2.31", "Linux x86_64 0 none", "Linux x86_64 1 musl"] {
+        for t in ["Linux x86_64 1 glibc 2.31", "Linux x86_64 0", "Linux x86_64 1 musl"] {
             assert!(static_x86.fit(&target(t)), "{t}");
         }
-        assert!(!static_x86.fit(&target("Linux aarch64 1 none")));
-        assert!(!static_x86.fit(&target("FreeBSD x86_64 1 none")));
-        assert!(glibc_234.fit(&target("Linux x86_64 1 glibc-2.36")));
-        assert!(glibc_234.fit(&target("Linux x86_64 1 glibc-2.34")));
-        assert!(!glibc_234.fit(&target("Linux x86_64 1 glibc-2.31")));
+        assert!(!static_x86.fit(&target("Linux aarch64 1")));
+        assert!(!static_x86.fit(&target("FreeBSD x86_64 1")));
+        assert!(glibc_234.fit(&target("Linux x86_64 1 glibc 2.36")));
+        assert!(glibc_234.fit(&target("Linux x86_64 1 glibc 2.34")));
+        assert!(!glibc_234.fit(&target("Linux x86_64 1 glibc 2.31")));
         assert!(!glibc_234.fit(&target("Linux x86_64 1 musl")));
-        assert!(musl.fit(&target("Linux x86_64 1 musl")) && !musl.fit(&target("Linux x86_64 1 glibc-2.36")));
+        assert!(musl.fit(&target("Linux x86_64 1 musl")) && !musl.fit(&target("Linux x86_64 1 glibc 2.36")));
         assert_eq!(glibc_234.to_string(), "Linux x86_64, glibc >= 2.34");
     }
 

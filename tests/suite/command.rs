@@ -771,12 +771,15 @@ fn a_target_no_build_fits_gets_a_clear_error_naming_it_and_nothing_is_left_there
     }
     run(|| {
         let router = Router::new(None).unwrap();
+        // A static build of this suite fits the old glibc: only the other machine is refused.
+        let own_static = cfg!(target_env = "musl");
+        let needs = if own_static { "needs Linux x86_64, static" } else { "needs Linux x86_64, glibc >= 2." };
         let cases = [
             // (This machine's own getconf answers there.)
             ("arm", Some("Linux aarch64"), None, "Linux aarch64, glibc 2.", "aarch64-unknown-linux-musl"),
             ("old", None, Some("glibc 2.17"), "Linux x86_64, glibc 2.17", "x86_64-unknown-linux-musl"),
         ];
-        for (what, uname, getconf, target, triple) in cases {
+        for (what, uname, getconf, target, triple) in cases.into_iter().filter(|c| !own_static || c.0 == "arm") {
             let tmp = TempDir::new(&format!("no-fit-{what}"));
             let start = Instant::now();
             let options = Options { connect_timeout: Duration::from_secs(10), ..Options::default() };
@@ -786,7 +789,7 @@ fn a_target_no_build_fits_gets_a_clear_error_naming_it_and_nothing_is_left_there
             assert!(named, "{what}: {err}");
             let text = err.to_string();
             assert!(text.contains(&format!("cargo build --release --target {triple}")), "{what}: {text}");
-            assert!(text.contains("needs Linux x86_64, glibc >= 2."), "{what}: what this build needs: {text}");
+            assert!(text.contains(needs), "{what}: what this build needs: {text}");
             assert!(!tmp.path().join("cache").exists(), "{what}: nothing was written on the target");
         }
         router.shutdown_and_join();
@@ -820,6 +823,12 @@ fn another_program_registered_for_a_target_is_refused_when_it_answers() {
     // Issue 22: every candidate must be this program: the quickstart example built static is
     // registered; it starts on the old-glibc target, and its answer names another program.
     if !mitogen_tests::provisioned(mitogen_tests::Needs::StaticBuild) {
+        return;
+    }
+    if cfg!(target_env = "musl") {
+        eprintln!(
+            "skipped: this suite is a static build, which fits the target itself, so nothing registered is chosen"
+        );
         return;
     }
     run(|| {

@@ -535,9 +535,12 @@ fn over_ssh_a_debian_11_host_gets_the_static_build_and_never_runs_a_planted_entr
     run(|| {
         let sshd = Sshd::start("bullseye");
         let router = Router::new(None).unwrap();
-        let e = router.ssh(sshd.ssh("mitogen-old"), Options::default()).unwrap_err();
-        let kind = StreamErrorKind::NoExecutable { target: "Linux x86_64, glibc 2.31".into() };
-        assert_eq!(e.stream_kind_of(), Some(&kind), "{e}");
+        if cfg!(target_env = "gnu") {
+            // (A static build of this suite fits it itself.)
+            let e = router.ssh(sshd.ssh("mitogen-old"), Options::default()).unwrap_err();
+            let kind = StreamErrorKind::NoExecutable { target: "Linux x86_64, glibc 2.31".into() };
+            assert_eq!(e.stream_kind_of(), Some(&kind), "{e}");
+        }
         let static_build = mitogen_tests::static_build().unwrap();
         let (_, sha) = mitogen::core::executable_digest(&static_build).unwrap();
         router.add_executable(&static_build).unwrap();

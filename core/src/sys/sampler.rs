@@ -277,18 +277,12 @@ extern "C" fn on_sigprof(_: libc::c_int, _: *mut libc::siginfo_t, ucontext: *mut
     unsafe { *libc::__errno_location() = errno };
 }
 
-fn sample(ucontext: *mut libc::c_void) {
-    let table = TABLE.load(Ordering::Acquire);
-    // SAFETY: getpid takes no arguments (std's process::id is the same call).
-    if table.is_null() || OWNER.load(Ordering::Acquire) != unsafe { libc::getpid() } as u32 {
-        return;
-    }
-    let pc = interrupted_pc(ucontext);
-    if in_unwinder(pc) {
-        SKIPPED.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    let mut walked = [0usize; MAX_DEPTH + HANDLER_FRAMES];
+/// The return addresses of the interrupted thread's stack into `out`, with whether more did not
+/// fit: with glibc, libgcc's unwinder walks from the handler through the kernel's signal
+/// frame, whose trampoline has unwind information; the frames above the interrupted one are
+/// the handler's and are skipped by the caller.
+#[cfg(not(all(target_env = "musl", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+fn walk(_ucontext: *mut libc::c_void, walked: &mut [usize]) -> (usize, bool) {
     let mut n = 0;
     let mut more = false;
     // SAFETY: the crate's lock only serialises unwinders that are not thread-safe (Windows'
@@ -308,6 +302,164 @@ fn sample(ucontext: *mut libc::c_void) {
             true
         });
     }
+    (n, more)
+}
+
+/// With musl (a static build), the signal trampoline has no unwind information, so a walk from
+/// the handler stops there: LLVM's libunwind, which Rust's musl targets link, starts from the
+/// interrupted registers the kernel saved instead.
+#[cfg(all(target_env = "musl", any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn walk(ucontext: *mut libc::c_void, walked: &mut [usize]) -> (usize, bool) {
+    if ucontext.is_null() {
+        return (0, false);
+    }
+    // SAFETY: the kernel passes a valid ucontext to an SA_SIGINFO handler; the unwinder's
+    // state lives on this stack.
+    unsafe { from_context::walk(ucontext.cast(), walked) }
+}
+
+#[cfg(all(target_env = "musl", any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod from_context {
+    /// `unw_context_t` and `unw_cursor_t`, larger than libunwind's on either machine (x86_64:
+    /// 21 and 33 words; aarch64: 66 and 78).
+    #[repr(C, align(16))]
+    pub(super) struct Words([u64; 128]);
+
+    extern "C" {
+        fn unw_getcontext(context: *mut Words) -> libc::c_int;
+        fn unw_init_local(cursor: *mut Words, context: *mut Words) -> libc::c_int;
+        fn unw_set_reg(cursor: *mut Words, reg: libc::c_int, value: u64) -> libc::c_int;
+        fn unw_get_reg(cursor: *mut Words, reg: libc::c_int, value: *mut u64) -> libc::c_int;
+        fn unw_step(cursor: *mut Words) -> libc::c_int;
+    }
+
+    const UNW_REG_IP: libc::c_int = -1;
+
+    /// `(libunwind register, value)` of every general register the kernel saved, the program
+    /// counter last (setting it makes libunwind look up that frame).
+    #[cfg(target_arch = "x86_64")]
+    fn registers(uc: &libc::ucontext_t) -> impl Iterator<Item = (libc::c_int, u64)> {
+        let g = uc.uc_mcontext.gregs;
+        // libunwind's numbering: rax, rdx, rcx, rbx, rsi, rdi, rbp, rsp, r8 .. r15.
+        let order = [
+            libc::REG_RAX,
+            libc::REG_RDX,
+            libc::REG_RCX,
+            libc::REG_RBX,
+            libc::REG_RSI,
+            libc::REG_RDI,
+            libc::REG_RBP,
+            libc::REG_RSP,
+            libc::REG_R8,
+            libc::REG_R9,
+            libc::REG_R10,
+            libc::REG_R11,
+            libc::REG_R12,
+            libc::REG_R13,
+            libc::REG_R14,
+            libc::REG_R15,
+        ];
+        let pc = g[libc::REG_RIP as usize] as u64;
+        order
+            .into_iter()
+            .enumerate()
+            .map(move |(n, r)| (n as libc::c_int, g[r as usize] as u64))
+            .chain([(UNW_REG_IP, pc)])
+    }
+
+    /// The caller's registers by the frame pointer of the interrupted function, if it points
+    /// into the stack just above the stack pointer (so it is readable): `rbp`, `rsp` and `rip`
+    /// of the caller.
+    #[cfg(target_arch = "x86_64")]
+    fn caller_by_frame_pointer(uc: &libc::ucontext_t) -> Option<[(libc::c_int, u64); 3]> {
+        let g = uc.uc_mcontext.gregs;
+        let (rbp, rsp) = (g[libc::REG_RBP as usize] as u64, g[libc::REG_RSP as usize] as u64);
+        if rbp < rsp || rbp - rsp > 4096 || rbp % 8 != 0 {
+            return None;
+        }
+        // SAFETY: `rbp` lies within the page above the interrupted stack pointer, on this
+        // thread's stack, 8-byte aligned: the saved frame pointer and return address.
+        let (saved_rbp, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
+        Some([(6, saved_rbp), (7, rbp + 16), (UNW_REG_IP, ret)])
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    fn caller_by_frame_pointer(_: &libc::ucontext_t) -> Option<[(libc::c_int, u64); 3]> {
+        None
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    fn registers(uc: &libc::ucontext_t) -> impl Iterator<Item = (libc::c_int, u64)> {
+        let m = &uc.uc_mcontext;
+        let (regs, sp, pc) = (m.regs, m.sp, m.pc);
+        // libunwind's numbering: x0 .. x30, then sp as 31.
+        (0..31).map(move |n| (n as libc::c_int, regs[n] as u64)).chain([(31, sp as u64), (UNW_REG_IP, pc as u64)])
+    }
+
+    /// Walk from the registers in `uc`, a signal's saved context.
+    ///
+    /// # Safety
+    /// `uc` must point to the `ucontext_t` the kernel passed to this signal handler.
+    pub(super) unsafe fn walk(uc: *const libc::ucontext_t, out: &mut [usize]) -> (usize, bool) {
+        let (mut context, mut cursor) = (Words([0; 128]), Words([0; 128]));
+        // SAFETY: both buffers are larger than libunwind's types and live on this stack;
+        // `unw_getcontext` fills the context, `unw_init_local` the cursor from it.
+        if unsafe { unw_getcontext(&mut context) != 0 || unw_init_local(&mut cursor, &mut context) != 0 } {
+            return (0, false);
+        }
+        // SAFETY: the caller passes the kernel's saved context.
+        // SAFETY: the caller passes the kernel's saved context.
+        let uc = unsafe { &*uc };
+        for (reg, value) in registers(uc) {
+            // SAFETY: a cursor initialised above; an unknown register is refused, not written.
+            unsafe { unw_set_reg(&mut cursor, reg, value) };
+        }
+        let mut n = 0;
+        let mut retried = false;
+        loop {
+            let mut ip = 0u64;
+            // SAFETY: as above; `ip` is a valid out-pointer.
+            if unsafe { unw_get_reg(&mut cursor, UNW_REG_IP, &mut ip) } != 0 || ip == 0 {
+                return (n, false);
+            }
+            if n == out.len() {
+                return (n, true);
+            }
+            out[n] = ip as usize;
+            n += 1;
+            // SAFETY: as above; a step reads only this thread's stack through unwind tables.
+            if unsafe { unw_step(&mut cursor) } <= 0 {
+                // No unwind information for the interrupted code: the vDSO (`clock_gettime`),
+                // which a static executable's unwinder does not see. Its functions keep a frame
+                // pointer: one step by it, then the tables again.
+                match (n, retried, caller_by_frame_pointer(uc)) {
+                    (1, false, Some(regs)) => {
+                        retried = true;
+                        for (reg, value) in regs {
+                            // SAFETY: as above.
+                            unsafe { unw_set_reg(&mut cursor, reg, value) };
+                        }
+                    }
+                    _ => return (n, false),
+                }
+            }
+        }
+    }
+}
+
+fn sample(ucontext: *mut libc::c_void) {
+    let table = TABLE.load(Ordering::Acquire);
+    // SAFETY: getpid takes no arguments (std's process::id is the same call).
+    if table.is_null() || OWNER.load(Ordering::Acquire) != unsafe { libc::getpid() } as u32 {
+        return;
+    }
+    let pc = interrupted_pc(ucontext);
+    if in_unwinder(pc) {
+        SKIPPED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let mut walked = [0usize; MAX_DEPTH + HANDLER_FRAMES];
+    let (n, more) = walk(ucontext, &mut walked);
     // Start at the interrupted frame; if the walk did not find it, keep everything.
     let first = walked[..n].iter().position(|&ip| ip == pc).unwrap_or(0);
     let frames = &walked[first..n];
