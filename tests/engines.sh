@@ -48,6 +48,15 @@ start() {
     done
     # The Debian 11 root where mitogen-old's ssh sessions are chrooted: a child there reads /proc.
     mountpoint -q "$MT/bullseye/proc" || mount -t proc proc "$MT/bullseye/proc"
+    # The arm64 root: qemu-user runs its programs (F: the interpreter is opened now, so it
+    # works inside the chroot; P: argv[0] is kept, which busybox's applets need).
+    local binfmt=/proc/sys/fs/binfmt_misc
+    [[ -e $binfmt/register ]] || mount -t binfmt_misc binfmt_misc "$binfmt"
+    if [[ ! -e $binfmt/qemu-aarch64 ]]; then
+        printf '%s' ':qemu-aarch64:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/bin/qemu-aarch64-static:FP' >"$binfmt/register"
+        touch "$RUN/binfmt-registered"
+    fi
+    mountpoint -q "$MT/arm64/proc" || mount -t proc proc "$MT/arm64/proc"
 
     if ! lxc info >/dev/null 2>&1; then
         lxd --group root --logfile "$RUN/lxd.log" >/dev/null 2>&1 &
@@ -81,6 +90,11 @@ PRESEED
 
 stop() {
     ! mountpoint -q "$MT/bullseye/proc" || umount -l "$MT/bullseye/proc"
+    ! mountpoint -q "$MT/arm64/proc" || umount -l "$MT/arm64/proc"
+    if [[ -f $RUN/binfmt-registered ]]; then
+        echo -1 >/proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null || true
+        rm -f "$RUN/binfmt-registered"
+    fi
     if [[ -f $RUN/lxd.pid ]]; then
         lxd shutdown --timeout 30 >/dev/null 2>&1 || kill "$(cat "$RUN/lxd.pid")" 2>/dev/null || true
         rm -f "$RUN/lxd.pid"

@@ -247,6 +247,10 @@ pub enum Needs {
     /// That and this suite built static for `x86_64-unknown-linux-musl`, with the quickstart
     /// example beside it (`tests/run` builds them; see [`static_build`]).
     StaticBuild,
+    /// That and an arm64 target: a root of one static arm64 busybox run through
+    /// `qemu-aarch64-static` (binfmt_misc), and this suite built for `aarch64-unknown-linux-musl`
+    /// ([`arm64`]).
+    Arm64,
 }
 
 /// Whether this machine has what `needs` names. When it has not (a first `cargo test` as
@@ -281,6 +285,12 @@ fn unmet(needs: Needs) -> Option<String> {
             Some("the container engines are not running (tests/engines.sh start)".into())
         }
         Needs::Engines => None,
+        Needs::Arm64 => match arm64() {
+            Some(_) => unmet(Needs::StaticBuild),
+            None => Some(
+                "no arm64 target or build (tests/builds.sh: MITOGEN_TEST_ARM64_ROOT, MITOGEN_TEST_ARM64_BUILD)".into(),
+            ),
+        },
         Needs::StaticBuild => match (static_build(), static_other_program()) {
             (Some(_), Some(_)) => unmet(Needs::Accounts),
             _ => Some("no static build of the suite (tests/run builds it: MITOGEN_TEST_STATIC_BUILD)".into()),
@@ -297,6 +307,14 @@ fn built(var: &str) -> Option<std::path::PathBuf> {
 /// x86_64), named by `MITOGEN_TEST_STATIC_BUILD`, which `tests/run` sets.
 pub fn static_build() -> Option<std::path::PathBuf> {
     built("MITOGEN_TEST_STATIC_BUILD")
+}
+
+/// The arm64 target's root (entered with `chroot`, run by qemu through binfmt_misc) and this
+/// suite built for `aarch64-unknown-linux-musl`: `MITOGEN_TEST_ARM64_ROOT` and
+/// `MITOGEN_TEST_ARM64_BUILD`, which `tests/run` sets.
+pub fn arm64() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let root = std::env::var_os("MITOGEN_TEST_ARM64_ROOT").map(std::path::PathBuf::from)?;
+    Some((root.join("bin/busybox").is_file().then_some(root)?, built("MITOGEN_TEST_ARM64_BUILD")?))
 }
 
 /// Another program built the same way (the quickstart example), named by

@@ -172,6 +172,32 @@ if [[ ! -f $MT/busybox.tar.gz ]]; then
     tar -C "$root" -c --numeric-owner . | gzip -1 > "$MT/busybox.tar.gz"
     rm -rf "$tmp"
 fi
+# An arm64 target: a root of one static arm64 busybox, run through qemu-user (binfmt_misc,
+# registered by tests/engines.sh start), with the device nodes a chroot needs.
+command -v qemu-aarch64-static >/dev/null ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends qemu-user-static >/dev/null
+if [[ ! -x $MT/arm64/bin/busybox ]]; then
+    echo "tests/provision.sh: a root of one static arm64 busybox (busybox-static:arm64, unpacked only)" >&2
+    dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
+    tmp=$(mktemp -d)
+    chmod 755 "$tmp"
+    (cd "$tmp" && apt-get download busybox-static:arm64 >/dev/null 2>&1) ||
+        { apt-get update -o Acquire::Languages=none >/dev/null && (cd "$tmp" && apt-get download busybox-static:arm64 >/dev/null 2>&1); }
+    dpkg-deb -x "$tmp"/busybox-static_*_arm64.deb "$tmp/pkg"
+    root=$MT/arm64.tmp
+    rm -rf "$root"
+    mkdir -p "$root"/{bin,tmp,root,proc,dev}
+    chmod 1777 "$root/tmp"
+    cp "$tmp/pkg/bin/busybox" "$root/bin/busybox"
+    for applet in $(qemu-aarch64-static "$root/bin/busybox" --list); do
+        [[ -e $root/bin/$applet ]] || ln -s busybox "$root/bin/$applet"
+    done
+    mknod -m 666 "$root/dev/null" c 1 3
+    mknod -m 666 "$root/dev/zero" c 1 5
+    mknod -m 666 "$root/dev/urandom" c 1 9
+    rm -rf "$MT/arm64" "$tmp"
+    mv "$root" "$MT/arm64"
+fi
 # The account whose ssh sessions land in the Debian 11 root (Match User in tests/sshd_config.in).
 account mitogen-old /bin/sh
 if ! grep -q '^mitogen-old:' "$MT/bullseye/etc/passwd"; then

@@ -164,7 +164,7 @@ fn registry() -> &'static Mutex<Vec<Arc<Executable>>> {
 /// target (`cargo build --target x86_64-unknown-linux-musl` gives one that fits any Linux
 /// x86_64). What it fits (its machine, its C library and version) is read from the file; a
 /// target gets this program's own executable if that fits, else the first registered one
-/// that does, else one found in cargo's layout beside it (see [`discovered`]).
+/// that does, else one found in cargo's layout beside it: `target/<triple>/<profile>/<program>` of each `cargo build --target <triple>`.
 ///
 /// # Errors
 /// [`StreamError`](mitogen_core::StreamError) if the file cannot be read or is not an ELF

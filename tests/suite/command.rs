@@ -842,3 +842,36 @@ fn another_program_registered_for_a_target_is_refused_when_it_answers() {
         router.shutdown_and_join();
     });
 }
+
+/// The machine this process was built for.
+fn arch() -> String {
+    std::env::consts::ARCH.to_owned()
+}
+mitogen::remote!(arch);
+
+#[test]
+fn an_arm64_target_gets_the_arm64_build_registered_for_it_or_a_clear_error() {
+    // Issue 22: a root of one static arm64 busybox, entered with chroot, where qemu-user runs
+    // every program (binfmt_misc): stage 1 reports aarch64; with nothing registered that fits,
+    // a NoExecutable error; with this suite's aarch64 build registered, calls are answered
+    // there, by an aarch64 process.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Arm64) {
+        return;
+    }
+    run(|| {
+        let (root, build) = mitogen_tests::arm64().unwrap();
+        let argv = words(&["chroot", &root.display().to_string()]);
+        let router = Router::new(None).unwrap();
+        let e = router.command(spec(argv.clone()), Options::default()).unwrap_err();
+        let kind = StreamErrorKind::NoExecutable { target: "Linux aarch64, no C library".into() };
+        assert_eq!(e.stream_kind_of(), Some(&kind), "{e}");
+        assert!(e.to_string().contains("cargo build --release --target aarch64-unknown-linux-musl"), "{e}");
+        router.add_executable(&build).unwrap();
+        let ctx = router.command(spec(argv), Options::default()).unwrap();
+        assert_eq!(ctx.call(arch, ()).unwrap(), "aarch64");
+        let (_, sha) = mitogen::core::executable_digest(&build).unwrap();
+        assert!(ctx.call(whoami, ()).unwrap().2.ends_with(&sha), "runs the aarch64 build");
+        assert_eq!(ctx.call(arch, ()).unwrap(), "aarch64", "and answers again");
+        router.shutdown_and_join();
+    });
+}
