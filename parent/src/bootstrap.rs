@@ -72,8 +72,8 @@ pub(crate) const STAGE1: &str = concat!(
     "b(){ echo \"MITO008 $(id -u) ${m} ${l} ${o} ${r}\";k=1;};",
     "z(){ y \"${1%/*}\" \"${1##*/}\";};",
     "command -v gzip>/dev/null&&g=1||g=0;",
-    // The C library: glibc's version, musl's loader, both or none.
-    "s=$(uname -sm);l=$(getconf GNU_LIBC_VERSION 2>/dev/null);[ -e /lib/ld-musl-${s#* }.so.1 ]&&l=\"${l} musl\";",
+    // The C library: glibc's version (getconf, also where PATH leaves it out), musl's loader.
+    "s=$(uname -sm);l=$(PATH=${PATH}:/usr/bin:/bin getconf GNU_LIBC_VERSION 2>/dev/null);[ -e /lib/ld-musl-${s#* }.so.1 ]&&l=\"${l} musl\";",
     "echo \"MITO000 ${s} ${g} ${l}\";",
     // An empty answer: no executable fits; nothing was written.
     "read C S H;[ \"${H}\" ]||exit 1;x=\"${c}/${H}\";a=;w=;[ \"${C}\" = 3 ]&&{ x=${H};w=1;};",
