@@ -125,79 +125,65 @@ driver = "overlay"
 graphroot = "/var/lib/mitogen-podman"
 runroot = "/run/mitogen-podman"
 CONF
-if [[ ! -f $MT/rootfs.tar.gz ]]; then
+# debootstrap_root SUITE NAME: a Debian minbase root $MT/NAME and its tarball $MT/NAME.tar.gz,
+# unless made already.
+debootstrap_root() {
+    [[ -f $MT/$2.tar.gz ]] && return
+    local mirror
     mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
     mirror=${mirror:-$(awk '/^deb / { print $2; exit }' /etc/apt/sources.list)}
-    echo "tests/provision.sh: debootstrap of a minbase bookworm from $mirror (about a minute)" >&2
-    rm -rf "$MT/rootfs.tmp"
-    debootstrap --variant=minbase bookworm "$MT/rootfs.tmp" "$mirror" >"$MT/debootstrap.log" 2>&1 ||
-        { tail -20 "$MT/debootstrap.log" >&2; exit 1; }
-    tar -C "$MT/rootfs.tmp" -c --numeric-owner . | gzip -1 > "$MT/rootfs.tar.gz.tmp"
-    rm -rf "$MT/rootfs"
-    mv "$MT/rootfs.tmp" "$MT/rootfs"
-    mv "$MT/rootfs.tar.gz.tmp" "$MT/rootfs.tar.gz"
-fi
+    echo "tests/provision.sh: debootstrap of a minbase $1 from $mirror (about a minute)" >&2
+    rm -rf "$MT/$2.tmp"
+    debootstrap --variant=minbase "$1" "$MT/$2.tmp" "$mirror" >"$MT/debootstrap-$2.log" 2>&1 ||
+        { tail -20 "$MT/debootstrap-$2.log" >&2; exit 1; }
+    tar -C "$MT/$2.tmp" -c --numeric-owner . | gzip -1 > "$MT/$2.tar.gz.tmp"
+    rm -rf "$MT/$2"
+    mv "$MT/$2.tmp" "$MT/$2"
+    mv "$MT/$2.tar.gz.tmp" "$MT/$2.tar.gz"
+}
 
-# --- reach (issue 22): targets this machine's own build does not fit, as root filesystems that
-# tests/engines.sh imports as images: a Debian 11 minbase (glibc 2.31, older than this build
-# needs), and one holding only a static busybox (no C library at all). The Debian 11 root is
-# also where an sshd test account's sessions are chrooted (ChrootDirectory), with /proc mounted
-# by tests/engines.sh start.
-if [[ ! -f $MT/bullseye.tar.gz ]]; then
-    mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    mirror=${mirror:-$(awk '/^deb / { print $2; exit }' /etc/apt/sources.list)}
-    echo "tests/provision.sh: debootstrap of a minbase bullseye (Debian 11, glibc 2.31) from $mirror" >&2
-    rm -rf "$MT/bullseye.tmp"
-    debootstrap --variant=minbase bullseye "$MT/bullseye.tmp" "$mirror" >"$MT/debootstrap-bullseye.log" 2>&1 ||
-        { tail -20 "$MT/debootstrap-bullseye.log" >&2; exit 1; }
-    tar -C "$MT/bullseye.tmp" -c --numeric-owner . | gzip -1 > "$MT/bullseye.tar.gz.tmp"
-    rm -rf "$MT/bullseye"
-    mv "$MT/bullseye.tmp" "$MT/bullseye"
-    mv "$MT/bullseye.tar.gz.tmp" "$MT/bullseye.tar.gz"
-fi
-if [[ ! -f $MT/busybox.tar.gz ]]; then
-    echo "tests/provision.sh: a root filesystem of one static busybox (busybox-static, unpacked only)" >&2
+# busybox_root PACKAGE DIR [RUNNER]: a root DIR holding only PACKAGE's static busybox (the
+# .deb unpacked, not installed) and its applet links, with the device nodes a chroot needs;
+# RUNNER runs a busybox of another machine to list its applets.
+busybox_root() {
+    [[ -x $2/bin/busybox ]] && return
+    echo "tests/provision.sh: a root of one static busybox ($1, unpacked only)" >&2
+    local tmp root=$2.tmp applet
     tmp=$(mktemp -d)
-    (cd "$tmp" && apt-get download busybox-static >/dev/null 2>&1) ||
-        { apt-get update >/dev/null && (cd "$tmp" && apt-get download busybox-static >/dev/null); }
+    chmod 755 "$tmp" # apt's download runs as _apt
+    (cd "$tmp" && apt-get download "$1" >/dev/null 2>&1) ||
+        { apt-get update -o Acquire::Languages=none >/dev/null && (cd "$tmp" && apt-get download "$1" >/dev/null 2>&1); }
     dpkg-deb -x "$tmp"/busybox-static_*.deb "$tmp/pkg"
-    root=$tmp/root
-    mkdir -p "$root"/{bin,tmp,root,proc,dev,etc}
-    chmod 1777 "$root/tmp"
-    chmod 700 "$root/root"
-    cp "$tmp/pkg/bin/busybox" "$root/bin/busybox"
-    for applet in $("$root/bin/busybox" --list); do
-        [[ -e $root/bin/$applet ]] || ln -s busybox "$root/bin/$applet"
-    done
-    tar -C "$root" -c --numeric-owner . | gzip -1 > "$MT/busybox.tar.gz"
-    rm -rf "$tmp"
-fi
-# An arm64 target: a root of one static arm64 busybox, run through qemu-user (binfmt_misc,
-# registered by tests/engines.sh start), with the device nodes a chroot needs.
-command -v qemu-aarch64-static >/dev/null ||
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends qemu-user-static >/dev/null
-if [[ ! -x $MT/arm64/bin/busybox ]]; then
-    echo "tests/provision.sh: a root of one static arm64 busybox (busybox-static:arm64, unpacked only)" >&2
-    dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
-    tmp=$(mktemp -d)
-    chmod 755 "$tmp"
-    (cd "$tmp" && apt-get download busybox-static:arm64 >/dev/null 2>&1) ||
-        { apt-get update -o Acquire::Languages=none >/dev/null && (cd "$tmp" && apt-get download busybox-static:arm64 >/dev/null 2>&1); }
-    dpkg-deb -x "$tmp"/busybox-static_*_arm64.deb "$tmp/pkg"
-    root=$MT/arm64.tmp
     rm -rf "$root"
     mkdir -p "$root"/{bin,tmp,root,proc,dev}
     chmod 1777 "$root/tmp"
+    chmod 700 "$root/root"
     cp "$tmp/pkg/bin/busybox" "$root/bin/busybox"
-    for applet in $(qemu-aarch64-static "$root/bin/busybox" --list); do
+    for applet in $(${3:-} "$root/bin/busybox" --list); do
         [[ -e $root/bin/$applet ]] || ln -s busybox "$root/bin/$applet"
     done
     mknod -m 666 "$root/dev/null" c 1 3
     mknod -m 666 "$root/dev/zero" c 1 5
     mknod -m 666 "$root/dev/urandom" c 1 9
-    rm -rf "$MT/arm64" "$tmp"
-    mv "$root" "$MT/arm64"
-fi
+    rm -rf "$2" "$tmp"
+    mv "$root" "$2"
+}
+
+debootstrap_root bookworm rootfs
+
+# --- reach (issue 22): targets this machine's own build does not fit: a Debian 11 minbase
+# (glibc 2.31, older than this build needs) and a root holding only a static busybox (no C
+# library at all), which tests/engines.sh imports as images, and a root of one static arm64
+# busybox, run through qemu-user (binfmt_misc, registered by tests/engines.sh start). The
+# Debian 11 root is also where an sshd test account's sessions are chrooted (ChrootDirectory),
+# with /proc mounted by tests/engines.sh start.
+debootstrap_root bullseye bullseye
+busybox_root busybox-static "$MT/busybox"
+[[ -f $MT/busybox.tar.gz ]] || tar -C "$MT/busybox" -c --numeric-owner . | gzip -1 > "$MT/busybox.tar.gz"
+command -v qemu-aarch64-static >/dev/null ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends qemu-user-static >/dev/null
+dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
+busybox_root busybox-static:arm64 "$MT/arm64" qemu-aarch64-static
 # The account whose ssh sessions land in the Debian 11 root (Match User in tests/sshd_config.in).
 account mitogen-old /bin/sh
 if ! grep -q '^mitogen-old:' "$MT/bullseye/etc/passwd"; then

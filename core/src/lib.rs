@@ -87,7 +87,7 @@ pub use atfork::{prepare_fork, ForkGuard};
 pub use broker::panic_message;
 #[doc(hidden)]
 pub use child::{
-    child_log_level, debug_tree, enable_master_debug_log, executable_digest, forget_chain, format_record,
+    bytes_digest, child_log_level, debug_tree, enable_master_debug_log, executable_digest, forget_chain, format_record,
     install_library_logger, log_forwarded, open_debug_log, read_config, serve, set_debug_tree, set_io_logging,
     ChildConfig, Hello, LogRecord, CHILD_MARKER,
 };

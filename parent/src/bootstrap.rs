@@ -122,10 +122,10 @@ pub(crate) struct Executable {
 impl Executable {
     fn load(path: &Path) -> Result<Executable> {
         let unreadable = |e| Error::stream_io(format!("cannot read executable {}", path.display()), e);
+        // One read: what it needs, and its name in a target's cache.
         let data = std::fs::read(path).map_err(unreadable)?;
         let needs = Needs::of_elf(&data).map_err(|e| Error::stream(format!("{}: {e}", path.display())))?;
-        drop(data);
-        let (size, sha256) = mitogen_core::executable_digest(path).map_err(unreadable)?;
+        let (size, sha256) = (data.len() as u64, mitogen_core::bytes_digest(&data));
         Ok(Executable { path: path.to_owned(), size, sha256, needs, gzip: OnceLock::new() })
     }
 

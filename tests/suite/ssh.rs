@@ -393,24 +393,29 @@ fn the_ssh_path_given_is_the_one_run() {
 struct Agent {
     child: std::process::Child,
     socket: std::path::PathBuf,
+    /// Its stdout, kept open so that nothing it prints later meets a closed pipe.
+    _out: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl Agent {
     fn start(dir: &std::path::Path, key: &std::path::Path) -> Agent {
         let socket = dir.join("agent.sock");
-        let child = std::process::Command::new("ssh-agent")
+        let mut child = std::process::Command::new("ssh-agent")
             .arg("-D")
             .arg("-a")
             .arg(&socket)
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let agent = Agent { child, socket };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !agent.socket.exists() {
-            assert!(Instant::now() < deadline, "ssh-agent made no socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // It prints its environment once it listens on the socket.
+        let out = child.stdout.take().unwrap();
+        let ready = Instant::now() + Duration::from_secs(10);
+        let said = mitogen::core::sys::wait_readable(std::os::fd::AsFd::as_fd(&out), Some(ready)).unwrap();
+        assert!(said, "ssh-agent said nothing within 10 s");
+        let (mut line, mut out) = (String::new(), std::io::BufReader::new(out));
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(line.starts_with("SSH_AUTH_SOCK="), "{line}");
+        let agent = Agent { child, socket, _out: out };
         let added =
             std::process::Command::new("ssh-add").arg(key).env("SSH_AUTH_SOCK", &agent.socket).output().unwrap();
         assert!(added.status.success(), "ssh-add: {}", String::from_utf8_lossy(&added.stderr));

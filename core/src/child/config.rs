@@ -77,6 +77,12 @@ pub struct Hello {
     pub program_id: String,
 }
 
+/// The sha256 (hex) of `data`: [`executable_digest`] of bytes already read.
+pub fn bytes_digest(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The size and sha256 (hex) of the file at `path`: how a bootstrapped executable is named in a
 /// target's cache, and how a child checks the copy it runs from.
 ///

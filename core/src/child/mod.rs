@@ -13,7 +13,9 @@ mod ctor;
 mod dispatch;
 mod logging;
 
-pub use config::{executable_digest, read_config, ChildConfig, Hello, CHILD_MARKER, PROTOCOL_VERSION, VERSION};
+pub use config::{
+    bytes_digest, executable_digest, read_config, ChildConfig, Hello, CHILD_MARKER, PROTOCOL_VERSION, VERSION,
+};
 pub use dispatch::forget_chain;
 pub(crate) use dispatch::install_panic_hook;
 pub(crate) use logging::logger_is_ours;
