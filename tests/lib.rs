@@ -169,7 +169,7 @@ pub fn run(body: impl FnOnce() + Send + 'static) {
     let result = std::thread::Builder::new().name("test-body".into()).spawn(body).expect("spawn test body").join();
     let alone = alone_at_start && STARTED.load(Ordering::SeqCst) == generation + 1;
     let mut after = Snapshot::take();
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
     // Threads and children finish exiting shortly after being joined or reaped: poll, bounded.
     while alone && after != before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -192,6 +192,23 @@ pub fn run(body: impl FnOnce() + Send + 'static) {
         before.threads, after.threads
     );
     assert!(leaked_children.is_empty(), "test leaked child processes: {leaked_children:?}");
+}
+
+/// Spin until the profiler has sampled the calling thread `n` more times (not for a
+/// wall-clock window, nor for an amount of CPU time: on a loaded machine the profiler's timer
+/// fires less often than the CPU time says), for at most a minute. Returns a value the
+/// optimiser cannot drop. In a process that is not profiling, it spins the whole minute.
+#[inline(never)]
+pub fn burn_until_sampled(n: u64) -> u64 {
+    let samples = mitogen::core::sys::sampler::samples_of_this_thread;
+    let (start, give_up) = (samples(), Instant::now() + Duration::from_secs(60));
+    let mut x = 0u64;
+    while samples() - start < n && Instant::now() < give_up {
+        for _ in 0..100_000 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+    }
+    x
 }
 
 /// Wait until `cond()` holds, polling every millisecond for at most `timeout`; panics naming

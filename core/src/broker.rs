@@ -6,10 +6,10 @@ use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use crate::sync::Mutex;
+use crate::sys;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 
@@ -125,8 +125,9 @@ struct Inner {
     deferred: Mutex<Deferred>,
     registered: Mutex<Registered>,
     alive: AtomicBool,
-    thread: OnceLock<ThreadId>,
-    join: Mutex<Option<JoinHandle<()>>>,
+    /// The broker thread's `sys::thread::current_id`.
+    thread: OnceLock<usize>,
+    join: Mutex<Option<sys::thread::Thread>>,
     shutdown_timeout: Duration,
 }
 
@@ -194,21 +195,17 @@ impl Broker {
             }),
         };
         let b = broker.clone();
-        let handle = std::thread::Builder::new()
-            .name(options.name)
-            // With an explicit size std does not read RUST_MIN_STACK, which takes the
-            // environment lock: a forked child must not (another thread may have held it).
-            .stack_size(2 << 20)
-            .spawn(move || b.broker_main(poll))
-            .map_err(|e| fail("thread", e))?;
-        let _ = broker.inner.thread.set(handle.thread().id());
+        // Started so that a forked child can start it, and running when this returns (a
+        // context whose broker never ran must not be reported connected): see `sys::thread`.
+        let handle =
+            sys::thread::spawn(&options.name, 2 << 20, move || b.broker_main(poll)).map_err(|e| fail("thread", e))?;
         *broker.inner.join.lock() = Some(handle);
         Ok(broker)
     }
 
     /// Whether the calling thread is this broker's thread.
     pub fn on_broker_thread(&self) -> bool {
-        self.inner.thread.get() == Some(&std::thread::current().id())
+        self.inner.thread.get() == Some(&sys::thread::current_id())
     }
 
     /// Whether [`shutdown`](Broker::shutdown) has been asked for (the broker may still be
@@ -422,7 +419,7 @@ impl Broker {
 
     /// The broker thread's body (Mitogen `_broker_main`).
     fn broker_main(self, mut poll: Poll) {
-        let _ = self.inner.thread.set(std::thread::current().id());
+        let _ = self.inner.thread.set(sys::thread::current_id());
         let mut events = Events::with_capacity(1024);
         while self.inner.alive.load(Ordering::Acquire) {
             let timeout = self.next_timeout();

@@ -166,11 +166,17 @@ fn resolve(ip: usize) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// Spin until this thread has been sampled `n` times (not for a wall-clock window, nor
+    /// for an amount of CPU time: on a loaded machine the timer fires less often than the CPU
+    /// time says), for at most a minute.
     #[inline(never)]
-    fn spin_here(until: std::time::Instant) -> u64 {
+    fn spin_here(n: u64) -> u64 {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let mut x = 0u64;
-        while std::time::Instant::now() < until {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        while crate::sys::sampler::samples_of_this_thread() < n && std::time::Instant::now() < give_up {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
         }
         x
     }
@@ -182,8 +188,7 @@ mod tests {
         assert!(start().unwrap());
         assert!(running());
         assert!(!start().unwrap(), "a second start is a no-op");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
-        std::thread::Builder::new().name("spinner".into()).spawn(move || spin_here(deadline)).unwrap().join().unwrap();
+        std::thread::Builder::new().name("spinner".into()).spawn(|| spin_here(5)).unwrap().join().unwrap();
         let written = finish_into(&dir).unwrap();
         assert!(!running());
         let spinner = written.iter().find(|p| p.to_string_lossy().contains(".spinner.")).expect("a spinner file");
@@ -197,7 +202,7 @@ mod tests {
             total += count.parse::<u64>().unwrap();
             assert!(!stack.is_empty());
         }
-        // 300 ms of CPU at ~99 Hz: about 30 samples; a loaded machine gives fewer.
+        // The spinner ran until sampled 5 times: all of them are in its file.
         assert!(total >= 5, "{total} samples:\n{text}");
         assert!(text.contains("spin_here"), "{text}");
         assert!(!text.contains("0x0;"), "the end of the stack is no frame:\n{text}");

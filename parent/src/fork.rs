@@ -16,6 +16,16 @@
 //!   table, the stream to the parent; descriptors inherited from the parent are replaced by
 //!   `/dev/null` (not closed: a number the parent's logger or any other code still writes to
 //!   must not come back as the child's protocol socket);
+//! * **started without std**: the broker's and the watchdog's threads. std's thread start and
+//!   end take a process-wide lock of std's (its table of guard pages), which another thread of
+//!   the parent holds whenever it starts or ends a thread, as any thread pool does; held at the
+//!   fork, it is held for ever in the child. So a forked process starts them with
+//!   `pthread_create(3)` and a trampoline of the core's
+//!   ([`sys::thread`](mitogen_core::sys::thread), which also says what is given up: std's
+//!   stack-overflow message in those threads). Each runs before the child says hello: a child
+//!   whose broker did not run within [`START_TIMEOUT`](mitogen_core::sys::thread::START_TIMEOUT)
+//!   writes why and exits, and the parent's `fork()` fails (a `StreamError` with that line, or
+//!   the `TimeoutError` of a shorter `connect_timeout`; the child is killed then);
 //! * **prepared by the forking thread and held across the `fork`**
 //!   ([`prepare_fork`](mitogen_core::prepare_fork)): the panic hook (installed once before the
 //!   first fork, never set in a child), the remote-function table (built before, so no thread
@@ -33,8 +43,18 @@
 //!   child forwards them through its own context). Nothing is printed with `eprintln!` before
 //!   the child's stdio is its own; a start failure is written to fd 2 with one `write(2)`.
 //!
+//! What the child's own threads do once running was audited for the same hazard: allocation
+//! (the C library's `fork` makes its allocator usable in the child, glibc's and musl's alike),
+//! thread-local destructors (glibc registers them under the dynamic loader's lock, which its
+//! `fork` resets; std's fallback on musl uses a `pthread_key_t` made before the fork),
+//! `std::thread::current()` in those threads (it allocates a handle, no lock), the logger (as
+//! above) and stdio (as above).
+//!
 //! The parent's memory is otherwise the child's: what `on_fork` and the called functions do
-//! with locks of the program's own is the program's business, as in Mitogen.
+//! with locks of the program's own is the program's business, as in Mitogen. That includes a
+//! thread the program starts in the child with `std::thread`: it takes std's thread-start lock
+//! and can wait for ever if another thread of the parent held it at the fork. Start threads
+//! before forking, or use `local()` for a child that starts threads.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;

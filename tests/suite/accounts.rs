@@ -391,7 +391,7 @@ fn the_su_and_doas_prompt_texts_given_are_the_ones_matched() {
     run(|| {
         let router = Router::new(None).unwrap();
         let user = as_user(&router, "mitogen-user");
-        let short = Options { connect_timeout: Duration::from_secs(3), ..via(&user) };
+        let short = Options { connect_timeout: Duration::from_secs(10), ..via(&user) };
         let unanswered = |e: mitogen::Error, shown: &str| {
             assert!(e.is_timeout(), "{e}");
             assert!(e.to_string().contains(shown), "the last lines show the tool's prompt: {e}");

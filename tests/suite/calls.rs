@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mitogen::core::{Blob, Receiver, Sender};
 use mitogen::master::{CallChain, ForkOptions, Options, Router};
@@ -28,6 +28,12 @@ fn slow_echo(ms: u64, v: u32) -> u32 {
     v
 }
 
+/// Create the file `path`, then sleep `ms`.
+fn mark_then_sleep(path: String, ms: u64) {
+    std::fs::write(path, "").unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
 /// Send `0..n` through `sender`, in order, then close it.
 fn stream_through(sender: Sender, n: u32) {
     for i in 0..n {
@@ -44,18 +50,19 @@ fn bytes_of_len(n: usize) -> Blob {
     Blob(vec![7; n])
 }
 
-mitogen::remote!(push, pushed, fail_with, slow_echo, stream_through, echo_context, bytes_of_len);
+mitogen::remote!(push, pushed, fail_with, slow_echo, mark_then_sleep, stream_through, echo_context, bytes_of_len);
 
 #[test]
 fn call_async_results_are_gathered_in_arrival_order() {
     run(|| {
         let router = Router::new(None).unwrap();
         let kids: Vec<_> = (0..3).map(|_| router.local(Options::default()).unwrap()).collect();
-        // The first child is slowest: its answer arrives last.
+        // The first child is slowest: its answer arrives last (a second apart: the order holds
+        // on a loaded machine).
         let recvs: Vec<_> = kids
             .iter()
             .enumerate()
-            .map(|(i, k)| k.call_async(slow_echo, ((2 - i as u64) * 150, i as u32)).unwrap())
+            .map(|(i, k)| k.call_async(slow_echo, ((2 - i as u64) * 1000, i as u32)).unwrap())
             .collect();
         let got: Vec<u32> = Select::all(recvs).unwrap();
         assert_eq!(got, vec![2, 1, 0]);
@@ -195,12 +202,16 @@ fn exited(pid: u32) -> bool {
 fn a_call_queued_when_the_childs_broker_exits_never_runs_as_an_orphan() {
     // The child's main thread is still in on_start, waiting for its broker to exit, when a call
     // arrives and its parent then disconnects: the broker exits with the call queued. The child
-    // must end itself at once, not go on to run the call with no parent (the parent's reaper
-    // would only SIGTERM it after 1 s).
+    // must end itself, not go on to run the call with no parent. It ignores SIGTERM, so the
+    // parent's reaper cannot end it first (its SIGKILL comes seconds later): the call, had it
+    // run, would have left its mark.
     run(|| {
+        let mark = std::env::temp_dir().join(format!("mitogen-orphan-call-{}", std::process::id()));
         let router = Router::new(None).unwrap();
         let options = ForkOptions {
             on_start: Some(Arc::new(|ec: &mitogen::core::ExternalContext| {
+                // SAFETY: setting a signal's disposition to ignore has no preconditions.
+                unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
                 let exited = Arc::new(mitogen::core::Latch::new());
                 let e = exited.clone();
                 ec.broker().on_exit(move || {
@@ -212,11 +223,10 @@ fn a_call_queued_when_the_childs_broker_exits_never_runs_as_an_orphan() {
         };
         let child = router.fork(options).unwrap();
         let child_pid = child.name().unwrap().trim_start_matches("fork.").parse::<u32>().unwrap();
-        child.call_no_reply(slow_echo, (60_000, 1)).unwrap();
+        child.call_no_reply(mark_then_sleep, (mark.display().to_string(), 60_000)).unwrap();
         router.disconnect(child.core()).unwrap();
-        let disconnected = Instant::now();
-        mitogen_tests::wait_until("the child to exit", Duration::from_millis(900), || exited(child_pid));
-        assert!(disconnected.elapsed() < Duration::from_secs(1), "it ended itself, before any SIGTERM");
+        mitogen_tests::wait_until("the child to exit", WAIT, || exited(child_pid));
+        assert!(!mark.exists(), "the queued call ran in the orphaned child");
         router.shutdown_and_join();
     });
 }

@@ -14,21 +14,30 @@ use mitogen_tests::{run, WAIT};
 /// at some fork with near certainty (each fork takes a few milliseconds).
 const FORKS: usize = 40;
 
-/// A thread that runs `work` in a loop until the returned flag is set.
+/// A thread that runs `work` in a loop until the returned flag is set; returns once it has
+/// done `work` once, so the forks that follow all find it busy (on a loaded machine a new
+/// thread can wait a long while to run: the forks must not be over by then).
 fn hammer(name: &str, work: impl Fn() + Send + 'static) -> (Arc<AtomicBool>, JoinHandle<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
     let t = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             let mut n = 0u64;
-            while !s.load(Ordering::Relaxed) {
+            loop {
                 work();
                 n += 1;
+                if n == 1 {
+                    first_tx.send(()).unwrap();
+                }
+                if s.load(Ordering::Relaxed) {
+                    break n;
+                }
             }
-            n
         })
         .unwrap();
+    first_rx.recv_timeout(WAIT).unwrap_or_else(|e| panic!("the {name} thread did its work once: {e}"));
     (stop, t)
 }
 
@@ -37,7 +46,7 @@ fn stop_all(hammers: Vec<(Arc<AtomicBool>, JoinHandle<u64>)>) {
         stop.store(true, Ordering::Relaxed);
     }
     for (_, t) in hammers {
-        assert!(t.join().unwrap() > 0, "the busy thread made progress");
+        t.join().unwrap();
     }
 }
 
@@ -275,5 +284,89 @@ fn a_profiled_process_whose_threads_unwind_panics_and_take_backtraces_keeps_fork
         }
         let merged = merged.unwrap();
         assert!(merged.keys().any(|s| s.starts_with("profiled-panic;")), "the panicking thread was sampled");
+    });
+}
+
+/// Threads that start and end empty threads in a loop, as a thread pool does: std's thread
+/// start and end take a process-wide lock of std's, which one of them holds at many forks.
+fn thread_churn(n: usize) -> Vec<(Arc<AtomicBool>, JoinHandle<u64>)> {
+    (0..n)
+        .map(|i| {
+            hammer(&format!("churn-{i}"), || {
+                std::thread::Builder::new().stack_size(64 << 10).spawn(|| ()).unwrap().join().unwrap();
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn forks_while_other_threads_start_and_end_threads_come_up_and_answer() {
+    // Before the child's own threads were started without std (issue 33), about one fork in a
+    // few hundred made a child whose broker and watchdog never ran: connected by its hello,
+    // then silent for ever.
+    run(|| {
+        let router = Router::new(None).unwrap();
+        let churn = thread_churn(6);
+        let started = std::time::Instant::now();
+        for i in 0..FORKS_UNDER_CHURN {
+            let options = Options { connect_timeout: WAIT, ..Options::default() };
+            let child = router
+                .fork(ForkOptions { options, ..ForkOptions::default() })
+                .unwrap_or_else(|e| panic!("fork {i}: {e}"));
+            let answer = child.call_async(answer, ()).unwrap().get_timeout(WAIT);
+            let answer = answer.unwrap_or_else(|e| panic!("fork {i} connected, then did not answer: {e}"));
+            assert_eq!(answer.unpickle::<u32>().unwrap(), 42);
+            child.shutdown(false).unwrap().get_timeout(WAIT).unwrap();
+        }
+        eprintln!("{FORKS_UNDER_CHURN} forks under thread churn in {:?}", started.elapsed());
+        stop_all(churn);
+        router.shutdown_and_join();
+    });
+}
+
+/// Forks of the thread-churn test: enough to hit the old defect several times over.
+const FORKS_UNDER_CHURN: usize = 1500;
+
+#[test]
+fn a_forked_child_whose_broker_cannot_start_fails_the_connect_within_connect_timeout() {
+    // The test hook makes the forked child's threads never run (what std's thread-start lock,
+    // held at the fork, did): the parent must not be handed that child, and nothing is left.
+    run(|| {
+        let router = Router::new(None).unwrap();
+        mitogen::core::sys::thread::hang_thread_starts_in_forks_of_this_thread(true);
+        let connect_timeout = std::time::Duration::from_secs(2);
+        let t0 = std::time::Instant::now();
+        let options = Options { connect_timeout, ..Options::default() };
+        let result = router.fork(ForkOptions { options, ..ForkOptions::default() });
+        let took = t0.elapsed();
+        mitogen::core::sys::thread::hang_thread_starts_in_forks_of_this_thread(false);
+        let err = result.expect_err("a child with no broker is not a context");
+        assert!(err.is_timeout(), "{err}");
+        assert!(took < connect_timeout + std::time::Duration::from_secs(5), "failed after {took:?}");
+        // The same thread forks a working child afterwards.
+        let child = router.fork(ForkOptions::default()).unwrap();
+        assert_eq!(child.call(answer, ()).unwrap(), 42);
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn a_forked_child_whose_broker_cannot_start_says_so_and_exits_by_itself() {
+    // With a connect_timeout longer than the child's wait for its broker thread, the child
+    // gives up first: it exits, and the parent's error carries what the child wrote.
+    run(|| {
+        let router = Router::new(None).unwrap();
+        mitogen::core::sys::thread::hang_thread_starts_in_forks_of_this_thread(true);
+        let t0 = std::time::Instant::now();
+        let options = Options { connect_timeout: WAIT, ..Options::default() };
+        let result = router.fork(ForkOptions { options, ..ForkOptions::default() });
+        let took = t0.elapsed();
+        mitogen::core::sys::thread::hang_thread_starts_in_forks_of_this_thread(false);
+        let err = result.expect_err("a child with no broker is not a context");
+        assert!(err.is_stream() && !err.is_timeout(), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("broker") && text.contains("did not run within"), "{text}");
+        assert!(took >= mitogen::core::sys::thread::START_TIMEOUT && took < WAIT, "failed after {took:?}");
+        router.shutdown_and_join();
     });
 }

@@ -248,15 +248,11 @@ fn records_a_child_logs_while_it_starts_reach_the_master() {
     });
 }
 
-/// Keep a CPU busy for `ms` where it runs, in a frame a profile can name; its pid.
+/// Keep a CPU busy where it runs, in a frame a profile can name, until the profiler has
+/// sampled it `n` times; its pid.
 #[inline(never)]
-fn burn_cpu(ms: u64) -> u32 {
-    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
-    let mut x = 0u64;
-    while std::time::Instant::now() < until {
-        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-    }
-    std::hint::black_box(x);
+fn burn_cpu(n: u64) -> u32 {
+    std::hint::black_box(mitogen_tests::burn_until_sampled(n));
     std::process::id()
 }
 mitogen::remote!(burn_cpu);
@@ -282,9 +278,9 @@ fn every_process_of_a_profiled_tree_writes_a_profile_of_each_thread_that_merges(
             .unwrap();
         let mut pids = Vec::new();
         for ctx in [&a, &b, &f] {
-            pids.push(ctx.call(burn_cpu, (300u64,)).unwrap());
+            pids.push(ctx.call(burn_cpu, (8u64,)).unwrap());
         }
-        burn_cpu(300);
+        burn_cpu(8);
         // A graceful shutdown: every process writes its profile on the way out, and is reaped.
         router.shutdown_and_join();
         let master = crate::profiles_of(&mitogen::core::sys::temp_dir(), std::process::id(), since);
@@ -323,7 +319,7 @@ fn mitogen_profiling_in_the_environment_profiles_the_master_and_its_children() {
         assert!(router.profiling());
         let env = vec!["env".into(), format!("TMPDIR={}", tmp.path().display()).into()];
         let child = router.local(Options { command_prefix: env, ..Options::default() }).unwrap();
-        let pid = child.call(burn_cpu, (100u64,)).unwrap();
+        let pid = child.call(burn_cpu, (2u64,)).unwrap();
         router.shutdown_and_join();
         for path in crate::profiles_of(&mitogen::core::sys::temp_dir(), std::process::id(), since).values() {
             std::fs::remove_file(path).unwrap();

@@ -11,6 +11,7 @@ use mitogen_tests::{run, wait_until, WAIT};
 fn eight_threads_hammering_one_latch_lose_nothing_and_keep_fifo_per_producer() {
     run(|| {
         const PER: u32 = 20_000;
+        const SENTINEL: u32 = u32::MAX;
         let latch = Arc::new(Latch::<(u32, u32)>::new());
         let producers: Vec<_> = (0..4)
             .map(|p| {
@@ -23,7 +24,11 @@ fn eight_threads_hammering_one_latch_lose_nothing_and_keep_fifo_per_producer() {
                 let l = latch.clone();
                 std::thread::spawn(move || {
                     let mut got = Vec::new();
-                    while let Ok(item) = l.get_timeout(Duration::from_millis(500)) {
+                    // Until a sentinel (put once every producer is done), however slow they are.
+                    while let Ok(item) = l.get_timeout(mitogen_tests::WAIT) {
+                        if item.0 == SENTINEL {
+                            break;
+                        }
                         got.push(item);
                     }
                     got
@@ -31,6 +36,7 @@ fn eight_threads_hammering_one_latch_lose_nothing_and_keep_fifo_per_producer() {
             })
             .collect();
         producers.into_iter().for_each(|t| t.join().unwrap());
+        (0..4).for_each(|_| latch.put((SENTINEL, 0)).unwrap());
         let mut all: HashMap<u32, Vec<u32>> = HashMap::new();
         for c in consumers {
             let got = c.join().unwrap();

@@ -199,9 +199,15 @@ fn no_handshake_within_connect_timeout_is_a_timeout_error_and_the_child_is_reape
 
 #[test]
 fn a_broker_shutdown_during_connect_cancels_it_at_once() {
-    // The master's broker has a 5 s grace period; a connect in progress must not wait for it.
+    // A connect in progress must not wait for the broker's grace period (30 s here, so a bound
+    // well under it holds on a loaded machine).
     run(|| {
-        let router = Router::new(None).unwrap();
+        let broker = mitogen::core::Broker::with_options(mitogen::core::BrokerOptions {
+            shutdown_timeout: mitogen_tests::WAIT,
+            ..Default::default()
+        })
+        .unwrap();
+        let router = Router::new(Some(&broker)).unwrap();
         let prefix = vec!["sh".into(), "-c".into(), "sleep 60".into(), "--".into()];
         let r = router.clone();
         let connecting = std::thread::spawn(move || r.local(Options { command_prefix: prefix, ..Options::default() }));
@@ -212,7 +218,7 @@ fn a_broker_shutdown_during_connect_cancels_it_at_once() {
         router.shutdown_and_join();
         let err = connecting.join().unwrap().unwrap_err();
         assert_eq!(err.stream_kind_of(), Some(&StreamErrorKind::Cancelled), "{err}");
-        assert!(t0.elapsed() < Duration::from_secs(2), "cancelled in {:?}", t0.elapsed());
+        assert!(t0.elapsed() < Duration::from_secs(10), "cancelled in {:?}", t0.elapsed());
     });
 }
 

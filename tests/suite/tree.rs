@@ -25,20 +25,18 @@ fn sleep_then(ms: u64, v: u32) -> u32 {
     v
 }
 
-/// In a child: soon, from another thread, write `bytes` to its parent's stream, unframed.
-fn write_to_parent_soon(bytes: Vec<u8>) {
+/// In a child: write `bytes` to its parent's stream, unframed, before this call's own answer
+/// (which the parent, having dropped the stream at the bytes, never sees).
+fn write_to_parent_now(bytes: Vec<u8>) {
     let ec = ExternalContext::current().expect("runs in a child");
     let stream = ec.router().stream_by_id(ec.parent().context_id()).expect("parent stream");
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
-        let _ = stream.write_raw(&bytes);
-    });
+    let _ = stream.write_raw(&bytes);
 }
 
-/// In a child: say so on `started`, detach, and exit by itself after `ms`, writing to `path`
-/// first its pid and its session before and after detaching (Mitogen's async-task pattern: the
-/// caller learns of the start through a Sender).
-fn detach_and_finish_later(started: Sender, path: String, ms: u64) {
+/// In a child: say so on `started`, detach, and exit by itself once the file `go` exists (for at
+/// most a minute), writing to `path` first its pid and its session before and after detaching
+/// (Mitogen's async-task pattern: the caller learns of the start through a Sender).
+fn detach_and_finish_later(started: Sender, path: String, go: String) {
     started.send(&std::process::id()).unwrap();
     // SAFETY: getsid(0) has no preconditions.
     let session = || unsafe { libc::getsid(0) };
@@ -47,7 +45,10 @@ fn detach_and_finish_later(started: Sender, path: String, ms: u64) {
     assert!(mitogen::parent_ids().is_empty(), "a detached context has no parents");
     let after = session();
     std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(ms));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !std::path::Path::new(&go).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         std::fs::write(&path, format!("{} {before} {after}", std::process::id())).unwrap();
         std::process::exit(0);
     });
@@ -83,7 +84,7 @@ mitogen::remote!(
     call_whoami_in,
     my_name,
     sleep_then,
-    write_to_parent_soon,
+    write_to_parent_now,
     detach_and_finish_later,
     open_mailbox,
     wait_for_answer_from
@@ -225,12 +226,17 @@ fn a_detached_child_keeps_running_after_the_master_exits() {
         let child = router.local(Options::default()).unwrap();
         let pid = child.call(local_whoami, ()).unwrap().1 as i32;
         let started = Receiver::new(&router).unwrap();
-        let call = child.call_async(detach_and_finish_later, (started.to_sender(), dir.display().to_string(), 500));
+        let go = dir.with_extension("go");
+        let call = child.call_async(
+            detach_and_finish_later,
+            (started.to_sender(), dir.display().to_string(), go.display().to_string()),
+        );
         assert_eq!(started.get_data_timeout::<u32>(WAIT).unwrap(), pid as u32);
         // The detaching call never answers: the child disconnected from its parent.
         assert!(call.unwrap().get_timeout(WAIT).unwrap_err().is_channel());
         router.shutdown_and_join();
         assert!(!dir.exists(), "the child had not finished when the master exited");
+        std::fs::write(&go, "").unwrap();
         // The detached child outlived the master's broker and finishes its work on its own.
         let mut status = 0;
         // SAFETY: waiting for our own child; a valid out-pointer.
@@ -242,6 +248,7 @@ fn a_detached_child_keeps_running_after_the_master_exits() {
         let ours = unsafe { libc::getsid(0) };
         assert_eq!(std::fs::read_to_string(&dir).unwrap(), format!("{pid} {ours} {pid}"), "pid, session before, after");
         std::fs::remove_file(&dir).unwrap();
+        std::fs::remove_file(&go).unwrap();
     });
 }
 
@@ -249,9 +256,8 @@ fn assert_disconnected_for(bytes: Vec<u8>, what: &str) {
     let router = Router::new(None).unwrap();
     let bad = router.local(Options::default()).unwrap();
     let good = router.local(Options::default()).unwrap();
-    bad.call(write_to_parent_soon, (bytes,)).unwrap();
-    let recv = bad.call_async(sleep_then, (60_000, 0)).unwrap();
-    // The call never answers: the master drops the stream when the bytes arrive.
+    let recv = bad.call_async(write_to_parent_now, (bytes,)).unwrap();
+    // The call never answers: the master drops the stream when the bytes arrive, before it.
     let err = recv.get_timeout(WAIT).unwrap_err();
     assert!(err.is_channel(), "{what}: {err}");
     let logged = mitogen_tests::logged("mitogen_core::stream");

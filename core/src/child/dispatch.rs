@@ -16,6 +16,12 @@ impl ExternalContext {
     /// dies (Mitogen `_dispatch_calls`).
     pub fn dispatch_calls(&self) {
         for msg in self.inner.channel.iter() {
+            // A call still queued once the broker began to shut down (the parent went, or asked
+            // this context to exit) never runs: with no parent it could only keep an orphan
+            // alive. Mitogen closes the channel then, discarding what it holds.
+            if self.inner.broker.shutting_down() {
+                break;
+            }
             self.dispatch_one(&msg);
         }
     }

@@ -383,11 +383,8 @@ fn watch_parent(parent: OwnedFd, grace: Duration, name: String) -> Result<OwnedF
         ));
         sys::exit_now(1)
     };
-    std::thread::Builder::new()
-        .name("mitogen-watchdog".into())
-        // An explicit size: std would read RUST_MIN_STACK under the environment lock.
-        .stack_size(256 << 10)
-        .spawn(watch)
+    // Running when this returns, also in a forked child (see `sys::thread`); never joined.
+    sys::thread::spawn("mitogen-watchdog", 256 << 10, watch)
         .map_err(|e| Error::general(format!("cannot start the watchdog thread: {e}")))?;
     Ok(stop_w)
 }

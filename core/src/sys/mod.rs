@@ -22,6 +22,7 @@
 //! | `process.rs` | `fork`, pidfds, reaping, exit statuses, sessions, signals, names |
 //! | `mem.rs` | allocation hints for bulk buffers |
 //! | `sampler.rs` | the CPU-time sampling profiler: `SIGPROF`, stack walks, the sample table |
+//! | `thread.rs` | the library's own threads, which a forked child can start (`pthread_create(3)` there) |
 //!
 //! This module is public so that the workspace's crates share one layer; it is not part of the
 //! library's API and may change with any release.
@@ -31,6 +32,7 @@ mod mem;
 mod poll;
 mod process;
 pub mod sampler;
+pub mod thread;
 
 pub use fd::{
     borrow_std, close_fds_except, dup2, dup_cloexec, is_cloexec, is_nonblocking, isatty, null_fds_except, open_devnull,

@@ -129,6 +129,28 @@ pub fn running() -> bool {
     OWNER.load(Ordering::Acquire) == std::process::id()
 }
 
+/// How many samples this process has recorded so far in threads of the calling thread's name
+/// (0 when it is not sampling). What a test that needs a thread sampled waits for: on a loaded
+/// machine the timer fires less often than its CPU time says (the kernel checks it at ticks
+/// that find the thread running, and one signal stands for every period that elapsed since).
+pub fn samples_of_this_thread() -> u64 {
+    let table = TABLE.load(Ordering::Acquire);
+    if !running() || table.is_null() {
+        return 0;
+    }
+    let mut thread = [0u8; 16];
+    thread_name(&mut thread);
+    // SAFETY: `start` stored a table of `SLOTS` slots, never freed.
+    let slots = unsafe { std::slice::from_raw_parts(table, SLOTS) };
+    slots
+        .iter()
+        .filter(|s| s.ready.load(Ordering::Acquire))
+        // SAFETY: `ready` was set after the data was written, and it no longer changes.
+        .filter(|s| unsafe { &*s.data.get() }.thread == thread)
+        .map(|s| s.count.load(Ordering::Relaxed))
+        .sum()
+}
+
 /// Stop sampling and return every distinct stack this process recorded, and how many samples
 /// were dropped because the table was full. `None` if it was not sampling.
 pub fn stop() -> Option<(Vec<Sample>, u64)> {
