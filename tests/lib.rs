@@ -268,6 +268,9 @@ pub enum Needs {
     /// `qemu-aarch64-static` (binfmt_misc), and this suite built for `aarch64-unknown-linux-musl`
     /// ([`arm64`]).
     Arm64,
+    /// That and this suite built for `i686-unknown-linux-musl` (32-bit x86, static), which this
+    /// machine's kernel runs ([`i686_build`]).
+    I686,
 }
 
 /// Whether this machine has what `needs` names. When it has not (a first `cargo test` as
@@ -308,6 +311,10 @@ fn unmet(needs: Needs) -> Option<String> {
                 "no arm64 target or build (tests/builds.sh: MITOGEN_TEST_ARM64_ROOT, MITOGEN_TEST_ARM64_BUILD)".into(),
             ),
         },
+        Needs::I686 => match i686_build() {
+            Some(_) => unmet(Needs::StaticBuild),
+            None => Some("no i686 build of the suite (tests/builds.sh: MITOGEN_TEST_I686_BUILD)".into()),
+        },
         Needs::StaticBuild => match (static_build(), static_other_program()) {
             (Some(_), Some(_)) => unmet(Needs::Accounts),
             _ => Some("no static build of the suite (tests/run builds it: MITOGEN_TEST_STATIC_BUILD)".into()),
@@ -332,6 +339,12 @@ pub fn static_build() -> Option<std::path::PathBuf> {
 pub fn arm64() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let root = std::env::var_os("MITOGEN_TEST_ARM64_ROOT").map(std::path::PathBuf::from)?;
     Some((root.join("bin/busybox").is_file().then_some(root)?, built("MITOGEN_TEST_ARM64_BUILD")?))
+}
+
+/// This suite's test binary built for `i686-unknown-linux-musl`, named by
+/// `MITOGEN_TEST_I686_BUILD`, which `tests/run` sets.
+pub fn i686_build() -> Option<std::path::PathBuf> {
+    built("MITOGEN_TEST_I686_BUILD")
 }
 
 /// Another program built the same way (the quickstart example), named by

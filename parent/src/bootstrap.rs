@@ -205,8 +205,17 @@ fn discovered() -> &'static [Arc<Executable>] {
 
 /// The executable to ship to `target`: this one if it fits, else the first registered or
 /// discovered one that does; a [`NoExecutable`](StreamErrorKind::NoExecutable) error naming
-/// the target, what each candidate needs, and the command that builds one that fits.
+/// the target, what each candidate needs, and the command that builds one that fits (none
+/// for a system other than Linux, where contexts do not run).
 fn executable_for(target: &Target) -> Result<Arc<Executable>> {
+    let no_executable =
+        |reason: String| Err(Error::stream_kind(StreamErrorKind::NoExecutable { target: target.to_string() }, reason));
+    if target.os != "Linux" {
+        return no_executable(format!(
+            "the target runs {} on {} (`uname -sm`): contexts of this library run on Linux only,              and no build of this program can start there",
+            target.os, target.machine
+        ));
+    }
     let own = own_executable()?;
     if own.needs.fit(target) {
         return Ok(own);
@@ -222,16 +231,23 @@ fn executable_for(target: &Target) -> Result<Arc<Executable>> {
         .chain(candidates.map(|e| (e.path.as_path(), &e.needs)))
         .map(|(path, needs)| format!("{} needs {needs}", path.display()))
         .collect();
-    let triple = target.triple();
-    let reason = format!(
-        "no executable of this program fits the target ({target}): {}. Build one that does with \
+    let known = known.join("; ");
+    let Some(machine) = target.known_machine() else {
+        return no_executable(format!(
+            "no executable of this program fits the target ({target}): {known}. This library knows \
+             no Rust target for a Linux `{}` machine (`uname -m`): build this program for it if \
+             `rustc --print target-list` has one, and register it with Router::add_executable",
+            target.machine
+        ));
+    };
+    let triple = machine.triple;
+    no_executable(format!(
+        "no executable of this program fits the target ({target}): {known}. Build one that does with \
          `cargo build --release --target {triple}` (static: it fits any Linux {}), and register \
          it with Router::add_executable, or leave it at target/{triple}/<profile>/ beside this \
          program's own build, where it is found",
-        known.join("; "),
         target.machine,
-    );
-    Err(Error::stream_kind(StreamErrorKind::NoExecutable { target: target.to_string() }, reason))
+    ))
 }
 
 /// How stage 1 is to treat the cache.
