@@ -207,7 +207,12 @@ fn discovered() -> &'static [Arc<Executable>] {
 /// discovered one that does; a [`NoExecutable`](StreamErrorKind::NoExecutable) error naming
 /// the target, what each candidate needs, and the command that builds one that fits (none
 /// for a system other than Linux, where contexts do not run).
-fn executable_for(target: &Target) -> Result<Arc<Executable>> {
+///
+/// A child context (an intermediate, `via=`) that has none asks its parent, which answers with
+/// the first that fits of its own candidates (asking its own parent in turn): see
+/// [`serve_executables`]. The answer is kept in this process's cache and registry, so the link
+/// above carries it once for every later child.
+fn executable_for(target: &Target, deadline: Instant) -> Result<Arc<Executable>> {
     let no_executable =
         |reason: String| Err(Error::stream_kind(StreamErrorKind::NoExecutable { target: target.to_string() }, reason));
     if target.os != "Linux" {
@@ -232,6 +237,20 @@ fn executable_for(target: &Target) -> Result<Arc<Executable>> {
         .map(|(path, needs)| format!("{} needs {needs}", path.display()))
         .collect();
     let known = known.join("; ");
+    if let Some(ec) = mitogen_core::ExternalContext::current() {
+        return match fetch_from_parent(&ec, target, deadline) {
+            Ok(exe) => Ok(exe),
+            Err(Fetch::NoneFits(reason)) => no_executable(format!(
+                "no executable of this program fits the target ({target}) in this context ({known}), \
+                 nor in its parent, context {}: {reason}",
+                ec.parent().context_id()
+            )),
+            Err(Fetch::Failed(e)) => Err(e.prefixed(&format!(
+                "no executable of this program fits the target ({target}) in this context ({known}), \
+                 and asking its parent failed"
+            ))),
+        };
+    }
     let Some(machine) = target.known_machine() else {
         return no_executable(format!(
             "no executable of this program fits the target ({target}): {known}. This library knows \
@@ -248,6 +267,135 @@ fn executable_for(target: &Target) -> Result<Arc<Executable>> {
          program's own build, where it is found",
         target.machine,
     ))
+}
+
+/// Why [`fetch_from_parent`] got no executable.
+enum Fetch {
+    /// The parent has none that fits either: its reason.
+    NoneFits(String),
+    /// The request or its answer failed.
+    Failed(Error),
+}
+
+/// What a child asks its parent for on [`GET_MODULE`](mitogen_core::GET_MODULE): an executable
+/// for `target`, within `timeout_ms`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ExecutableRequest {
+    target: Target,
+    timeout_ms: u64,
+}
+
+/// The parent's answer: the sha256 of the executable and its bytes gzip-compressed, or why none
+/// fits (the text of the parent's `NoExecutable` error).
+type ExecutableAnswer = std::result::Result<(String, mitogen_core::Blob), String>;
+
+/// Ask this context's parent for an executable that fits `target`, keep it in this process's
+/// cache (named by its sha256, checked against it) and registry, and return it.
+fn fetch_from_parent(
+    ec: &mitogen_core::ExternalContext,
+    target: &Target,
+    deadline: Instant,
+) -> std::result::Result<Arc<Executable>, Fetch> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let request = ExecutableRequest { target: target.clone(), timeout_ms: left.as_millis() as u64 };
+    let msg = mitogen_core::Message::pickled(&request, mitogen_core::GET_MODULE).map_err(Fetch::Failed)?;
+    let answer: ExecutableAnswer = ec.parent().send_await(msg, Some(left)).map_err(Fetch::Failed)?;
+    let (sha256, gz) = answer.map_err(Fetch::NoneFits)?;
+    log::debug!("{target}: the parent sent an executable ({} bytes compressed, sha256 {sha256})", gz.0.len());
+    let failed = |what: &str, e: std::io::Error| Fetch::Failed(Error::stream_io(what.to_owned(), e));
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz.0[..]), &mut data)
+        .map_err(|e| failed("the parent's executable does not decompress", e))?;
+    let actual = mitogen_core::bytes_digest(&data);
+    if actual != sha256 {
+        return Err(Fetch::Failed(Error::stream(format!(
+            "the parent's executable is not the one it named (sha256 {actual}, expected {sha256})"
+        ))));
+    }
+    let dir = fetched_dir().map_err(|e| failed("no private directory for executables", e))?;
+    let path = dir.join(&sha256);
+    if !path.is_file() {
+        let tmp = dir.join(format!(".{sha256}.{}", std::process::id()));
+        std::fs::write(&tmp, &data)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| failed(&format!("cannot write {}", path.display()), e))?;
+    }
+    // The same checks as any entry: read back, named by its sha256, and what it needs.
+    let exe = Executable::load(&path).map_err(Fetch::Failed)?;
+    if exe.sha256 != sha256 || !exe.needs.fit(target) {
+        let _ = std::fs::remove_file(&path);
+        return Err(Fetch::Failed(Error::stream(format!(
+            "{}: not the executable the parent sent for {target} (sha256 {}, needs {})",
+            path.display(),
+            exe.sha256,
+            exe.needs
+        ))));
+    }
+    let _ = exe.gzip.set(Arc::new(gz.0));
+    let exe = Arc::new(exe);
+    let mut reg = registry().lock();
+    reg.retain(|e| e.sha256 != exe.sha256);
+    reg.push(exe.clone());
+    Ok(exe)
+}
+
+/// Where a child keeps the executables its parent sent: `$TMPDIR/mitogen-<uid>/executables`,
+/// made private to this account (it is read and shipped from there, never run).
+fn fetched_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let uid = sys::uid();
+    let dir = sys::temp_dir().join(format!("mitogen-{uid}")).join("executables");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+    for d in [dir.parent().unwrap_or(&dir), &dir] {
+        let m = std::fs::symlink_metadata(d)?;
+        if !m.is_dir() || m.uid() != uid || m.permissions().mode() & 0o077 != 0 {
+            return Err(std::io::Error::other(format!("{} is not a private directory of uid {uid}", d.display())));
+        }
+    }
+    Ok(dir)
+}
+
+/// Answer children's requests for an executable that fits a target they cannot serve
+/// ([`GET_MODULE`](mitogen_core::GET_MODULE), Mitogen's module responder for executables): the
+/// first that fits of this process's own, registered and discovered executables, else, in a
+/// child, its own parent's answer. Each request is answered from a thread of its own (reading
+/// and compressing tens of MiB, or waiting for the parent, is not the broker's work). Installed
+/// once per router, by every context that starts children through `via=`.
+pub(crate) fn serve_executables(router: &mitogen_core::Router) {
+    if router.has_handler(mitogen_core::GET_MODULE) {
+        return;
+    }
+    let r = router.clone();
+    let serve = move |msg: mitogen_core::Message| {
+        if msg.is_dead() {
+            return;
+        }
+        let r = r.clone();
+        let answer = move || {
+            let answer: ExecutableAnswer = match msg.unpickle::<ExecutableRequest>() {
+                Err(e) => Err(format!("a request this context cannot read: {e}")),
+                Ok(request) => {
+                    let deadline = Instant::now() + Duration::from_millis(request.timeout_ms);
+                    executable_for(&request.target, deadline)
+                        .and_then(|exe| Ok((exe.sha256.clone(), mitogen_core::Blob(exe.gzip()?.to_vec()))))
+                        .map_err(|e| e.to_string())
+                }
+            };
+            if let Err(e) = msg.reply(&answer, Some(&r)) {
+                log::error!("cannot answer a request for an executable from context {}: {e}", msg.src_id);
+            }
+        };
+        if let Err(e) = sys::thread::spawn("mitogen-exe", 1 << 20, answer) {
+            log::error!("cannot answer a request for an executable: {e}");
+        }
+    };
+    let policy: mitogen_core::Policy = Arc::new(crate::routes::is_immediate_child);
+    let options = mitogen_core::HandlerOptions {
+        handle: Some(mitogen_core::GET_MODULE),
+        policy: Some(policy),
+        ..Default::default()
+    };
+    let _ = router.add_handler(serve, options); // another thread may have won the race
 }
 
 /// How stage 1 is to treat the cache.
@@ -325,7 +473,7 @@ fn ship(
         }
         Run::Shipped(mode) => mode,
     };
-    let exe = match executable_for(&target) {
+    let exe = match executable_for(&target, lines.deadline) {
         Ok(exe) => exe,
         Err(e) => {
             // Stage 1 exits at an empty answer, having written nothing.

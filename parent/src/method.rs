@@ -131,6 +131,8 @@ pub fn via_connect(request: ViaRequest) -> ViaOutcome {
         let ec =
             ExternalContext::current().ok_or_else(|| Error::general("via_connect runs only in a child context"))?;
         let router = ec.router();
+        // Its own children that need an executable it has not ask it in turn.
+        crate::bootstrap::serve_executables(router);
         let id = allocate_child_id(router)?;
         let ctx = connect_method(router, id, &request.method, &request.options)?;
         Ok((id, ctx.name().unwrap_or_default().to_owned()))
@@ -153,6 +155,8 @@ pub fn connect_via(
     options: &Options,
 ) -> Result<crate::Context> {
     let via_name = format!("{:?}", via.core());
+    // The via context asks this one for an executable that fits a target it cannot serve.
+    crate::bootstrap::serve_executables(router);
     let request = ViaRequest { method: method.clone(), options: Options { via: None, ..options.clone() } };
     let outcome = via.call(via_connect, (request,))?;
     match outcome.result {

@@ -284,7 +284,7 @@ fn parse_version(text: &str) -> Option<(u32, u32)> {
 
 /// What stage 1 found on the target: `MITO000 <os> <machine> <gzip 0|1> [glibc <x.y>] [musl]`
 /// (what `getconf GNU_LIBC_VERSION` prints, and whether musl's loader is there).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Target {
     /// `uname -s`.
     pub(crate) os: String,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mitogen::core::StreamErrorKind;
-use mitogen::master::{CommandSpec, Options, Router};
+use mitogen::master::{CommandSpec, Options, Router, SshOptions, SudoOptions};
 use mitogen::parent::Transport;
 use mitogen_tests::{run, TempDir, WAIT};
 
@@ -878,6 +878,88 @@ fn arch() -> String {
     std::env::consts::ARCH.to_owned()
 }
 mitogen::remote!(arch);
+
+/// Bytes the master has written on its stream to `ctx` (the first link of a `via=` path).
+fn bytes_to(router: &Router, ctx: &mitogen::master::Context) -> u64 {
+    let stats = router.get_stats();
+    stats.streams.iter().find(|s| s.remote_id == Some(ctx.context_id())).expect("its stream").stats.bytes_out
+}
+
+/// Through `mid`: with nothing registered, `NoExecutable` naming `mid`; with the arm64 build
+/// registered at the master, three arm64 children answer, and the master's link to `first`
+/// (the first context of the path to `mid`) carried the build once. `argv` enters the arm64
+/// root from `mid`.
+fn arm64_children_through(
+    router: &Router,
+    first: &mitogen::master::Context,
+    mid: &mitogen::master::Context,
+    argv: Vec<OsString>,
+) {
+    let (_, build) = mitogen_tests::arm64().unwrap();
+    let via = || Options { via: Some(mid.clone()), ..Options::default() };
+    let e = router.command(spec(argv.clone()), via()).unwrap_err();
+    assert!(matches!(e.stream_kind_of(), Some(StreamErrorKind::NoExecutable { .. })), "{e}");
+    let text = e.to_string();
+    let mid_name = mid.name().unwrap();
+    assert!(text.contains(&format!("{mid_name:?})")), "names the intermediate: {text}");
+    assert!(text.contains("nor in its parent"), "and that its parent has none: {text}");
+    assert!(text.contains("cargo build --release --target aarch64-unknown-linux-musl"), "{text}");
+    router.add_executable(&build).unwrap();
+    let (_, sha) = mitogen::core::executable_digest(&build).unwrap();
+    let before = bytes_to(router, first);
+    let mut first_link = 0;
+    for i in 0..3 {
+        let ctx = router.command(spec(argv.clone()), via()).unwrap_or_else(|e| panic!("arm64 child {i}: {e}"));
+        assert_eq!(ctx.call(arch, ()).unwrap(), "aarch64", "child {i}");
+        assert!(ctx.call(whoami, ()).unwrap().2.ends_with(&sha), "child {i} runs the arm64 build");
+        if i == 0 {
+            first_link = bytes_to(router, first) - before;
+        }
+    }
+    let later = bytes_to(router, first) - before - first_link;
+    eprintln!("first link: {first_link} bytes for the first arm64 child, {later} for the next two");
+    // The build, compressed, is megabytes; a connect through `mid` without it, a few KiB.
+    assert!(first_link > 1 << 20, "the first link carried the build: {first_link} bytes");
+    assert!(later < 256 << 10, "and only once: {later} bytes for the next two children");
+}
+
+#[test]
+fn an_arm64_target_through_a_local_intermediate_gets_the_build_the_master_has_once() {
+    // Issue 32: an x86_64 intermediate has no arm64 build; it asks its parent (GET_MODULE),
+    // keeps the answer, and serves its later children from it.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Arm64) {
+        return;
+    }
+    run(|| {
+        let (root, _) = mitogen_tests::arm64().unwrap();
+        let router = Router::new(None).unwrap();
+        let mid = router.local(Options { name: Some("mid".into()), ..Options::default() }).unwrap();
+        arm64_children_through(&router, &mid, &mid, words(&["chroot", &root.display().to_string()]));
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
+fn an_arm64_target_through_ssh_and_sudo_gets_the_build_the_master_has_once() {
+    // Issue 32: master -> ssh (mitogen-user) -> sudo (root, for chroot) -> the arm64 root: the
+    // sudo context asks the ssh context, which asks the master.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Arm64)
+        || !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd)
+    {
+        return;
+    }
+    run(|| {
+        let (root, _) = mitogen_tests::arm64().unwrap();
+        let sshd = mitogen_tests::sshd::Sshd::start("arm64-via");
+        let router = Router::new(None).unwrap();
+        let ssh = SshOptions { identity_file: None, password: Some("userpw".into()), ..sshd.ssh("mitogen-user") };
+        let user = router.ssh(ssh, Options::default()).unwrap();
+        let root_ctx =
+            router.sudo(SudoOptions::default(), Options { via: Some(user.clone()), ..Options::default() }).unwrap();
+        arm64_children_through(&router, &user, &root_ctx, words(&["chroot", &root.display().to_string()]));
+        router.shutdown_and_join();
+    });
+}
 
 #[test]
 fn an_i686_target_gets_the_32_bit_build_registered_for_it_or_a_clear_error() {

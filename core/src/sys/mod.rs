@@ -45,7 +45,7 @@ pub use nix::sys::signal::Signal;
 pub use poll::{hangup, is_ready, poll, readable, wait_readable, writable, PollFd};
 pub use process::{
     become_session_leader_with_tty, check_waitable_child, describe_status, exit_now, fork, hostname, ignore_sigpipe,
-    kill_group, pidfd_kill, pidfd_open, set_process_title, set_thread_title, setsid, temp_dir, try_wait, username,
+    kill_group, pidfd_kill, pidfd_open, set_process_title, set_thread_title, setsid, temp_dir, try_wait, uid, username,
     Forked, NamespaceEntry,
 };
 

@@ -209,6 +209,11 @@ pub fn become_session_leader_with_tty(fd: std::os::fd::RawFd) -> io::Result<()> 
     Ok(())
 }
 
+/// This process's real user id.
+pub fn uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
 /// This user's login name, for default context names.
 pub fn username() -> String {
     std::env::var("USER")
