@@ -28,4 +28,6 @@ static=$(suite x86_64-unknown-linux-musl)
 arm64=$(suite aarch64-unknown-linux-musl)
 i686=$(suite i686-unknown-linux-musl)
 cargo build -p mitogen --example quickstart --target x86_64-unknown-linux-musl >&2
+# The cargo-layout test's program, beside its own build (target/<triple>/debug/discover).
+cargo build -p mitogen-tests --bin discover --target x86_64-unknown-linux-musl >&2
 echo "export MITOGEN_TEST_STATIC_BUILD=$static MITOGEN_TEST_STATIC_OTHER=$PWD/target/x86_64-unknown-linux-musl/debug/examples/quickstart MITOGEN_TEST_ARM64_BUILD=$arm64 MITOGEN_TEST_ARM64_ROOT=/var/lib/mitogen-tests/arm64 MITOGEN_TEST_I686_BUILD=$i686"

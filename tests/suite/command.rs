@@ -962,6 +962,38 @@ fn an_arm64_target_through_ssh_and_sudo_gets_the_build_the_master_has_once() {
 }
 
 #[test]
+fn a_build_in_cargos_layout_beside_the_program_is_found_and_shipped_without_any_call() {
+    // Issue 32: a program (tests/bin/discover.rs) built for this machine and, by
+    // tests/builds.sh, for x86_64-unknown-linux-musl; run against a target whose glibc (2.17)
+    // its own build does not fit, it finds target/x86_64-unknown-linux-musl/<profile>/discover
+    // with no add_executable call, and the child runs that very file.
+    if cfg!(target_env = "musl") {
+        // The static build fits that target itself: nothing is looked for.
+        return;
+    }
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::StaticBuild) {
+        return;
+    }
+    run(|| {
+        let program = Path::new(env!("CARGO_BIN_EXE_discover"));
+        let (profile_dir, target_dir) = (program.parent().unwrap(), program.parent().unwrap().parent().unwrap());
+        let beside =
+            target_dir.join("x86_64-unknown-linux-musl").join(profile_dir.file_name().unwrap()).join("discover");
+        assert!(beside.is_file(), "tests/builds.sh built {}", beside.display());
+        let tmp = TempDir::new("discover");
+        let out = std::process::Command::new(program)
+            .args(fake_target(tmp.path(), None, Some("glibc 2.17")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (_, sha) = mitogen::core::executable_digest(&beside).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), sha, "the child runs the build found beside it");
+        let (_, own) = mitogen::core::executable_digest(program).unwrap();
+        assert_ne!(own, sha);
+    });
+}
+
+#[test]
 fn an_i686_target_gets_the_32_bit_build_registered_for_it_or_a_clear_error() {
     // Issue 32: `setarch i686` makes `uname -m` say i686 (this kernel runs 32-bit x86
     // programs): stage 1 reports it; with nothing that fits, a NoExecutable error naming the
