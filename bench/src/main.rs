@@ -38,6 +38,9 @@ mitogen::remote!(noop, getpid, bulk_return, bulk_arg, fails);
 
 /// Print one measure: median, min and max of `samples`.
 fn emit(measure: &str, samples: &mut [f64], unit: &str) {
+    // A build other than this machine's own (bench/run runs the static one too) names its rows.
+    let suffix = std::env::var("MITOGEN_BENCH_SUFFIX").unwrap_or_default();
+    let measure = format!("{measure}{suffix}");
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = samples.len();
     let median = if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 };
@@ -153,6 +156,64 @@ fn command() -> R {
         let _ = std::fs::remove_dir_all(&root);
         Ok(())
     })
+}
+
+/// Targets this machine's own build does not fit (issue 32), through `chroot` (root): the
+/// Debian 11 root (glibc 2.31: the static x86_64 build ships, found in cargo's layout beside
+/// this one) and the arm64 root (qemu-user: the aarch64 build), cold (a fresh cache) and warm,
+/// and the round trip there; then the size of each build, raw and as shipped (gzip level 1).
+fn reach() -> R {
+    let roots = std::env::var("MITOGEN_BENCH_ROOTS").unwrap_or_else(|_| "/var/lib/mitogen-tests".into());
+    mitogen::utils::run_with_router(|router| {
+        for (name, root, cold, warm) in [("debian11", "bullseye", 5, 20), ("arm64", "arm64", 3, 5)] {
+            let root = std::path::Path::new(&roots).join(root);
+            if !root.join("bin").exists() {
+                eprintln!("reach: no {} (tests/provision.sh makes it): skipped", root.display());
+                continue;
+            }
+            // The cache lives inside the root, a fresh directory per cold connect.
+            let spec = |cache: &str| mitogen::master::CommandSpec {
+                argv: vec![
+                    "chroot".into(),
+                    root.clone().into(),
+                    "env".into(),
+                    format!("XDG_CACHE_HOME=/tmp/mitogen-bench-{}-{cache}", std::process::id()).into(),
+                ],
+                ..Default::default()
+            };
+            let connect = |cache: &str| router.command(spec(cache), Options::default());
+            connects(&format!("reach_{name}_cold_s"), true, cold, |_| Ok(()), |i| connect(&format!("cold-{i}")))?;
+            connect("warm")?.shutdown(true)?;
+            connects(&format!("reach_{name}_warm_s"), false, warm, |_| Ok(()), |_| connect("warm"))?;
+            let ctx = connect("warm")?;
+            roundtrips(&ctx, if name == "arm64" { 200 } else { 2000 }, &format!("reach_{name}_roundtrip_s"))?;
+            ctx.shutdown(true)?;
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &format!("rm -rf {}/tmp/mitogen-bench-{}-*", root.display(), std::process::id())])
+                .status();
+        }
+        Ok(())
+    })?;
+    // What each build weighs: this one, and those beside it in cargo's layout.
+    let own = std::fs::read_link("/proc/self/exe").map_err(|e| mitogen::Error::general(e.to_string()))?;
+    let (profile, target) = (own.parent().unwrap(), own.parent().and_then(|p| p.parent()).unwrap());
+    let builds = [("own", own.clone())].into_iter().chain(
+        ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"]
+            .map(|t| (t, target.join(t).join(profile.file_name().unwrap()).join(own.file_name().unwrap()))),
+    );
+    for (name, path) in builds {
+        let Ok(data) = std::fs::read(&path) else { continue };
+        let gz = std::process::Command::new("sh")
+            .args(["-c", "gzip -1 -c \"$0\" | wc -c", &path.display().to_string()])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        let name = name.replace("-unknown-linux-", "_");
+        emit(&format!("build_{name}_bytes"), &mut [data.len() as f64], "bytes");
+        emit(&format!("build_{name}_gzip_bytes"), &mut [gz], "bytes");
+    }
+    Ok(())
 }
 
 /// The bench's sshd (started by `bench/run`): port, client key and known-hosts file.
@@ -612,6 +673,7 @@ fn main() {
         "ssh",
         "sudo",
         "containers",
+        "reach",
     ];
     let chosen: Vec<&str> = if args.is_empty() { all.to_vec() } else { args.iter().map(String::as_str).collect() };
     let mut failed = false;
@@ -632,6 +694,7 @@ fn main() {
             "ssh" => ssh(),
             "sudo" => sudo(),
             "containers" => containers(),
+            "reach" => reach(),
             other => Err(mitogen::Error::general(format!("unknown scenario {other:?}"))),
         };
         if let Err(e) = r {

@@ -217,7 +217,8 @@ fn executable_for(target: &Target, deadline: Instant) -> Result<Arc<Executable>>
         |reason: String| Err(Error::stream_kind(StreamErrorKind::NoExecutable { target: target.to_string() }, reason));
     if target.os != "Linux" {
         return no_executable(format!(
-            "the target runs {} on {} (`uname -sm`): contexts of this library run on Linux only,              and no build of this program can start there",
+            "the target runs {} on {} (`uname -sm`): contexts of this library run on Linux only, \
+             and no build of this program can start there",
             target.os, target.machine
         ));
     }
