@@ -157,20 +157,48 @@ impl Snapshot {
     }
 }
 
+/// Held shared by every test body under [`run`], and exclusively under [`run_alone`]: under
+/// plain `cargo test`, which runs a crate's tests side by side in one process, a test that reads
+/// or sets what is process-wide (the captured log records and the log level, the connection
+/// counters, the environment, the profiler's timer) runs with no other test. Under nextest each
+/// test has a process of its own, and this changes nothing.
+static PROCESS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// Run `body` on a fresh thread with the leak check around it. Panics (failing the test) when
-/// the body panics, or when a thread, fd or child process it created is still there 3 s
+/// the body panics, or when a thread, fd or child process it created is still there 30 s
 /// after it returned.
 #[track_caller]
 pub fn run(body: impl FnOnce() + Send + 'static) {
+    checked(body, false);
+}
+
+/// [`run`], with no other test of this process running meanwhile: for a test that reads or sets
+/// process-wide state (see [`PROCESS`]).
+#[track_caller]
+pub fn run_alone(body: impl FnOnce() + Send + 'static) {
+    checked(body, true);
+}
+
+/// `body` under the leak check, in its turn (see [`PROCESS`]). A test waiting for its turn
+/// counts as running at the same time: the leak check is skipped for the one it waits for.
+#[track_caller]
+fn checked(body: impl FnOnce() + Send + 'static, alone: bool) {
+    use std::sync::PoisonError;
     init();
     let generation = STARTED.fetch_add(1, Ordering::SeqCst);
     let alone_at_start = ACTIVE.fetch_add(1, Ordering::SeqCst) == 0;
+    let _turn = match alone {
+        true => (Some(PROCESS.write().unwrap_or_else(PoisonError::into_inner)), None),
+        false => (None, Some(PROCESS.read().unwrap_or_else(PoisonError::into_inner))),
+    };
     let before = Snapshot::take();
     let result = std::thread::Builder::new().name("test-body".into()).spawn(body).expect("spawn test body").join();
     let alone = alone_at_start && STARTED.load(Ordering::SeqCst) == generation + 1;
     let mut after = Snapshot::take();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Threads and children finish exiting shortly after being joined or reaped: poll, bounded.
+    // Threads and children finish exiting shortly after being joined or reaped: poll, bounded
+    // (well past what a loaded machine takes; the harness's own test, whose leaks are meant,
+    // waits less).
+    let deadline = Instant::now() + if cfg!(test) { Duration::from_secs(2) } else { Duration::from_secs(30) };
     while alone && after != before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
         after = Snapshot::take();

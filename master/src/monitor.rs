@@ -189,11 +189,21 @@ mod tests {
         let mut child = spawn_until_stdin_closes();
         let (tx, rx) = mpsc::channel::<i32>();
         monitor.add(pid(&child), move |status| tx.send(status).unwrap()).unwrap();
-        let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
-        let before = threads();
+        // The monitor thread's id, from the thread itself (counting this process's threads
+        // would count other tests' under `cargo test`, which runs them side by side).
+        let (tid_tx, tid_rx) = mpsc::channel();
+        // SAFETY: gettid has no preconditions.
+        monitor.broker.defer(move || tid_tx.send(unsafe { libc::gettid() }).unwrap()).unwrap();
+        let task = format!("/proc/self/task/{}", tid_rx.recv_timeout(WAIT).unwrap());
+        assert!(std::path::Path::new(&task).exists());
         drop(monitor);
-        // The thread has been joined and dropped the pending callback.
-        assert_eq!(threads(), before - 1);
+        // The thread has been joined (its task goes as it is released, a moment after the join
+        // returns) and dropped the pending callback.
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::path::Path::new(&task).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!std::path::Path::new(&task).exists(), "the monitor thread ended");
         assert_eq!(rx.recv_timeout(WAIT), Err(RecvTimeoutError::Disconnected));
         // The monitor is gone, so reaping the child is ours again.
         drop(child.stdin.take());

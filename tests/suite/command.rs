@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use mitogen::core::StreamErrorKind;
 use mitogen::master::{CommandSpec, Options, Router, SshOptions, SudoOptions};
 use mitogen::parent::Transport;
-use mitogen_tests::{run, TempDir, WAIT};
+use mitogen_tests::{run, run_alone, TempDir, WAIT};
 
 fn whoami() -> (u32, u32, String) {
     // SAFETY: getuid has no preconditions.
@@ -464,7 +464,7 @@ fn every_transport_carries_binary_data_and_the_pty_ones_give_a_controlling_termi
     if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
         return;
     }
-    run(|| {
+    run_alone(|| {
         let tmp = TempDir::new("command-transports");
         // Without a PTY a child has whatever terminal this test process has (none under CI).
         let ours = has_controlling_tty();
@@ -861,7 +861,7 @@ fn another_program_registered_for_a_target_is_refused_when_it_answers() {
         );
         return;
     }
-    run(|| {
+    run_alone(|| {
         let tmp = TempDir::new("wrong-program");
         let router = Router::new(None).unwrap();
         router.add_executable(&mitogen_tests::static_other_program().unwrap()).unwrap();

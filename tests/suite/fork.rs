@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use mitogen::core::Receiver;
 use mitogen::master::{ForkOptions, Options, Router};
-use mitogen_tests::{run, WAIT};
+use mitogen_tests::{run, run_alone, WAIT};
 
 use crate::fixtures::Pair;
 
@@ -44,7 +44,7 @@ fn a_forked_child_serves_calls_and_runs_its_hooks_in_the_child() {
 
 #[test]
 fn forking_200_children_while_other_threads_stream_messages_does_not_deadlock() {
-    run(|| {
+    run_alone(|| {
         let pair = Pair::new();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Each streaming thread says when its first round trip is done: the forks start only
@@ -124,7 +124,7 @@ fn a_fork_of_a_master_without_a_logger_writes_its_debug_log() {
     if std::env::var_os(NO_LOGGER).is_some() {
         return fork_with_debug_in_a_master_without_a_logger();
     }
-    run(|| {
+    run_alone(|| {
         let tmp = mitogen_tests::TempDir::new("fork-debug");
         let name = "fork::a_fork_of_a_master_without_a_logger_writes_its_debug_log";
         let out = std::process::Command::new(std::env::current_exe().unwrap())

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use mitogen::core::{ExternalContext, Message};
 use mitogen::master::{ForkOptions, Options, Router};
-use mitogen_tests::{run, WAIT};
+use mitogen_tests::{run, run_alone, WAIT};
 
 /// Forks per deterministic test: enough for the busy thread to be inside its critical section
 /// at some fork with near certainty (each fork takes a few milliseconds).
@@ -161,7 +161,7 @@ fn a_fork_while_other_threads_print_and_log_can_print_and_log_in_the_child() {
 #[test]
 fn a_fork_while_another_thread_sets_environment_variables_comes_up() {
     // std's environment lock: starting the child's broker thread must not take it.
-    run(|| {
+    run_alone(|| {
         let router = Router::new(None).unwrap();
         let h = hammer("hammer-env", || std::env::set_var("MITOGEN_TEST_HAMMER", "1"));
         fork_and_call(&router, FORKS, |c| assert_eq!(c.call(answer, ()).unwrap(), 42));
@@ -255,7 +255,7 @@ fn two_thousand_forks_while_four_threads_message_log_print_and_panic() {
 fn a_profiled_process_whose_threads_unwind_panics_and_take_backtraces_keeps_forking() {
     // A sample that interrupts the stack unwinder must not walk from inside it (it crashed
     // this process within seconds before such samples were skipped).
-    run(|| {
+    run_alone(|| {
         quiet_panics_in("profiled-panic");
         let router = Router::new(None).unwrap();
         router.enable_profiling().unwrap();

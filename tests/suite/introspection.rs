@@ -4,7 +4,7 @@
 use mitogen::core::Blob;
 use mitogen::master::{Options, Router};
 use mitogen::parent::router_info;
-use mitogen_tests::run;
+use mitogen_tests::{run, run_alone};
 
 fn sink(b: Blob) -> usize {
     b.0.len()
@@ -13,7 +13,7 @@ mitogen::remote!(sink);
 
 #[test]
 fn get_stats_counts_what_a_scripted_workload_did() {
-    run(|| {
+    run_alone(|| {
         let router = Router::new(None).unwrap();
         let before = router.get_stats();
         let (a, b) = (router.local(Options::default()).unwrap(), router.local(Options::default()).unwrap());
@@ -87,7 +87,7 @@ fn debug_logs(dir: &std::path::Path, pid: u32) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn enable_debug_gives_every_process_of_the_tree_its_own_debug_log() {
-    run(|| {
+    run_alone(|| {
         let tmp = mitogen_tests::TempDir::new("debug-logs");
         let router = Router::new(None).unwrap();
         // The test harness has its own logger: the master's records stay there.
@@ -166,7 +166,7 @@ mitogen::remote!(log_many);
 
 #[test]
 fn a_child_filters_log_records_at_the_source_with_its_masters_level() {
-    run(|| {
+    run_alone(|| {
         let router = Router::new(None).unwrap();
         // The master logs at info (the harness's level): its children send no debug records.
         assert!(log::max_level() < log::LevelFilter::Debug);
@@ -187,7 +187,7 @@ fn a_child_filters_log_records_at_the_source_with_its_masters_level() {
 
 #[test]
 fn each_context_filters_at_the_source_with_its_masters_level_for_its_target() {
-    run(|| {
+    run_alone(|| {
         // The master takes debug records, except from `quiet` and the contexts under it (they
         // are logged under `mitogen::ctx::quiet` and `mitogen::ctx::quiet.<name>`).
         log::set_max_level(log::LevelFilter::Debug);
@@ -232,7 +232,7 @@ fn each_context_filters_at_the_source_with_its_masters_level_for_its_target() {
 
 #[test]
 fn records_a_child_logs_while_it_starts_reach_the_master() {
-    run(|| {
+    run_alone(|| {
         let tmp = mitogen_tests::TempDir::new("early-records");
         // This master takes debug records (the harness keeps children's at every level).
         log::set_max_level(log::LevelFilter::Debug);
@@ -259,7 +259,7 @@ mitogen::remote!(burn_cpu);
 
 #[test]
 fn every_process_of_a_profiled_tree_writes_a_profile_of_each_thread_that_merges() {
-    run(|| {
+    run_alone(|| {
         let tmp = mitogen_tests::TempDir::new("profiles");
         let since = crate::unix_now();
         let router = Router::new(None).unwrap();
@@ -308,7 +308,7 @@ fn every_process_of_a_profiled_tree_writes_a_profile_of_each_thread_that_merges(
 
 #[test]
 fn mitogen_profiling_in_the_environment_profiles_the_master_and_its_children() {
-    run(|| {
+    run_alone(|| {
         let tmp = mitogen_tests::TempDir::new("profiling-env");
         let since = crate::unix_now();
         // Read when the master router is made, as Mitogen reads it when `Router` is defined.
@@ -348,7 +348,7 @@ mitogen::remote!(trace_print_and_stream);
 fn at_trace_level_every_kind_of_context_calls_streams_logs_and_shuts_down() {
     // Issue 20: a child's broker logged (mio, at trace) while holding its registration lock,
     // the record was forwarded on the spot and re-entered the broker: the child deadlocked.
-    run(|| {
+    run_alone(|| {
         let tmp = mitogen_tests::TempDir::new("trace");
         log::set_max_level(log::LevelFilter::Trace);
         let router = Router::new(None).unwrap();

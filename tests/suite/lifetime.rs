@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use mitogen::core::{Broker, BrokerOptions, ExternalContext};
 use mitogen::master::{ForkOptions, Options, Router};
-use mitogen_tests::{run, WAIT};
+use mitogen_tests::{run, run_alone, WAIT};
 
 /// Routers started inside a child by `start_grandchildren`, kept alive there.
 static KEPT: Mutex<Vec<Router>> = Mutex::new(Vec::new());
@@ -75,7 +75,7 @@ fn shutting_down_the_master_reaps_every_child() {
 
 #[test]
 fn a_child_that_ignores_shutdown_and_sigterm_is_killed() {
-    run(|| {
+    run_alone(|| {
         let broker =
             Broker::with_options(BrokerOptions { shutdown_timeout: Duration::from_millis(200), ..Default::default() })
                 .unwrap();

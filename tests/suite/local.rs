@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mitogen::core::StreamErrorKind;
 use mitogen::master::{Options, Router};
-use mitogen_tests::{run, WAIT};
+use mitogen_tests::{run, run_alone, WAIT};
 
 fn whoami() -> (u32, u32, Vec<u32>) {
     (mitogen::context_id(), std::process::id(), mitogen::parent_ids())
@@ -81,7 +81,7 @@ mitogen::remote!(print_lines, env_var, econtext_name, process_title);
 
 #[test]
 fn child_stdout_stderr_and_logs_become_records_of_that_context_at_the_master() {
-    run(|| {
+    run_alone(|| {
         let router = Router::new(None).unwrap();
         let opts = Options { name: Some("printer".into()), ..Options::default() };
         let child = router.local(opts).unwrap();

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use mitogen::core::{Blob, StreamErrorKind};
 use mitogen::master::{CheckHostKeys, Options, Router, SshOptions};
-use mitogen_tests::run;
 use mitogen_tests::sshd::{ssh_args, Sshd};
+use mitogen_tests::{run, run_alone};
 
 /// `(uid, user name, $HOME)` of the process it runs in.
 fn account() -> (u32, String, String) {
@@ -310,7 +310,7 @@ fn the_executable_crosses_once_per_account_and_a_read_only_home_caches_elsewhere
     if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
         return;
     }
-    run(|| {
+    run_alone(|| {
         let sshd = Sshd::start("once");
         // Only this test uses mitogen-rohome: its HOME is not writable, so the cache is in
         // /dev/shm; start from none.
@@ -472,7 +472,7 @@ fn ssh_debug_output_is_in_the_debug_log_at_the_level_asked() {
     if !mitogen_tests::provisioned(mitogen_tests::Needs::Sshd) {
         return;
     }
-    run(|| {
+    run_alone(|| {
         log::set_max_level(log::LevelFilter::Debug);
         let sshd = Sshd::start("debug-level");
         let router = Router::new(None).unwrap();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use mitogen::core::{ExternalContext, Message, Receiver, Sender, HEADER_LEN};
 use mitogen::master::{Context, ForkOptions, Options, Router};
-use mitogen_tests::{run, WAIT};
+use mitogen_tests::{run, run_alone, WAIT};
 
 use crate::local_whoami;
 
@@ -187,7 +187,7 @@ fn a_child_may_not_call_its_parent_or_a_sibling() {
 
 #[test]
 fn unidirectional_mode_stops_sibling_traffic_with_a_dead_reply() {
-    run(|| {
+    run_alone(|| {
         let router = Router::new(None).unwrap();
         router.set_unidirectional(true);
         let a = router.local(Options::default()).unwrap();
@@ -220,7 +220,7 @@ fn disconnect_and_disconnect_all_drop_direct_children() {
 
 #[test]
 fn a_detached_child_keeps_running_after_the_master_exits() {
-    run(|| {
+    run_alone(|| {
         let dir = std::env::temp_dir().join(format!("mitogen-detach-{}", std::process::id()));
         let router = Router::new(None).unwrap();
         let child = router.local(Options::default()).unwrap();
@@ -271,12 +271,12 @@ fn assert_disconnected_for(bytes: Vec<u8>, what: &str) {
 
 #[test]
 fn a_child_writing_garbage_is_disconnected_and_the_rest_go_on() {
-    run(|| assert_disconnected_for(b"\x00garbage that is not a frame at all\n".repeat(4), "garbage"));
+    run_alone(|| assert_disconnected_for(b"\x00garbage that is not a frame at all\n".repeat(4), "garbage"));
 }
 
 #[test]
 fn a_child_writing_a_bad_magic_is_disconnected() {
-    run(|| {
+    run_alone(|| {
         let mut frame = Message::raw(1000, vec![1, 2, 3]).header().to_vec();
         frame[0] = b'X';
         frame.extend_from_slice(&[1, 2, 3]);
@@ -286,7 +286,7 @@ fn a_child_writing_a_bad_magic_is_disconnected() {
 
 #[test]
 fn a_child_announcing_an_oversized_frame_is_disconnected() {
-    run(|| {
+    run_alone(|| {
         let mut header = Message::raw(1000, vec![]).header();
         header[22..HEADER_LEN].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_disconnected_for(header.to_vec(), "oversized frame")
@@ -301,7 +301,7 @@ mitogen::remote!(log_a_warning);
 
 #[test]
 fn a_fork_of_an_intermediate_gets_its_own_ids_and_logs_through_its_own_context() {
-    run(|| {
+    run_alone(|| {
         let router = Router::new(None).unwrap();
         let a = router.local(Options { name: Some("a".into()), ..Options::default() }).unwrap();
         let options = Options { name: Some("f".into()), via: Some(a.clone()), ..Options::default() };
