@@ -173,14 +173,16 @@ pub fn run(body: impl FnOnce() + Send + 'static) {
 }
 
 /// [`run`], with no other test of this process running meanwhile: for a test that reads or sets
-/// process-wide state (see [`PROCESS`]).
+/// process-wide state (captured logs and levels, connection counters, the environment, the
+/// profiler).
 #[track_caller]
 pub fn run_alone(body: impl FnOnce() + Send + 'static) {
     checked(body, true);
 }
 
-/// `body` under the leak check, in its turn (see [`PROCESS`]). A test waiting for its turn
-/// counts as running at the same time: the leak check is skipped for the one it waits for.
+/// `body` under the leak check, in its turn (shared with the other tests, or alone). A test
+/// waiting for its turn counts as running at the same time: the leak check is skipped for the
+/// one it waits for.
 #[track_caller]
 fn checked(body: impl FnOnce() + Send + 'static, alone: bool) {
     use std::sync::PoisonError;

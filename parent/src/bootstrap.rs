@@ -170,12 +170,16 @@ fn registry() -> &'static Mutex<Vec<Arc<Executable>>> {
 /// [`StreamError`](mitogen_core::StreamError) if the file cannot be read or is not an ELF
 /// executable of a machine this library knows.
 pub fn add_executable(path: &Path) -> Result<()> {
-    let exe = Arc::new(Executable::load(path)?);
-    log::debug!("registered {} ({})", path.display(), exe.needs);
+    register(Arc::new(Executable::load(path)?));
+    Ok(())
+}
+
+/// Add `exe` to the registry, in place of an entry with the same sha256.
+fn register(exe: Arc<Executable>) {
+    log::debug!("registered {} ({})", exe.path.display(), exe.needs);
     let mut reg = registry().lock();
     reg.retain(|e| e.sha256 != exe.sha256);
     reg.push(exe);
-    Ok(())
 }
 
 /// The builds of this program in cargo's layout, found without registering them: for a program
@@ -334,9 +338,7 @@ fn fetch_from_parent(
     }
     let _ = exe.gzip.set(Arc::new(gz.0));
     let exe = Arc::new(exe);
-    let mut reg = registry().lock();
-    reg.retain(|e| e.sha256 != exe.sha256);
-    reg.push(exe.clone());
+    register(exe.clone());
     Ok(exe)
 }
 
