@@ -276,7 +276,11 @@ fn a_profiled_process_whose_threads_unwind_panics_and_take_backtraces_keeps_fork
         let dir = mitogen::core::sys::temp_dir();
         let profiles: Vec<_> =
             pids.into_inner().unwrap().iter().map(|&pid| (pid, crate::profiles_of(&dir, pid, since))).collect();
-        let files: Vec<_> = profiles.iter().flat_map(|(_, p)| p.values().cloned()).collect();
+        // Pids are reused quickly when another test starts threads by the thousand (threads take
+        // pids too): two children of the same pid in the same second write one file.
+        let mut files: Vec<_> = profiles.iter().flat_map(|(_, p)| p.values().cloned()).collect();
+        files.sort();
+        files.dedup();
         let merged = mitogen::profiler::merge(&files);
         files.iter().for_each(|f| std::fs::remove_file(f).unwrap());
         for (pid, profile) in &profiles {
