@@ -14,6 +14,14 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# Room for pids. Threads take pids too, and the fork tests start and end thousands of threads a
+# second: with the default 32768 (a 2-CPU machine) the pid counter wraps every few seconds, and
+# tests running beside them that know a process by its pid (a child that must exit, a profile
+# file per pid) would meet another process under it. 4194304 is the kernel's limit.
+if [[ $(cat /proc/sys/kernel/pid_max) -lt 4194304 ]]; then
+    echo 4194304 > /proc/sys/kernel/pid_max || echo "tests/provision.sh: cannot raise kernel.pid_max" >&2
+fi
+
 # An unprivileged account the bootstrap runs as (through setpriv), with a home of its own.
 if ! id mitogen-user >/dev/null 2>&1; then
     useradd --create-home --shell /bin/sh mitogen-user
