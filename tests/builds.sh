@@ -3,8 +3,8 @@
 # and the quickstart example for x86_64-unknown-linux-musl (static: they fit any Linux
 # x86_64), this suite for aarch64-unknown-linux-musl (rust-lld links it: no cross
 # compiler), for the arm64 root tests/provision.sh makes, and for i686-unknown-linux-musl
-# (rust-lld too), which this machine's kernel runs where `setarch i686` makes `uname -m` say so. Prints the `export` line that names
-# them (eval it); progress goes to stderr.
+# (rust-lld too), which this machine's kernel runs where `setarch i686` makes `uname -m` say
+# so. Prints the `export` line that names them (eval it); progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
