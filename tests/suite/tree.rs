@@ -45,10 +45,7 @@ fn detach_and_finish_later(started: Sender, path: String, go: String) {
     assert!(mitogen::parent_ids().is_empty(), "a detached context has no parents");
     let after = session();
     std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !std::path::Path::new(&go).exists() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        mitogen_tests::wait_until("the test's go file", Duration::from_secs(60), || std::path::Path::new(&go).exists());
         std::fs::write(&path, format!("{} {before} {after}", std::process::id())).unwrap();
         std::process::exit(0);
     });
