@@ -39,6 +39,8 @@ pub use mitogen_master as master;
 pub use mitogen_parent as parent;
 pub use mitogen_select as select;
 pub use mitogen_utils as utils;
+
+mod alloc;
 /// Merging and summarising the profiles a tree writes (Mitogen `mitogen.profiler`); the
 /// `mitogen-profiler` program is its command line.
 pub use mitogen_utils::profiler;
