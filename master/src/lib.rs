@@ -319,6 +319,18 @@ impl Router {
         mitogen_parent::add_executable(path)
     }
 
+    /// Ship this program's executable to targets whole (`true`), or without its debug sections
+    /// (`false`, the default). The debug sections (DWARF, `.debug_*`) are most of a build made
+    /// with debug info (of a 28 MB release build with line tables, 24 MB) and are never loaded;
+    /// without them a remote panic's backtrace names its functions (the symbol table stays) but
+    /// not their files and lines. Turn this on for file and line numbers in remote backtraces
+    /// (and in profiles of remote contexts), at the cost of shipping the whole file to each new
+    /// target once. Applies to this process's later connects (a different image is a different
+    /// cache entry on the target); contexts ship what they were started from.
+    pub fn ship_debug_info(&self, keep: bool) {
+        mitogen_parent::ship_debug_info(keep)
+    }
+
     /// Fork this process into a new child context (Mitogen `fork()`); see
     /// [`connect_fork`](mitogen_parent::connect_fork) for what the child keeps.
     ///

@@ -108,39 +108,104 @@ pub(crate) fn stage1_argv(prefix: &[OsString]) -> Vec<OsString> {
     argv
 }
 
-/// An executable that can be shipped: its bytes' size and sha256, and, made once, its gzip.
+/// The bytes shipped for an executable (see [`ship_debug_info`]): its file without the debug
+/// sections (the file itself when it has none), or the whole file; their size and sha256 (the
+/// name of the copy in a target's cache) and, made once, their gzip.
 #[derive(Debug)]
-pub(crate) struct Executable {
-    path: PathBuf,
+struct Image {
     size: u64,
     sha256: String,
-    /// What it needs of a target, read from the file.
-    needs: Needs,
+    /// Kept from the one read that hashed them: a file rebuilt in place meanwhile cannot make
+    /// the bytes shipped differ from the sha256 named.
+    bytes: Arc<Vec<u8>>,
     gzip: OnceLock<Arc<Vec<u8>>>,
 }
 
-impl Executable {
-    fn load(path: &Path) -> Result<Executable> {
-        let unreadable = |e| Error::stream_io(format!("cannot read executable {}", path.display()), e);
-        // One read: what it needs, and its name in a target's cache.
-        let data = std::fs::read(path).map_err(unreadable)?;
-        let needs = Needs::of_elf(&data).map_err(|e| Error::stream(format!("{}: {e}", path.display())))?;
-        let (size, sha256) = (data.len() as u64, mitogen_core::bytes_digest(&data));
-        Ok(Executable { path: path.to_owned(), size, sha256, needs, gzip: OnceLock::new() })
+impl Image {
+    fn new(bytes: Vec<u8>) -> Image {
+        let sha256 = mitogen_core::bytes_digest(&bytes);
+        Image { size: bytes.len() as u64, sha256, bytes: Arc::new(bytes), gzip: OnceLock::new() }
     }
 
-    /// The file's bytes, gzip-compressed at level 1: an executable of tens of MiB compresses
-    /// several times faster than at the default level, for a few percent more bytes, and the
-    /// first connect waits for it.
+    /// The bytes, gzip-compressed at level 1: several times faster than the default level for
+    /// a few percent more bytes, and the first connect waits for it.
     fn gzip(&self) -> Result<Arc<Vec<u8>>> {
         if let Some(g) = self.gzip.get() {
             return Ok(g.clone());
         }
-        let data = std::fs::read(&self.path)
-            .map_err(|e| Error::stream_io(format!("cannot read executable {}", self.path.display()), e))?;
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        let gz = enc.write_all(&data).and_then(|_| enc.finish()).map_err(|e| Error::stream_io("cannot compress", e))?;
+        let gz = enc
+            .write_all(&self.bytes)
+            .and_then(|_| enc.finish())
+            .map_err(|e| Error::stream_io("cannot compress", e))?;
         Ok(self.gzip.get_or_init(|| Arc::new(gz)).clone())
+    }
+}
+
+/// Whether targets get whole executables, debug sections included ([`ship_debug_info`]).
+static SHIP_DEBUG_INFO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Ship executables whole, with their debug sections (`true`), or without them (`false`, the
+/// default): `mitogen::Router::ship_debug_info` says what that changes. For this
+/// process and every connect it makes from now on; contexts it starts ship what they were
+/// started from, so a tree started with debug info keeps it below.
+pub fn ship_debug_info(keep: bool) {
+    SHIP_DEBUG_INFO.store(keep, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The size and sha256 of what a target gets for the executable at `path` (with
+/// [`ship_debug_info`] as it is now): the name of its copy in a target's cache, and what the
+/// child started from it reports. Without debug info that is the file without its debug
+/// sections, so it differs from the file's own digest when the file has them.
+///
+/// # Errors
+/// [`StreamError`](mitogen_core::StreamError) if the file cannot be read or is not an ELF
+/// executable of a machine this library knows.
+pub fn shipped_digest(path: &Path) -> Result<(u64, String)> {
+    let exe = Executable::load(path)?;
+    let image = exe.image()?;
+    Ok((image.size, image.sha256.clone()))
+}
+
+/// An executable that can be shipped: its file, what it needs of a target, and its images.
+#[derive(Debug)]
+pub(crate) struct Executable {
+    path: PathBuf,
+    /// What it needs of a target, read from the file.
+    needs: Needs,
+    /// The file without its debug sections, or the file itself when it has none.
+    stripped: Image,
+    /// Whether the file has debug sections: `whole` differs from `stripped`.
+    has_debug: bool,
+    /// The whole file, read when first shipped with [`ship_debug_info`] on.
+    whole: OnceLock<Image>,
+}
+
+impl Executable {
+    fn load(path: &Path) -> Result<Executable> {
+        // One read: what it needs, and the image shipped by default.
+        let data = std::fs::read(path).map_err(|e| Self::unreadable(path, e))?;
+        let needs = Needs::of_elf(&data).map_err(|e| Error::stream(format!("{}: {e}", path.display())))?;
+        let stripped = crate::strip::without_debug_info(&data);
+        let has_debug = stripped.is_some();
+        let stripped = Image::new(stripped.unwrap_or(data));
+        Ok(Executable { path: path.to_owned(), needs, stripped, has_debug, whole: OnceLock::new() })
+    }
+
+    fn unreadable(path: &Path, e: std::io::Error) -> Error {
+        Error::stream_io(format!("cannot read executable {}", path.display()), e)
+    }
+
+    /// What a target gets: the stripped image, or the whole file if [`ship_debug_info`] is on.
+    fn image(&self) -> Result<&Image> {
+        if !self.has_debug || !SHIP_DEBUG_INFO.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(&self.stripped);
+        }
+        if let Some(whole) = self.whole.get() {
+            return Ok(whole);
+        }
+        let data = std::fs::read(&self.path).map_err(|e| Self::unreadable(&self.path, e))?;
+        Ok(self.whole.get_or_init(|| Image::new(data)))
     }
 }
 
@@ -178,7 +243,7 @@ pub fn add_executable(path: &Path) -> Result<()> {
 fn register(exe: Arc<Executable>) {
     log::debug!("registered {} ({})", exe.path.display(), exe.needs);
     let mut reg = registry().lock();
-    reg.retain(|e| e.sha256 != exe.sha256);
+    reg.retain(|e| e.stripped.sha256 != exe.stripped.sha256);
     reg.push(exe);
 }
 
@@ -327,16 +392,17 @@ fn fetch_from_parent(
     }
     // The same checks as any entry: read back, named by its sha256, and what it needs.
     let exe = Executable::load(&path).map_err(Fetch::Failed)?;
-    if exe.sha256 != sha256 || !exe.needs.fit(target) {
+    let image = exe.image().map_err(Fetch::Failed)?;
+    if image.sha256 != sha256 || !exe.needs.fit(target) {
         let _ = std::fs::remove_file(&path);
         return Err(Fetch::Failed(Error::stream(format!(
             "{}: not the executable the parent sent for {target} (sha256 {}, needs {})",
             path.display(),
-            exe.sha256,
+            image.sha256,
             exe.needs
         ))));
     }
-    let _ = exe.gzip.set(Arc::new(gz.0));
+    let _ = image.gzip.set(Arc::new(gz.0));
     let exe = Arc::new(exe);
     register(exe.clone());
     Ok(exe)
@@ -380,7 +446,10 @@ pub(crate) fn serve_executables(router: &mitogen_core::Router) {
                 Ok(request) => {
                     let deadline = Instant::now() + Duration::from_millis(request.timeout_ms);
                     executable_for(&request.target, deadline)
-                        .and_then(|exe| Ok((exe.sha256.clone(), mitogen_core::Blob(exe.gzip()?.to_vec()))))
+                        .and_then(|exe| {
+                            let image = exe.image()?;
+                            Ok((image.sha256.clone(), mitogen_core::Blob(image.gzip()?.to_vec())))
+                        })
                         .map_err(|e| e.to_string())
                 }
             };
@@ -484,20 +553,17 @@ fn ship(
             return Err(e);
         }
     };
-    send(lines, wfd, other, format!("{} {} {}\n", mode as u8, exe.size, exe.sha256).as_bytes())?;
+    let image = exe.image()?;
+    send(lines, wfd, other, format!("{} {} {}\n", mode as u8, image.size, image.sha256).as_bytes())?;
     let have = lines.marker("MITO001", other)?;
     if have.trim() == "1" {
-        return Ok(Shipped { sha256: Some(exe.sha256.clone()), cached: true, bytes_sent: 0 });
+        return Ok(Shipped { sha256: Some(image.sha256.clone()), cached: true, bytes_sent: 0 });
     }
-    let data: Arc<Vec<u8>> = if target.gzip {
-        exe.gzip()?
-    } else {
-        Arc::new(std::fs::read(&exe.path).map_err(|e| Error::stream_io("cannot read executable", e))?)
-    };
+    let data = if target.gzip { image.gzip()? } else { image.bytes.clone() };
     send(lines, wfd, other, format!("{}\n", data.len()).as_bytes())?;
     send(lines, wfd, other, &data)?;
     lines.marker("MITO002", other)?;
-    Ok(Shipped { sha256: Some(exe.sha256.clone()), cached: false, bytes_sent: data.len() })
+    Ok(Shipped { sha256: Some(image.sha256.clone()), cached: false, bytes_sent: data.len() })
 }
 
 /// Send `data` to stage 1. It may stop reading and say why (a full disk: `MITO009 cannot

@@ -39,12 +39,13 @@ mod routes;
 mod setns;
 mod ssh;
 mod stats;
+mod strip;
 mod su;
 mod sudo;
 mod target;
 mod transport;
 
-pub use bootstrap::add_executable;
+pub use bootstrap::{add_executable, ship_debug_info, shipped_digest};
 pub use command::CommandSpec;
 pub use connect::{default_remote_name, Options};
 pub use containers::{

@@ -7,7 +7,7 @@ use mitogen::master::{CommandSpec, Options};
 
 /// In the child: the sha256 of the executable it runs.
 fn shipped() -> String {
-    mitogen::core::executable_digest(std::path::Path::new("/proc/self/exe")).map(|(_, sha)| sha).unwrap_or_default()
+    mitogen::parent::shipped_digest(std::path::Path::new("/proc/self/exe")).map(|(_, sha)| sha).unwrap_or_default()
 }
 mitogen::remote!(shipped);
 

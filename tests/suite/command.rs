@@ -76,6 +76,78 @@ fn a_context_through_sh_runs_from_the_cache_and_the_second_connect_ships_nothing
     });
 }
 
+fn panics_here() {
+    panic!("a remote panic");
+}
+mitogen::remote!(panics_here);
+
+/// The remote backtrace of a call to `panics_here` in `ctx`.
+fn remote_backtrace(ctx: &mitogen::master::Context) -> String {
+    match ctx.call(panics_here, ()) {
+        Err(mitogen::Error::CallError(e)) => e.traceback,
+        other => panic!("a CallError, not {other:?}"),
+    }
+}
+
+/// The sizes of the DWARF sections (`.debug_*`, not loaded) of the ELF file at `path`.
+fn dwarf_bytes(path: &Path) -> u64 {
+    let out = std::process::Command::new("readelf").arg("-SW").arg(path).output().unwrap();
+    assert!(out.status.success(), "readelf {}", path.display());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            // [Nr] Name Type Address Off Size ES Flg ...: the flags leave out A (loaded).
+            let f: Vec<&str> = l.split(']').nth(1)?.split_whitespace().collect();
+            let loaded =
+                f.get(6).is_some_and(|flags| flags.contains('A') && !flags.chars().all(|c| c.is_ascii_digit()));
+            (f[0].starts_with(".debug") && !loaded).then(|| u64::from_str_radix(f[4], 16).unwrap())
+        })
+        .sum()
+}
+
+#[test]
+fn a_target_gets_the_executable_without_its_debug_sections_unless_told_to_ship_them() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
+    // Issue 23: the debug sections were most of what a first connect shipped. Alone: the
+    // setting is the process's.
+    mitogen_tests::run_alone(|| {
+        let tmp = TempDir::new("command-debug-info");
+        let own = std::env::current_exe().unwrap();
+        let own = own.as_path();
+        let (whole_size, whole_sha) = mitogen::core::executable_digest(own).unwrap();
+        assert!(dwarf_bytes(own) > 0, "the test binary has line tables");
+        let router = Router::new(None).unwrap();
+
+        let stripped = tmp.path().join("stripped");
+        let ctx = router.command(spec(with_cache(&stripped, &[])), Options::default()).unwrap();
+        let file = cached_file(&stripped);
+        assert_eq!(ctx.call(whoami, ()).unwrap().2, file.display().to_string());
+        let size = std::fs::metadata(&file).unwrap().len();
+        assert_eq!(dwarf_bytes(&file), 0, "no DWARF on the target");
+        assert!(size < whole_size, "{size} >= {whole_size}");
+        let (_, sha) = mitogen::parent::shipped_digest(own).unwrap();
+        assert_eq!(file.file_name().unwrap().to_str().unwrap(), sha, "named by the image's sha256");
+        let trace = remote_backtrace(&ctx);
+        assert!(trace.contains("panics_here"), "the symbol table names the function: {trace}");
+        assert!(!trace.contains("command.rs:"), "no line tables, no file:line: {trace}");
+
+        router.ship_debug_info(true);
+        let whole = tmp.path().join("whole");
+        let full = router.command(spec(with_cache(&whole, &[])), Options::default());
+        router.ship_debug_info(false);
+        let full = full.unwrap();
+        let file = cached_file(&whole);
+        assert_eq!(file.file_name().unwrap().to_str().unwrap(), whole_sha, "the whole file");
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), whole_size);
+        let trace = remote_backtrace(&full);
+        assert!(trace.contains("panics_here") && trace.contains("command.rs:"), "file:line: {trace}");
+        router.shutdown_and_join();
+    });
+}
+
 /// A directory of `name -> target` symlinks, to build a PATH holding exactly some tools.
 fn tool_dir(tmp: &Path, name: &str, tools: &[(&str, &str)]) -> PathBuf {
     let dir = tmp.join(name);
@@ -508,7 +580,7 @@ fn chmod(path: &Path, mode: u32) {
 /// What another account plants to be run as the target: a script of the executable's size
 /// (padded with newlines) that writes the uid it runs as to `marker`.
 fn planted_script(marker: &Path) -> Vec<u8> {
-    let (size, _) = mitogen::core::executable_digest(Path::new("/proc/self/exe")).unwrap();
+    let (size, _) = mitogen::parent::shipped_digest(Path::new("/proc/self/exe")).unwrap();
     let mut script = format!("#!/bin/sh\nid -u > {}\n", marker.display()).into_bytes();
     script.resize(size as usize, b'\n');
     script
@@ -542,7 +614,7 @@ fn mitogen_user_home(tmp: &TempDir) -> (PathBuf, PathBuf, PathBuf, String) {
         chown(dir, "mitogen-user");
         chmod(dir, 0o755);
     }
-    let (_, sha) = mitogen::core::executable_digest(Path::new("/proc/self/exe")).unwrap();
+    let (_, sha) = mitogen::parent::shipped_digest(Path::new("/proc/self/exe")).unwrap();
     (home, cache, out, sha)
 }
 
@@ -839,10 +911,10 @@ fn a_static_build_registered_is_chosen_where_this_one_does_not_fit_and_only_ther
         let router = Router::new(None).unwrap();
         router.add_executable(&static_build).unwrap();
         let old = router.command(spec(fake_target(tmp.path(), None, Some("glibc 2.17"))), Options::default()).unwrap();
-        let (_, sha) = mitogen::core::executable_digest(&static_build).unwrap();
+        let (_, sha) = mitogen::parent::shipped_digest(&static_build).unwrap();
         assert!(old.call(whoami, ()).unwrap().2.ends_with(&sha), "the old glibc target runs the static build");
         let here = router.command(spec(with_cache(&tmp.path().join("here"), &[])), Options::default()).unwrap();
-        let (_, own) = mitogen::core::executable_digest(Path::new("/proc/self/exe")).unwrap();
+        let (_, own) = mitogen::parent::shipped_digest(Path::new("/proc/self/exe")).unwrap();
         assert!(here.call(whoami, ()).unwrap().2.ends_with(&own), "this machine runs this build");
         router.shutdown_and_join();
     });
@@ -905,7 +977,7 @@ fn arm64_children_through(
     assert!(text.contains("nor in its parent"), "and that its parent has none: {text}");
     assert!(text.contains("cargo build --release --target aarch64-unknown-linux-musl"), "{text}");
     router.add_executable(&build).unwrap();
-    let (_, sha) = mitogen::core::executable_digest(&build).unwrap();
+    let (_, sha) = mitogen::parent::shipped_digest(&build).unwrap();
     let before = bytes_to(router, first);
     let mut first_link = 0;
     for i in 0..3 {
@@ -986,9 +1058,9 @@ fn a_build_in_cargos_layout_beside_the_program_is_found_and_shipped_without_any_
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let (_, sha) = mitogen::core::executable_digest(&beside).unwrap();
+        let (_, sha) = mitogen::parent::shipped_digest(&beside).unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), sha, "the child runs the build found beside it");
-        let (_, own) = mitogen::core::executable_digest(program).unwrap();
+        let (_, own) = mitogen::parent::shipped_digest(program).unwrap();
         assert_ne!(own, sha);
     });
 }
@@ -1015,7 +1087,7 @@ fn an_i686_target_gets_the_32_bit_build_registered_for_it_or_a_clear_error() {
         router.add_executable(&build).unwrap();
         let ctx = router.command(spec(argv), Options::default()).unwrap();
         assert_eq!(ctx.call(arch, ()).unwrap(), "x86");
-        let (_, sha) = mitogen::core::executable_digest(&build).unwrap();
+        let (_, sha) = mitogen::parent::shipped_digest(&build).unwrap();
         assert!(ctx.call(whoami, ()).unwrap().2.ends_with(&sha), "runs the i686 build");
         router.shutdown_and_join();
     });
@@ -1041,7 +1113,7 @@ fn an_arm64_target_gets_the_arm64_build_registered_for_it_or_a_clear_error() {
         router.add_executable(&build).unwrap();
         let ctx = router.command(spec(argv), Options::default()).unwrap();
         assert_eq!(ctx.call(arch, ()).unwrap(), "aarch64");
-        let (_, sha) = mitogen::core::executable_digest(&build).unwrap();
+        let (_, sha) = mitogen::parent::shipped_digest(&build).unwrap();
         assert!(ctx.call(whoami, ()).unwrap().2.ends_with(&sha), "runs the aarch64 build");
         assert_eq!(ctx.call(arch, ()).unwrap(), "aarch64", "and answers again");
         router.shutdown_and_join();

@@ -402,7 +402,7 @@ fn debian_11_and_busybox_containers_get_the_static_build_or_a_clear_error() {
             assert!(e.to_string().contains("cargo build --release --target x86_64-unknown-linux-musl"), "{e}");
         }
         let static_build = mitogen_tests::static_build().unwrap();
-        let (_, sha) = mitogen::core::executable_digest(&static_build).unwrap();
+        let (_, sha) = mitogen::parent::shipped_digest(&static_build).unwrap();
         router.add_executable(&static_build).unwrap();
         let old = router.docker(DockerOptions::image("mitogen-test:bullseye"), Options::default()).unwrap();
         assert!(old.call(crate::debian_version, ()).unwrap().starts_with("11."), "runs in Debian 11");

@@ -548,7 +548,7 @@ fn over_ssh_a_debian_11_host_gets_the_static_build_and_never_runs_a_planted_entr
             assert_eq!(e.stream_kind_of(), Some(&kind), "{e}");
         }
         let static_build = mitogen_tests::static_build().unwrap();
-        let (_, sha) = mitogen::core::executable_digest(&static_build).unwrap();
+        let (_, sha) = mitogen::parent::shipped_digest(&static_build).unwrap();
         router.add_executable(&static_build).unwrap();
 
         // What the account's cache holds, seen from outside the chroot.
