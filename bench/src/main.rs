@@ -144,14 +144,22 @@ fn bootstrap() -> R {
 fn command() -> R {
     mitogen::utils::run_with_router(|router| {
         let root = std::env::temp_dir().join(format!("mitogen-bench-command-{}", std::process::id()));
-        let spec = |dir: &std::path::Path| mitogen::master::CommandSpec {
+        // `env` runs on this machine: the executable ships uncompressed, as sudo's and the
+        // local container engines' do (`_gzip`: compressed, as for a command that may cross a
+        // network).
+        let spec = |dir: &std::path::Path, uncompressed: bool| mitogen::master::CommandSpec {
             argv: vec!["env".into(), format!("XDG_CACHE_HOME={}", dir.display()).into()],
+            uncompressed,
             ..Default::default()
         };
-        let connect = |dir: &std::path::Path| router.command(spec(dir), Options::default());
-        // The first connect of a process compresses the executable; later cold connects reuse it.
-        connect(&root.join("warm-up"))?.shutdown(true)?;
+        let connect = |dir: &std::path::Path| router.command(spec(dir, true), Options::default());
+        let gzip = |dir: &std::path::Path| router.command(spec(dir, false), Options::default());
+        // The first connect of a process reads (and strips) the executable, the first
+        // compressed one compresses it: measured once each, then later cold connects reuse it.
+        connects("command_first_cold_s", true, 1, |_| Ok(()), |_| connect(&root.join("warm-up")))?;
+        connects("command_first_cold_gzip_s", true, 1, |_| Ok(()), |_| gzip(&root.join("first-gzip")))?;
         connects("command_cold_s", true, 5, |_| Ok(()), |i| connect(&root.join(format!("cold-{i}"))))?;
+        connects("command_cold_gzip_s", true, 5, |_| Ok(()), |i| gzip(&root.join(format!("cold-gzip-{i}"))))?;
         connects("command_warm_s", true, 20, |_| Ok(()), |_| connect(&root.join("warm-up")))?;
         let _ = std::fs::remove_dir_all(&root);
         Ok(())

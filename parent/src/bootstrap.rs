@@ -7,13 +7,16 @@
 //! ```text
 //! stage 1                                   parent
 //! MITO000 <uname -s> <uname -m> <gzip 0|1> [glibc <x.y>] [musl]
-//!                                           <mode> <size> <sha256>     (the executable that fits)
+//!                                           <mode> <size> <gzip 0|1> <sha256>
+//!                                           (the executable that fits; gzip: how it is sent)
 //!                                           or an empty line: none fits (stage 1 exits)
 //!   (a whole, executable copy in the usual place: run it; else find a private place to run from)
 //! MITO001 1, then exec of the cached copy   (mode 0: use the cache; 1: no cache; 2: replace it;
-//!                                            3 0 <path>: run <path>, already on the target)
+//!                                            3 0 0 <path>: run <path>, already on the target)
 //! MITO001 0
-//!                                           <n>, then exactly n bytes (gzip when the target has it)
+//!                                           <n>, then exactly n bytes (gzip-compressed when
+//!                                            the answer said 1: the target has gzip, and
+//!                                            the method's link is not this machine's pipe)
 //! MITO002, then exec of the new copy
 //! MITO009 <why>, then exit                  (no private executable place, a failed write)
 //! ```
@@ -76,7 +79,7 @@ pub(crate) const STAGE1: &str = concat!(
     "s=$(uname -sm);l=$(PATH=${PATH}:/usr/bin:/bin getconf GNU_LIBC_VERSION 2>/dev/null);[ -e /lib/ld-musl-${s#* }.so.1 ]&&l=\"${l} musl\";",
     "echo \"MITO000 ${s} ${g} ${l}\";",
     // An empty answer: no executable fits; nothing was written.
-    "read C S H;[ \"${H}\" ]||exit 1;x=\"${c}/${H}\";a=;w=;[ \"${C}\" = 3 ]&&{ x=${H};w=1;};",
+    "read C S Z H;[ \"${H}\" ]||exit 1;x=\"${c}/${H}\";a=;w=;[ \"${C}\" = 3 ]&&{ x=${H};w=1;};",
     // The warm path: the usual place is private and holds a whole copy that may run (`-x` is
     // false on a noexec mount), so nothing is probed.
     "[ \"${C}\" = 0 ]&&[ ! -h \"${c}\" ]&&[ -O \"${c}\" ]&&[ -x \"${x}\" ]&&y \"${c}\" \"${H}\"&&w=1;",
@@ -92,7 +95,7 @@ pub(crate) const STAGE1: &str = concat!(
     "[ \"${C}\" = 2 ]&&rm -f \"${x}\";",
     "[ \"${C}\" = 0 ]&&z \"${x}\"&&w=1;",
     "[ \"${w}\" ]||{ echo MITO001 0;",
-    "read n;t=\"${x}.${$}\";D=cat;[ ${g} = 1 ]&&D='gzip -dc';",
+    "read n;t=\"${x}.${$}\";D=cat;[ \"${Z}\" = 1 ]&&D='gzip -dc';",
     "head -c \"${n}\"|${D}>\"${t}\";",
     "z \"${t}\"&&chmod 700 \"${t}\"&&{ ln \"${t}\" \"${x}\" 2>/dev/null||z \"${x}\"||mv -f \"${t}\" \"${x}\";}||{ rm -f \"${t}\";echo \"MITO009 cannot write ${x}\";exit 1;};",
     "rm -f \"${t}\";echo MITO002;};};",
@@ -486,7 +489,12 @@ pub(crate) enum CacheMode {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Run<'a> {
     /// The executable for the target's machine.
-    Shipped(CacheMode),
+    Shipped {
+        /// How stage 1 treats the cache.
+        mode: CacheMode,
+        /// gzip-compressed, if the target has gzip (else as it is).
+        compress: bool,
+    },
     /// This file on the target.
     Given(&'a Path),
 }
@@ -534,16 +542,16 @@ fn ship(
     let hello = lines.marker("MITO000", other)?;
     let target =
         Target::parse(&hello).ok_or_else(|| Error::stream(format!("stage 1 sent a malformed report: {hello:?}")))?;
-    let mode = match what {
+    let (mode, gzip) = match what {
         Run::Given(path) => {
             let path = path.to_str().filter(|p| !p.contains('\n')).ok_or_else(|| {
                 Error::general(format!("executable {path:?} must be UTF-8 without a newline to run on a target"))
             })?;
-            send(lines, wfd, other, format!("3 0 {path}\n").as_bytes())?;
+            send(lines, wfd, other, format!("3 0 0 {path}\n").as_bytes())?;
             lines.marker("MITO001", other)?;
             return Ok(Shipped { sha256: None, cached: true, bytes_sent: 0 });
         }
-        Run::Shipped(mode) => mode,
+        Run::Shipped { mode, compress } => (mode, compress && target.gzip),
     };
     let exe = match executable_for(&target, lines.deadline) {
         Ok(exe) => exe,
@@ -554,12 +562,13 @@ fn ship(
         }
     };
     let image = exe.image()?;
-    send(lines, wfd, other, format!("{} {} {}\n", mode as u8, image.size, image.sha256).as_bytes())?;
+    let header = format!("{} {} {} {}\n", mode as u8, image.size, u8::from(gzip), image.sha256);
+    send(lines, wfd, other, header.as_bytes())?;
     let have = lines.marker("MITO001", other)?;
     if have.trim() == "1" {
         return Ok(Shipped { sha256: Some(image.sha256.clone()), cached: true, bytes_sent: 0 });
     }
-    let data = if target.gzip { image.gzip()? } else { image.bytes.clone() };
+    let data = if gzip { image.gzip()? } else { image.bytes.clone() };
     send(lines, wfd, other, format!("{}\n", data.len()).as_bytes())?;
     send(lines, wfd, other, &data)?;
     lines.marker("MITO002", other)?;

@@ -18,9 +18,18 @@ use crate::transport::Transport;
 const LXC_HINT: &str = "Note: many versions of LXC do not report program execution failure meaningfully. \
      Please check the host logs (/var/log) for more information.";
 
-/// `argv` and the boot command on merged stdio, named `name`.
+/// `argv` and the boot command on merged stdio, named `name`, shipping the executable
+/// compressed (a client that may reach another machine: kubectl, lxd, incus).
 fn tool(argv: Vec<OsString>, name: String) -> Launch<'static> {
     Launch { name: Some(name), ..Launch::new(argv, Transport::Merged) }
+}
+
+/// [`tool`] for an engine on this machine (lxc-attach, jexec, buildah; docker and podman
+/// unless `remote_env`, the variable that points their client at another host, is set):
+/// the executable ships uncompressed.
+fn local_tool(argv: Vec<OsString>, name: String, remote_env: Option<&str>) -> Launch<'static> {
+    let remote = remote_env.is_some_and(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
+    Launch { compress: remote, ..tool(argv, name) }
 }
 
 fn words<const N: usize>(w: [&str; N]) -> Vec<OsString> {
@@ -89,7 +98,7 @@ impl Bootstrapped for DockerOptions {
     /// A `StreamError` for conflicting options; an `Eof` one with what docker printed (`No such
     /// container`, ...).
     fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
-        Ok(tool(self.argv()?, self.default_name()))
+        Ok(local_tool(self.argv()?, self.default_name(), Some("DOCKER_HOST")))
     }
 }
 
@@ -124,7 +133,7 @@ impl PodmanOptions {
 impl Bootstrapped for PodmanOptions {
     /// In a running container.
     fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
-        Ok(tool(self.argv(), format!("podman.{}", self.container)))
+        Ok(local_tool(self.argv(), format!("podman.{}", self.container), Some("CONTAINER_HOST")))
     }
 }
 
@@ -159,7 +168,7 @@ impl BuildahOptions {
 impl Bootstrapped for BuildahOptions {
     /// In a fresh process of the working container.
     fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
-        Ok(tool(self.argv(), format!("buildah.{}", self.container)))
+        Ok(local_tool(self.argv(), format!("buildah.{}", self.container), None))
     }
 }
 
@@ -189,7 +198,7 @@ impl LxcOptions {
 impl Bootstrapped for LxcOptions {
     /// An early end carries Mitogen's hint to look in the host's logs.
     fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
-        Ok(Launch { eof_hint: Some(LXC_HINT), ..tool(self.argv(), format!("lxc.{}", self.container)) })
+        Ok(Launch { eof_hint: Some(LXC_HINT), ..local_tool(self.argv(), format!("lxc.{}", self.container), None) })
     }
 }
 
@@ -265,7 +274,7 @@ impl JailOptions {
 impl Bootstrapped for JailOptions {
     /// In a FreeBSD jail.
     fn launch(&self, _: Deadline) -> Result<Launch<'_>> {
-        Ok(tool(self.argv(), format!("jail.{}", self.container)))
+        Ok(local_tool(self.argv(), format!("jail.{}", self.container), None))
     }
 }
 

@@ -70,6 +70,7 @@ impl Bootstrapped for DoasOptions {
                 let texts = (&self.password_prompt, &self.incorrect_prompts);
                 Box::new(PromptTexts::new(texts.0, texts.1, self.password.clone(), "doas"))
             }),
+            compress: false, // a command on this machine
             ..Launch::new(self.argv(), Transport::Hybrid)
         })
     }

@@ -199,6 +199,7 @@ fn launch(o: &SetnsOptions, deadline: Deadline) -> Result<Launch<'_>> {
         boot: Boot::Forked,
         name: Some(format!("setns.{}", o.container)),
         setup: Setup { env: Some(env), enter: Some(Arc::new(entry)) },
+        compress: false, // a command on this machine
         ..Launch::new(vec!["/bin/sh".into(), "-c".into()], Transport::Socketpair)
     })
 }

@@ -79,6 +79,7 @@ impl Bootstrapped for SuOptions {
                 let texts = (&self.password_prompt, &self.incorrect_prompts);
                 Box::new(PromptTexts::new(texts.0, texts.1, self.password.clone(), "su"))
             }),
+            compress: false, // a command on this machine
             ..Launch::new(self.argv(), Transport::Pty)
         })
     }

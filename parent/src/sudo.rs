@@ -231,6 +231,7 @@ impl Bootstrapped for SudoOptions {
         Ok(Launch {
             name: Some(self.default_name()?),
             prompts: Box::new(|| Box::new(SudoPrompts { password: PasswordState::new(self.password.clone(), "sudo") })),
+            compress: false, // a command on this machine
             ..Launch::new(self.argv()?, Transport::Hybrid)
         })
     }

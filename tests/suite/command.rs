@@ -148,6 +148,36 @@ fn a_target_gets_the_executable_without_its_debug_sections_unless_told_to_ship_t
     });
 }
 
+#[test]
+fn a_command_on_this_machine_ships_uncompressed_and_one_that_may_cross_a_network_gzipped() {
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Accounts) {
+        return;
+    }
+    // Issue 23: gzip on the target took half of a cold connect through a local pipe. Alone:
+    // the byte counter is the process's.
+    mitogen_tests::run_alone(|| {
+        let tmp = TempDir::new("command-uncompressed");
+        let (size, sha) = mitogen::parent::shipped_digest(Path::new("/proc/self/exe")).unwrap();
+        let router = Router::new(None).unwrap();
+        for uncompressed in [true, false] {
+            let cache = tmp.path().join(format!("uncompressed-{uncompressed}"));
+            let before = mitogen::parent::bootstrap_stats().bytes_sent;
+            let spec = CommandSpec { uncompressed, ..spec(with_cache(&cache, &[])) };
+            let ctx = router.command(spec, Options::default()).unwrap();
+            assert_eq!(ctx.call(whoami, ()).unwrap().2, cached_file(&cache).display().to_string());
+            assert_eq!(cached_file(&cache).file_name().unwrap().to_str().unwrap(), sha);
+            let sent = mitogen::parent::bootstrap_stats().bytes_sent - before;
+            if uncompressed {
+                assert_eq!(sent, size, "the image as it is");
+            } else {
+                assert!(sent < size * 3 / 4, "gzip: {sent} of {size}");
+            }
+            ctx.shutdown(true).unwrap();
+        }
+        router.shutdown_and_join();
+    });
+}
+
 /// A directory of `name -> target` symlinks, to build a PATH holding exactly some tools.
 fn tool_dir(tmp: &Path, name: &str, tools: &[(&str, &str)]) -> PathBuf {
     let dir = tmp.join(name);
