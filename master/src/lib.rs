@@ -326,7 +326,8 @@ impl Router {
     /// not their files and lines. Turn this on for file and line numbers in remote backtraces
     /// (and in profiles of remote contexts), at the cost of shipping the whole file to each new
     /// target once. Applies to this process's later connects (a different image is a different
-    /// cache entry on the target); contexts ship what they were started from.
+    /// cache entry on the target); a context it starts ships by its own setting, off unless a
+    /// function called there turns it on.
     pub fn ship_debug_info(&self, keep: bool) {
         mitogen_parent::ship_debug_info(keep)
     }

@@ -149,9 +149,9 @@ impl Image {
 static SHIP_DEBUG_INFO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Ship executables whole, with their debug sections (`true`), or without them (`false`, the
-/// default): `mitogen::Router::ship_debug_info` says what that changes. For this
-/// process and every connect it makes from now on; contexts it starts ship what they were
-/// started from, so a tree started with debug info keeps it below.
+/// default): `mitogen::Router::ship_debug_info` says what that changes. For the connects this
+/// process makes from now on; a context it starts ships by its own setting (off unless it calls
+/// this too), whatever image it was started from.
 pub fn ship_debug_info(keep: bool) {
     SHIP_DEBUG_INFO.store(keep, std::sync::atomic::Ordering::Relaxed);
 }
@@ -201,7 +201,16 @@ impl Executable {
 
     /// What a target gets: the stripped image, or the whole file if [`ship_debug_info`] is on.
     fn image(&self) -> Result<&Image> {
-        if !self.has_debug || !SHIP_DEBUG_INFO.load(std::sync::atomic::Ordering::Relaxed) {
+        if SHIP_DEBUG_INFO.load(std::sync::atomic::Ordering::Relaxed) {
+            self.whole()
+        } else {
+            Ok(&self.stripped)
+        }
+    }
+
+    /// The whole file, debug sections included.
+    fn whole(&self) -> Result<&Image> {
+        if !self.has_debug {
             return Ok(&self.stripped);
         }
         if let Some(whole) = self.whole.get() {
@@ -395,7 +404,8 @@ fn fetch_from_parent(
     }
     // The same checks as any entry: read back, named by its sha256, and what it needs.
     let exe = Executable::load(&path).map_err(Fetch::Failed)?;
-    let image = exe.image().map_err(Fetch::Failed)?;
+    // The parent sent the image its own setting chose: stripped, or whole (ship_debug_info).
+    let image = if exe.stripped.sha256 == sha256 { &exe.stripped } else { exe.whole().map_err(Fetch::Failed)? };
     if image.sha256 != sha256 || !exe.needs.fit(target) {
         let _ = std::fs::remove_file(&path);
         return Err(Fetch::Failed(Error::stream(format!(

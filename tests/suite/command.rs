@@ -1042,6 +1042,32 @@ fn an_arm64_target_through_a_local_intermediate_gets_the_build_the_master_has_on
 }
 
 #[test]
+fn an_intermediate_sent_a_whole_build_with_debug_info_keeps_it_and_serves_its_children() {
+    // Issue 23: with ship_debug_info on, the master answers an intermediate's request for the
+    // arm64 build with the whole file; the intermediate checks it by that sha256 and ships its
+    // own children by its own setting (off: the build without debug sections). Alone: the
+    // setting is the process's.
+    if !mitogen_tests::provisioned(mitogen_tests::Needs::Arm64) {
+        return;
+    }
+    mitogen_tests::run_alone(|| {
+        let (root, build) = mitogen_tests::arm64().unwrap();
+        let (_, stripped) = mitogen::parent::shipped_digest(&build).unwrap();
+        let router = Router::new(None).unwrap();
+        router.add_executable(&build).unwrap();
+        let mid = router.local(Options::default()).unwrap();
+        router.ship_debug_info(true);
+        let via = Options { via: Some(mid.clone()), ..Options::default() };
+        let ctx = router.command(spec(words(&["chroot", &root.display().to_string()])), via);
+        router.ship_debug_info(false);
+        let ctx = ctx.unwrap();
+        assert_eq!(ctx.call(arch, ()).unwrap(), "aarch64");
+        assert!(ctx.call(whoami, ()).unwrap().2.ends_with(&stripped), "the build without debug sections");
+        router.shutdown_and_join();
+    });
+}
+
+#[test]
 fn an_arm64_target_through_ssh_and_sudo_gets_the_build_the_master_has_once() {
     // Issue 32: master -> ssh (mitogen-user) -> sudo (root, for chroot) -> the arm64 root: the
     // sudo context asks the ssh context, which asks the master.
