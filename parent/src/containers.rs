@@ -25,11 +25,17 @@ fn tool(argv: Vec<OsString>, name: String) -> Launch<'static> {
 }
 
 /// [`tool`] for an engine on this machine (lxc-attach, jexec, buildah; docker and podman
-/// unless `remote_env`, the variable that points their client at another host, is set):
-/// the executable ships uncompressed.
-fn local_tool(argv: Vec<OsString>, name: String, remote_env: Option<&str>) -> Launch<'static> {
-    let remote = remote_env.is_some_and(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
+/// unless `host_env`, the variable that points their client at an engine, names one that is
+/// not a local socket: `tcp://`, `ssh://`): the executable ships uncompressed.
+fn local_tool(argv: Vec<OsString>, name: String, host_env: Option<&str>) -> Launch<'static> {
+    let remote = host_env.and_then(std::env::var_os).is_some_and(|host| names_remote_engine(&host));
     Launch { compress: remote, ..tool(argv, name) }
+}
+
+/// Whether `DOCKER_HOST` or `CONTAINER_HOST` set to `host` points the client at an engine
+/// elsewhere (`tcp://`, `ssh://`), not at a local socket (`unix://`) or the default (empty).
+fn names_remote_engine(host: &std::ffi::OsStr) -> bool {
+    !host.is_empty() && !host.to_string_lossy().starts_with("unix://")
 }
 
 fn words<const N: usize>(w: [&str; N]) -> Vec<OsString> {
@@ -317,6 +323,18 @@ mod tests {
 
     fn shown(argv: Vec<OsString>) -> String {
         argv.iter().map(|w| w.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn an_engine_behind_a_local_socket_is_local_and_one_over_tcp_or_ssh_is_not() {
+        for (host, remote) in [
+            ("", false),
+            ("unix:///run/mitogen-tests/docker.sock", false),
+            ("tcp://10.0.0.2:2376", true),
+            ("ssh://user@host", true),
+        ] {
+            assert_eq!(names_remote_engine(host.as_ref()), remote, "{host:?}");
+        }
     }
 
     #[test]
