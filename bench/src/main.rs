@@ -220,6 +220,10 @@ fn reach() -> R {
         let name = name.replace("-unknown-linux-", "_");
         emit(&format!("build_{name}_bytes"), &mut [data.len() as f64], "bytes");
         emit(&format!("build_{name}_gzip_bytes"), &mut [gz], "bytes");
+        // What a target gets: the build without its debug sections.
+        if let Ok((shipped, _)) = mitogen::parent::shipped_digest(&path) {
+            emit(&format!("build_{name}_shipped_bytes"), &mut [shipped as f64], "bytes");
+        }
     }
     Ok(())
 }
