@@ -228,6 +228,12 @@ fn reach() -> R {
     Ok(())
 }
 
+/// Remove a directory tree (the fan-out's caches, as the account that made them).
+fn remove_tree(path: String) {
+    let _ = std::fs::remove_dir_all(path);
+}
+mitogen::remote!(remove_tree);
+
 /// The bench's sshd (started by `bench/run`): port, client key and known-hosts file.
 struct SshTarget {
     port: u16,
@@ -375,6 +381,35 @@ fn ssh() -> R {
             }
             ctx.shutdown(true)?;
         }
+
+        // A cold fan-out through one intermediate (issue 23): the ssh context, its account's
+        // cache emptied, then 20 children it starts with `command`, each with an empty cache
+        // of its own. The intermediate ships them its own executable: the first link carries
+        // the build once, for the intermediate, and then only messages.
+        empty_cache(0)?;
+        let fan_root = format!("/tmp/mitogen-bench-fanout-{}", std::process::id());
+        let shipped = mitogen::parent::bootstrap_stats().bytes_sent;
+        let (t, fan) = timed(|| -> Result<u64, mitogen::Error> {
+            let mid = connect(true, &[])?;
+            let via = Options { via: Some(mid.clone()), ..Options::default() };
+            for i in 0..20 {
+                let spec = mitogen::master::CommandSpec {
+                    argv: vec!["env".into(), format!("XDG_CACHE_HOME={fan_root}/{i}").into()],
+                    uncompressed: true,
+                    ..Default::default()
+                };
+                router.command(spec, via.clone())?.call(noop, ())?;
+            }
+            let stats = router.get_stats();
+            let link = stats.streams.iter().find(|s| s.remote_id == Some(mid.context_id()));
+            // Stage 1's bytes (the build, for the intermediate), then the stream's.
+            let bytes = mitogen::parent::bootstrap_stats().bytes_sent - shipped + link.map_or(0, |s| s.stats.bytes_out);
+            mid.call(remove_tree, (fan_root.clone(),))?;
+            mid.shutdown(true)?;
+            Ok(bytes)
+        });
+        emit("ssh_fanout20_cold_s", &mut [t], "s");
+        emit("ssh_fanout20_first_link_bytes", &mut [fan? as f64], "bytes");
         Ok(())
     });
     let mut exit = std::process::Command::new("ssh");
