@@ -86,21 +86,24 @@ pub(crate) fn without_debug_info(data: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
 
+    // Every offset and size below comes from the file: sums are checked, so a corrupt file
+    // is shipped as it is instead of panicking here.
+    let end = |offset: u64, size: u64| offset.checked_add(size);
     // The loaded bytes end at the last segment's file end (and the headers').
-    let mut loaded = ehsize.max(phoff + phnum * phentsize);
+    let mut loaded = ehsize.max(end(phoff, phnum * phentsize)?);
     for i in 0..phnum {
-        let at = (phoff + i * phentsize) as usize;
+        let at = usize::try_from(end(phoff, i * phentsize)?).ok()?;
         let (offset, filesz) = if elf.is64 {
             (elf.get(data, at + 8, 8)?, elf.get(data, at + 32, 8)?)
         } else {
             (elf.get(data, at + 4, 4)?, elf.get(data, at + 16, 4)?)
         };
-        loaded = loaded.max(offset.checked_add(filesz)?);
+        loaded = loaded.max(end(offset, filesz)?);
     }
 
     let mut sections = Vec::with_capacity(shnum as usize);
     for i in 0..shnum {
-        let header = (shoff + i * shentsize) as usize;
+        let header = usize::try_from(end(shoff, i * shentsize)?).ok()?;
         // name, type (4 bytes each), then flags, addr, offset, size (words), link, info (4),
         // addralign (a word).
         let field = |n: usize| header + 8 + n * w;
@@ -116,13 +119,13 @@ pub(crate) fn without_debug_info(data: &[u8]) -> Option<Vec<u8>> {
     }
     for s in &sections {
         if s.flags & SHF_ALLOC != 0 && s.kind != SHT_NOBITS {
-            loaded = loaded.max(s.offset.checked_add(s.size)?);
+            loaded = loaded.max(end(s.offset, s.size)?);
         }
     }
     let names = sections.get(shstrndx as usize)?;
     let name_of = |s: &Section| -> Option<&[u8]> {
-        let start = names.offset.checked_add(s.name)? as usize;
-        let table = data.get(start..(names.offset + names.size) as usize)?;
+        let start = usize::try_from(end(names.offset, s.name)?).ok()?;
+        let table = data.get(start..usize::try_from(end(names.offset, names.size)?).ok()?)?;
         Some(&table[..table.iter().position(|&b| b == 0)?])
     };
     let is_debug = |s: &Section| -> Option<bool> {
@@ -156,14 +159,18 @@ pub(crate) fn without_debug_info(data: &[u8]) -> Option<Vec<u8>> {
             moved.push((s.header, loaded as u64, 0));
             continue;
         }
-        let align = s.align.max(1) as usize;
+        // Kept sections are aligned to a few bytes; a larger alignment is not one of ours.
+        let align = usize::try_from(s.align.max(1)).ok().filter(|&a| a <= 1 << 16)?;
         out.resize(out.len().next_multiple_of(align), 0);
         moved.push((s.header, out.len() as u64, s.size));
-        out.extend_from_slice(data.get(s.offset as usize..(s.offset + s.size) as usize)?);
+        let range = usize::try_from(s.offset).ok()?..usize::try_from(end(s.offset, s.size)?).ok()?;
+        out.extend_from_slice(data.get(range)?);
     }
     out.resize(out.len().next_multiple_of(w), 0);
     let new_shoff = out.len();
-    out.extend_from_slice(data.get(shoff as usize..(shoff + shnum * shentsize) as usize)?);
+    out.extend_from_slice(
+        data.get(usize::try_from(shoff).ok()?..usize::try_from(end(shoff, shnum * shentsize)?).ok()?)?,
+    );
     for (header, offset, size) in moved {
         let at = header - shoff as usize + new_shoff;
         elf.put(&mut out, at + 8 + 2 * w, w, offset);
@@ -221,5 +228,24 @@ mod tests {
         assert_eq!(without_debug_info(b""), None);
         assert_eq!(without_debug_info(b"#!/bin/sh\necho hi\n"), None);
         assert_eq!(without_debug_info(&b"\x7fELF\x02\x01\x01"[..]), None, "a truncated header");
+        // This binary with corrupt offsets: no panic, no huge allocation, the file as it is.
+        let data = std::fs::read("/proc/self/exe").unwrap();
+        let shoff = u64::from_le_bytes(data[0x28..0x30].try_into().unwrap()) as usize;
+        let corrupt = |at: usize, value: u64| {
+            let mut d = data.clone();
+            d[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            without_debug_info(&d)
+        };
+        assert_eq!(corrupt(0x20, u64::MAX - 8), None, "e_phoff past the end");
+        assert_eq!(corrupt(0x28, u64::MAX - 8), None, "e_shoff past the end");
+        let shnum = u16::from_le_bytes(data[0x3c..0x3e].try_into().unwrap()) as usize;
+        for i in 0..shnum {
+            let header = shoff + i * 64;
+            // sh_offset, sh_size and sh_addralign of every section in turn.
+            for (field, value) in [(24, u64::MAX - 8), (32, u64::MAX - 8), (48, 1 << 40)] {
+                let image = corrupt(header + field, value);
+                assert!(image.is_none() || image.unwrap().len() <= data.len(), "section {i}, field {field}");
+            }
+        }
     }
 }
